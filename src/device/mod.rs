@@ -1,0 +1,8 @@
+//! Block devices, dm-multipath maps and their SCSI paths, as sysfs shows them.
+//!
+//! All reading goes through [`Sysfs`] with a configurable root, so unit tests
+//! run on fixture trees.
+
+mod sysfs;
+
+pub use sysfs::{DeviceError, NodeKind, PathInfo, Sysfs};

@@ -1,0 +1,272 @@
+//! sysfs lookups: device node -> kernel name, dm maps -> path devices, path state.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// Why a device could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The device node does not exist.
+    #[error("{path}: no such device")]
+    NotFound {
+        /// The path given.
+        path: PathBuf,
+        /// What stat(2) said.
+        source: std::io::Error,
+    },
+    /// The path is not a block or character device.
+    #[error("{path}: not a block or character device")]
+    NotADevice {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// sysfs does not know the device number.
+    #[error("{path}: device {major}:{minor} is not in sysfs under {sysfs}")]
+    NotInSysfs {
+        /// The path given.
+        path: PathBuf,
+        /// Major number.
+        major: u32,
+        /// Minor number.
+        minor: u32,
+        /// The sysfs root searched.
+        sysfs: PathBuf,
+    },
+}
+
+/// Block or character device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeKind {
+    /// A block device (sd, dm).
+    Block,
+    /// A character device (sg).
+    Char,
+}
+
+/// One path device of a map, with what sysfs says about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathInfo {
+    /// Kernel name, e.g. `sdc`.
+    pub name: String,
+    /// Device node, e.g. `/dev/sdc`.
+    pub dev: PathBuf,
+    /// SCSI address `H:C:T:L`, when the path is a SCSI device.
+    pub hctl: Option<String>,
+    /// `device/state`: running, offline, blocked, transport-offline …
+    pub state: Option<String>,
+}
+
+/// A sysfs tree, `/sys` in production, a fixture directory in tests.
+#[derive(Debug, Clone)]
+pub struct Sysfs {
+    root: PathBuf,
+    dev: PathBuf,
+}
+
+impl Default for Sysfs {
+    fn default() -> Self {
+        Sysfs::new("/sys", "/dev")
+    }
+}
+
+impl Sysfs {
+    /// sysfs mounted at `root`, device nodes under `dev`.
+    pub fn new(root: impl Into<PathBuf>, dev: impl Into<PathBuf>) -> Self {
+        Sysfs {
+            root: root.into(),
+            dev: dev.into(),
+        }
+    }
+
+    /// The kernel name (`sdc`, `dm-0`, `sg2`) of a device node, found by its
+    /// device number, so /dev/mapper and /dev/disk/by-id links resolve too.
+    pub fn kernel_name(&self, node: &Path) -> Result<(NodeKind, String), DeviceError> {
+        let meta = fs::metadata(node).map_err(|source| DeviceError::NotFound {
+            path: node.to_path_buf(),
+            source,
+        })?;
+        let kind = if meta.file_type().is_block_device() {
+            NodeKind::Block
+        } else if meta.file_type().is_char_device() {
+            NodeKind::Char
+        } else {
+            return Err(DeviceError::NotADevice {
+                path: node.to_path_buf(),
+            });
+        };
+        let (major, minor) = (
+            nix::sys::stat::major(meta.rdev()),
+            nix::sys::stat::minor(meta.rdev()),
+        );
+        self.name_of_devnum(kind, major as u32, minor as u32)
+            .map(|n| (kind, n))
+            .ok_or_else(|| DeviceError::NotInSysfs {
+                path: node.to_path_buf(),
+                major: major as u32,
+                minor: minor as u32,
+                sysfs: self.root.clone(),
+            })
+    }
+
+    /// The kernel name for a device number, via `/sys/dev/{block,char}/M:m`.
+    pub fn name_of_devnum(&self, kind: NodeKind, major: u32, minor: u32) -> Option<String> {
+        let dir = match kind {
+            NodeKind::Block => "block",
+            NodeKind::Char => "char",
+        };
+        let link = self
+            .root
+            .join("dev")
+            .join(dir)
+            .join(format!("{major}:{minor}"));
+        let target = fs::read_link(&link).ok()?;
+        target.file_name().map(|n| n.to_string_lossy().into_owned())
+    }
+
+    fn block(&self, name: &str) -> PathBuf {
+        self.root.join("class/block").join(name)
+    }
+
+    /// True when the block device is a device-mapper device.
+    pub fn is_dm(&self, name: &str) -> bool {
+        self.block(name).join("dm").is_dir()
+    }
+
+    /// The dm map's name (`/sys/block/dm-N/dm/name`).
+    pub fn dm_name(&self, name: &str) -> Option<String> {
+        read_trimmed(&self.block(name).join("dm/name"))
+    }
+
+    /// The dm map's uuid (`mpath-<wwid>` for multipath-tools maps).
+    pub fn dm_uuid(&self, name: &str) -> Option<String> {
+        read_trimmed(&self.block(name).join("dm/uuid"))
+    }
+
+    /// The devices under a dm map (`slaves/`), sorted by name.
+    pub fn slaves(&self, name: &str) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.block(name).join("slaves"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// What sysfs says about a path device.
+    pub fn path_info(&self, name: &str) -> PathInfo {
+        let dev_dir = self.block(name).join("device");
+        let hctl = fs::canonicalize(&dev_dir)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .filter(|n| n.split(':').count() == 4);
+        PathInfo {
+            name: name.to_string(),
+            dev: self.dev.join(name),
+            hctl,
+            state: read_trimmed(&dev_dir.join("state")),
+        }
+    }
+
+    /// The block device behind an sg character device (`sg2` -> `sdc`).
+    pub fn block_of_sg(&self, sg: &str) -> Option<String> {
+        let dir = self
+            .root
+            .join("class/scsi_generic")
+            .join(sg)
+            .join("device/block");
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names.into_iter().next()
+    }
+
+    /// The device node of a kernel name.
+    pub fn node(&self, name: &str) -> PathBuf {
+        self.dev.join(name)
+    }
+}
+
+fn read_trimmed(p: &Path) -> Option<String> {
+    fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+    use std::os::unix::fs::symlink;
+
+    /// A fixture tree: dm-0 over sdc and sdd, like the rig's node A map.
+    fn fixture() -> (TempDir, Sysfs) {
+        let d = TempDir::new("sysfs");
+        let r = d.path();
+        let dev = r.join("devices/platform/host2/session1/target2:0:0/2:0:0:1");
+        fs::create_dir_all(&dev).unwrap();
+        fs::write(dev.join("state"), "running\n").unwrap();
+        let dev2 = r.join("devices/platform/host3/session2/target3:0:0/3:0:0:1");
+        fs::create_dir_all(&dev2).unwrap();
+        fs::write(dev2.join("state"), "offline\n").unwrap();
+        fs::create_dir_all(r.join("class/block/sdc")).unwrap();
+        fs::create_dir_all(r.join("class/block/sdd")).unwrap();
+        symlink(&dev, r.join("class/block/sdc/device")).unwrap();
+        symlink(&dev2, r.join("class/block/sdd/device")).unwrap();
+        fs::create_dir_all(r.join("class/block/dm-0/dm")).unwrap();
+        fs::create_dir_all(r.join("class/block/dm-0/slaves/sdd")).unwrap();
+        fs::create_dir_all(r.join("class/block/dm-0/slaves/sdc")).unwrap();
+        fs::write(r.join("class/block/dm-0/dm/uuid"), "mpath-36001405abc\n").unwrap();
+        fs::write(r.join("class/block/dm-0/dm/name"), "a-vol0\n").unwrap();
+        fs::create_dir_all(r.join("dev/block")).unwrap();
+        symlink(
+            "../../devices/virtual/block/dm-0",
+            r.join("dev/block/254:0"),
+        )
+        .unwrap();
+        let s = Sysfs::new(r, "/dev");
+        (d, s)
+    }
+
+    #[test]
+    fn dm_map_and_its_paths() {
+        let (_d, s) = fixture();
+        assert!(s.is_dm("dm-0"));
+        assert!(!s.is_dm("sdc"));
+        assert_eq!(s.slaves("dm-0"), vec!["sdc", "sdd"]);
+        assert_eq!(s.dm_uuid("dm-0").as_deref(), Some("mpath-36001405abc"));
+        assert_eq!(s.dm_name("dm-0").as_deref(), Some("a-vol0"));
+        assert_eq!(
+            s.name_of_devnum(NodeKind::Block, 254, 0).as_deref(),
+            Some("dm-0")
+        );
+        assert_eq!(s.name_of_devnum(NodeKind::Block, 8, 0), None);
+        let p = s.path_info("sdd");
+        assert_eq!(p.hctl.as_deref(), Some("3:0:0:1"));
+        assert_eq!(p.state.as_deref(), Some("offline"));
+        assert_eq!(p.dev, PathBuf::from("/dev/sdd"));
+        assert_eq!(s.path_info("sdx").state, None);
+    }
+
+    #[test]
+    fn non_devices_are_refused() {
+        let (d, s) = fixture();
+        let f = d.path().join("plain");
+        fs::write(&f, "x").unwrap();
+        assert!(matches!(
+            s.kernel_name(&f),
+            Err(DeviceError::NotADevice { .. })
+        ));
+        assert!(matches!(
+            s.kernel_name(&d.path().join("missing")),
+            Err(DeviceError::NotFound { .. })
+        ));
+    }
+}

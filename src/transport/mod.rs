@@ -1,0 +1,103 @@
+//! Sending commands to one path (I_T nexus) of a logical unit.
+//!
+//! [`Transport`] executes one CDB on one device path and reports what came
+//! back, without judging it; [`ScsiPath`] turns that into typed results and
+//! [`ScsiError`]s that name the device, the command and the decoded sense.
+
+mod error;
+mod path;
+pub mod scripted;
+pub mod sgio;
+
+use std::path::Path;
+use std::time::Duration;
+
+pub use error::{HostStatus, ScsiError};
+pub use path::{RetryPolicy, ScsiPath};
+
+use crate::scsi::{Command, ScsiStatus};
+
+/// What the host adapter and the device answered to one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The full SCSI status byte.
+    pub status: ScsiStatus,
+    /// The host adapter's verdict (transport failures, timeouts).
+    pub host_status: HostStatus,
+    /// The Linux driver status (sense valid, timeout …), raw.
+    pub driver_status: u16,
+    /// Sense data, empty when none was returned.
+    pub sense: Vec<u8>,
+    /// Data received (already cut to what the device sent).
+    pub data: Vec<u8>,
+    /// How long the command took, as the kernel measured it.
+    pub duration: Duration,
+}
+
+impl Completion {
+    /// A GOOD completion carrying `data`, for scripted transports.
+    pub fn good(data: Vec<u8>) -> Completion {
+        Completion {
+            status: ScsiStatus::Good,
+            host_status: HostStatus::Ok,
+            driver_status: 0,
+            sense: Vec::new(),
+            data,
+            duration: Duration::ZERO,
+        }
+    }
+
+    /// A CHECK CONDITION completion with `sense`.
+    pub fn check_condition(sense: Vec<u8>) -> Completion {
+        Completion {
+            status: ScsiStatus::CheckCondition,
+            sense,
+            ..Completion::good(Vec::new())
+        }
+    }
+
+    /// A completion with `status` and no data.
+    pub fn with_status(status: ScsiStatus) -> Completion {
+        Completion {
+            status,
+            ..Completion::good(Vec::new())
+        }
+    }
+}
+
+/// Executes one SCSI command on one device path.
+///
+/// Implementations report the device's answer as a [`Completion`] and fail
+/// only when the command could not be delivered or did not finish (no
+/// device, no permission, not SCSI, timeout).
+pub trait Transport: Send + Sync {
+    /// Sends `cmd` to `path` and waits at most `timeout` for it.
+    fn execute(
+        &self,
+        path: &Path,
+        cmd: &Command,
+        timeout: Duration,
+    ) -> Result<Completion, ScsiError>;
+}
+
+impl<T: Transport + ?Sized> Transport for &T {
+    fn execute(
+        &self,
+        path: &Path,
+        cmd: &Command,
+        timeout: Duration,
+    ) -> Result<Completion, ScsiError> {
+        (**self).execute(path, cmd, timeout)
+    }
+}
+
+impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
+    fn execute(
+        &self,
+        path: &Path,
+        cmd: &Command,
+        timeout: Duration,
+    ) -> Result<Completion, ScsiError> {
+        (**self).execute(path, cmd, timeout)
+    }
+}
