@@ -1,0 +1,36 @@
+# csi-fencer: the two commands of the README, and their parts.
+#   make demo    the failover demo against a real SCSI target in a VM
+#   make test    every test: fmt, clippy, unit + property tests, then the VM rig
+.PHONY: test test-host test-vm demo fuzz lint help
+
+CARGO ?= cargo
+
+help:
+	@sed -n '2,3p' Makefile | sed 's/^# *//'
+
+## test: everything CI runs; prints "total: N passed, M failed" last.
+test:
+	tests/all.sh
+
+## test-host: formatting, lints, unit, property and CLI tests (no VM).
+test-host:
+	tests/all.sh --host-only
+
+## test-vm: the in-guest tests on LIO over iSCSI; TEST=name runs the matching ones.
+test-vm:
+	tests/vm/run.sh test $(TEST)
+
+## demo: boots the rig and runs the failover scenario with csi-fencer.
+demo:
+	tests/vm/run.sh script tests/vm/scripts/demo.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## fuzz: every fuzz target for FUZZ_SECONDS (default 60) each; installs cargo-fuzz.
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $$(RUSTC_BOOTSTRAP=1 $(CARGO) fuzz list); do \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done

@@ -1,0 +1,8 @@
+//! Fuzz target: READ RESERVATION parsing must return, never panic, on any bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = csi_fencer::scsi::prin::parse_read_reservation(data);
+});

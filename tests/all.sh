@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# tests/all.sh [--host-only] - every test of csi-fencer, as `make test` and CI run them.
+#
+#  1. cargo fmt --check and cargo clippy -D warnings (installs the components if missing);
+#  2. cargo test: unit, property and CLI tests on the host (the vm_* tests show as ignored);
+#  3. the VM rig (tests/vm/run.sh test): the vm_* tests on a real LIO target in QEMU.
+# The last line sums both runs as "total: N passed, M failed"; any failure exits non-zero.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+host_only=false
+[ "${1:-}" = "--host-only" ] && host_only=true
+
+step() { printf '\n==> %s\n' "$*"; }
+
+ensure_components() {
+    for c in rustfmt clippy; do
+        if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
+            command -v rustup >/dev/null || { echo "cargo $c is missing and rustup is not installed" >&2; exit 1; }
+            rustup component add "$c"
+        fi
+    done
+}
+
+step "format and lints"
+ensure_components
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+
+step "host tests (cargo test)"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+host_passed=$(awk '/^test result:/{for(i=1;i<=NF;i++) if($i ~ /^passed;?$/) s+=$(i-1)} END{print s+0}' "$log")
+host_failed=$(awk '/^test result:/{for(i=1;i<=NF;i++) if($i ~ /^failed;?$/) s+=$(i-1)} END{print s+0}' "$log")
+if [ "$rc" -ne 0 ] && [ "$host_failed" -eq 0 ]; then host_failed=1; fi   # build failure
+echo "host: $host_passed passed, $host_failed failed"
+if [ "$rc" -ne 0 ]; then
+    echo "total: $host_passed passed, $host_failed failed"
+    exit 1
+fi
+if $host_only; then
+    echo "total: $host_passed passed, $host_failed failed"
+    exit 0
+fi
+
+step "VM rig: real LIO target over iSCSI (tests/vm/run.sh test)"
+set +e
+tests/vm/run.sh test 2>&1 | tee "$log"
+vm_rc=${PIPESTATUS[0]}
+set -e
+vm_line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1 || true)
+vm_passed=$(echo "${vm_line:-0 passed}" | awk '{print $1}')
+vm_failed=$(echo "${vm_line:-0 passed, 0 failed}" | awk '{print $3}')
+if [ "$vm_rc" -ne 0 ] && [ "${vm_failed:-0}" -eq 0 ]; then vm_failed=1; fi   # rig did not run
+echo "vm: ${vm_passed:-0} passed, ${vm_failed:-0} failed"
+echo "total: $((host_passed + vm_passed)) passed, $((host_failed + vm_failed)) failed"
+[ "$vm_rc" -eq 0 ]
