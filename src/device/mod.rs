@@ -3,6 +3,8 @@
 //! All reading goes through [`Sysfs`] with a configurable root, so unit tests
 //! run on fixture trees.
 
+mod resolve;
 mod sysfs;
 
+pub use resolve::{LunDevices, NotFound, Resolver};
 pub use sysfs::{DeviceError, NodeKind, PathInfo, Sysfs};

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::scsi::transport_id::decode_hex;
+use crate::scsi::TransportId;
+
 /// Why a device could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -190,6 +193,54 @@ impl Sysfs {
         names.into_iter().next()
     }
 
+    /// Every block device name (`/sys/class/block`), sorted.
+    pub fn block_devices(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.root.join("class/block"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The kernel's own reading of a SCSI device's VPD 83h identity
+    /// (`device/wwid`, e.g. `naa.6001405…`), when it has one.
+    pub fn scsi_wwid(&self, name: &str) -> Option<String> {
+        read_trimmed(&self.block(name).join("device/wwid"))
+    }
+
+    /// The initiator port of the I_T nexus a path device sits on, from the
+    /// transport classes in sysfs: an iSCSI session's initiator name and ISID,
+    /// or an FC host's WWPN. `None` for transports it cannot name (SAS, …).
+    pub fn initiator_port(&self, name: &str) -> Option<TransportId> {
+        let dev = fs::canonicalize(self.block(name).join("device")).ok()?;
+        let parts: Vec<String> = dev
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if let Some(session) = parts.iter().find(|p| p.starts_with("session")) {
+            let dir = self.root.join("class/iscsi_session").join(session);
+            let name = read_trimmed(&dir.join("initiatorname"))?;
+            let isid = read_trimmed(&dir.join("isid"))?;
+            return Some(TransportId::Iscsi {
+                name,
+                isid: Some(isid.trim_start_matches("0x").to_ascii_lowercase()),
+            });
+        }
+        if parts.iter().any(|p| p.starts_with("rport-")) {
+            let host = parts.iter().find(|p| p.starts_with("host"))?;
+            let wwpn = read_trimmed(&self.root.join("class/fc_host").join(host).join("port_name"))?;
+            let b = decode_hex(wwpn.trim_start_matches("0x"))?;
+            return Some(TransportId::FibreChannel {
+                n_port_name: b.try_into().ok()?,
+            });
+        }
+        None
+    }
+
     /// The device node of a kernel name.
     pub fn node(&self, name: &str) -> PathBuf {
         self.dev.join(name)
@@ -231,6 +282,11 @@ mod tests {
             r.join("dev/block/254:0"),
         )
         .unwrap();
+        fs::write(dev.join("wwid"), "naa.6001405abc\n").unwrap();
+        let sess = r.join("class/iscsi_session/session1");
+        fs::create_dir_all(&sess).unwrap();
+        fs::write(sess.join("initiatorname"), "iqn.2025-01.test.rig:nodea\n").unwrap();
+        fs::write(sess.join("isid"), "00023d000001\n").unwrap();
         let s = Sysfs::new(r, "/dev");
         (d, s)
     }
@@ -253,6 +309,25 @@ mod tests {
         assert_eq!(p.state.as_deref(), Some("offline"));
         assert_eq!(p.dev, PathBuf::from("/dev/sdd"));
         assert_eq!(s.path_info("sdx").state, None);
+    }
+
+    #[test]
+    fn iscsi_nexus_identity_and_kernel_wwid() {
+        let (_d, s) = fixture();
+        assert_eq!(
+            s.initiator_port("sdc"),
+            Some(TransportId::Iscsi {
+                name: "iqn.2025-01.test.rig:nodea".into(),
+                isid: Some("00023d000001".into())
+            })
+        );
+        assert_eq!(
+            s.initiator_port("sdd"),
+            None,
+            "no session directory for session2"
+        );
+        assert_eq!(s.scsi_wwid("sdc").as_deref(), Some("naa.6001405abc"));
+        assert_eq!(s.block_devices(), vec!["dm-0", "sdc", "sdd"]);
     }
 
     #[test]

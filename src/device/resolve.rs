@@ -1,0 +1,185 @@
+//! From a WWID to the device nodes that reach the LUN: its dm-multipath map
+//! (`dm/uuid` = `<prefix><wwid>`) and the map's path devices, or a lone SCSI
+//! disk whose kernel-read identity matches when there is no map.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::sysfs::{PathInfo, Sysfs};
+use crate::scsi::Wwid;
+
+/// Where a LUN was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LunDevices {
+    /// The dm map's kernel name (`dm-3`), or `None` for a single-path disk.
+    pub map: Option<String>,
+    /// The node to send LU-wide commands to (the map, or the disk).
+    pub device: PathBuf,
+    /// The path devices (I_T nexuses).
+    pub paths: Vec<PathInfo>,
+}
+
+/// Finds LUNs in sysfs.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    sysfs: Sysfs,
+    map_uuid_prefix: String,
+}
+
+/// The LUN did not appear in time.
+#[derive(Debug, thiserror::Error)]
+#[error("no device for WWID {wwid} after {waited:?}: no dm map with uuid {uuid} and no single SCSI disk with that identity (is the volume attached and multipathd running?)")]
+pub struct NotFound {
+    /// The WWID looked for.
+    pub wwid: String,
+    /// The dm uuid looked for.
+    pub uuid: String,
+    /// How long it waited.
+    pub waited: Duration,
+}
+
+impl Resolver {
+    /// A resolver over `sysfs` matching maps whose uuid is `prefix` + the
+    /// multipath form of the WWID (multipath-tools: `mpath-`).
+    pub fn new(sysfs: Sysfs, map_uuid_prefix: impl Into<String>) -> Self {
+        Resolver {
+            sysfs,
+            map_uuid_prefix: map_uuid_prefix.into(),
+        }
+    }
+
+    /// The sysfs view.
+    pub fn sysfs(&self) -> &Sysfs {
+        &self.sysfs
+    }
+
+    /// The dm uuid a map of `wwid` carries.
+    pub fn map_uuid(&self, wwid: &Wwid) -> String {
+        format!("{}{}", self.map_uuid_prefix, wwid.multipath_form())
+    }
+
+    /// Looks once.
+    pub fn find(&self, wwid: &Wwid) -> Option<LunDevices> {
+        let uuid = self.map_uuid(wwid);
+        let names = self.sysfs.block_devices();
+        if let Some(dm) = names
+            .iter()
+            .find(|n| n.starts_with("dm-") && self.sysfs.dm_uuid(n).as_deref() == Some(&uuid))
+        {
+            return Some(LunDevices {
+                map: Some(dm.clone()),
+                device: self.sysfs.node(dm),
+                paths: self
+                    .sysfs
+                    .slaves(dm)
+                    .iter()
+                    .map(|s| self.sysfs.path_info(s))
+                    .collect(),
+            });
+        }
+        // No map: a single disk whose kernel-read identity is this WWID. More
+        // than one such disk means several paths without a map: refuse to guess.
+        let want = wwid.to_string();
+        let disks: Vec<&String> = names
+            .iter()
+            .filter(|n| !n.starts_with("dm-") && self.sysfs.scsi_wwid(n).as_deref() == Some(&want))
+            .collect();
+        match disks.as_slice() {
+            [one] => Some(LunDevices {
+                map: None,
+                device: self.sysfs.node(one),
+                paths: vec![self.sysfs.path_info(one)],
+            }),
+            _ => None,
+        }
+    }
+
+    /// Looks until the LUN appears or `timeout` passes, every `poll`.
+    pub fn wait(
+        &self,
+        wwid: &Wwid,
+        timeout: Duration,
+        poll: Duration,
+    ) -> Result<LunDevices, NotFound> {
+        let start = Instant::now();
+        loop {
+            if let Some(d) = self.find(wwid) {
+                return Ok(d);
+            }
+            if start.elapsed() >= timeout {
+                return Err(NotFound {
+                    wwid: wwid.to_string(),
+                    uuid: self.map_uuid(wwid),
+                    waited: start.elapsed(),
+                });
+            }
+            std::thread::sleep(poll.min(timeout.saturating_sub(start.elapsed())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+    use std::fs;
+
+    const A: &str = "naa.6001405000000001";
+    const LONE: &str = "naa.6001405000000099";
+
+    fn w(s: &str) -> Wwid {
+        s.parse().expect("test WWID")
+    }
+
+    fn tree() -> (TempDir, Resolver) {
+        let d = TempDir::new("resolve");
+        let r = d.path().to_path_buf();
+        let maps = [
+            ("dm-0", "mpath-36001405000000001", ["sdc", "sdd"]),
+            ("dm-1", "mpathb-36001405000000001", ["sde", "sdf"]),
+        ];
+        for (dm, uuid, slaves) in maps {
+            fs::create_dir_all(r.join(format!("class/block/{dm}/dm"))).unwrap();
+            fs::write(r.join(format!("class/block/{dm}/dm/uuid")), uuid).unwrap();
+            for s in slaves {
+                fs::create_dir_all(r.join(format!("class/block/{dm}/slaves/{s}"))).unwrap();
+                fs::create_dir_all(r.join(format!("class/block/{s}/device"))).unwrap();
+                fs::write(r.join(format!("class/block/{s}/device/wwid")), A).unwrap();
+            }
+        }
+        fs::create_dir_all(r.join("class/block/sdg/device")).unwrap();
+        fs::write(r.join("class/block/sdg/device/wwid"), LONE).unwrap();
+        (d, Resolver::new(Sysfs::new(r, "/dev"), "mpath-"))
+    }
+
+    #[test]
+    fn finds_the_map_by_uuid_and_lists_its_paths() {
+        let (_d, r) = tree();
+        let found = r.find(&w(A)).unwrap();
+        assert_eq!(found.map.as_deref(), Some("dm-0"));
+        assert_eq!(found.device, PathBuf::from("/dev/dm-0"));
+        let names: Vec<_> = found.paths.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, vec!["sdc", "sdd"]);
+        // The other node's map (another prefix) is found with that prefix.
+        let rb = Resolver::new(r.sysfs().clone(), "mpathb-");
+        assert_eq!(rb.find(&w(A)).unwrap().map.as_deref(), Some("dm-1"));
+    }
+
+    #[test]
+    fn single_disk_fallback_and_ambiguity() {
+        let (_d, r) = tree();
+        let lone = r.find(&w(LONE)).unwrap();
+        assert_eq!(lone.map, None);
+        assert_eq!(lone.device, PathBuf::from("/dev/sdg"));
+        // With a prefix that matches no map, four unmapped disks carry WWID A:
+        // the resolver refuses to pick one of them.
+        let none = Resolver::new(r.sysfs().clone(), "other-");
+        assert_eq!(none.find(&w(A)), None);
+        let e = none
+            .wait(&w(A), Duration::from_millis(30), Duration::from_millis(10))
+            .unwrap_err();
+        assert!(e.to_string().contains("other-36001405000000001"), "{e}");
+    }
+}

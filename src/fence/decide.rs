@@ -1,0 +1,718 @@
+//! The engine's decisions, as pure functions of what the LUN says now
+//! (DESIGN §5). No I/O here: every rule is table-tested.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::keys::ClusterTag;
+use super::policy::{AccessMode, Policy, PreemptMode};
+use crate::scsi::{Capabilities, Reservation, ReservationKey, ReservationType};
+
+/// Whether one of this node's paths carries its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathRegistration {
+    /// READ FULL STATUS lists this nexus with our key.
+    Registered {
+        /// Registered with ALL_TG_PT (unregistering needs the bit again).
+        all_tg_pt: bool,
+        /// This nexus holds the reservation.
+        holder: bool,
+    },
+    /// READ FULL STATUS does not list this nexus with our key.
+    NotRegistered,
+    /// The nexus cannot be named from sysfs (e.g. SAS): treated as not registered.
+    Unknown,
+}
+
+impl PathRegistration {
+    /// True when the path is known to carry the key.
+    pub fn is_registered(self) -> bool {
+        matches!(self, PathRegistration::Registered { .. })
+    }
+}
+
+/// What the LUN says now, through this node's usable paths.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// PRGENERATION.
+    pub generation: u32,
+    /// READ KEYS.
+    pub keys: Vec<ReservationKey>,
+    /// READ RESERVATION.
+    pub reservation: Option<Reservation>,
+    /// REPORT CAPABILITIES, if the target answered it.
+    pub caps: Option<Capabilities>,
+    /// This node's usable paths and their registration.
+    pub paths: Vec<(PathBuf, PathRegistration)>,
+}
+
+/// Everything the decisions need besides the observation.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    /// This node's key.
+    pub ours: ReservationKey,
+    /// This cluster's tag.
+    pub tag: ClusterTag,
+    /// Keys of the nodes that hold live attachments for the volume (fresh list), by key.
+    pub live: &'a BTreeMap<ReservationKey, String>,
+    /// Every node name the caller knows, by key, for naming stale keys.
+    pub known: &'a BTreeMap<ReservationKey, String>,
+    /// Access mode.
+    pub access: AccessMode,
+    /// Policy.
+    pub policy: &'a Policy,
+}
+
+/// A key that is not ours.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OtherKey {
+    /// The key.
+    pub key: ReservationKey,
+    /// The node it belongs to, when known.
+    pub node: Option<String>,
+    /// True for keys outside this cluster's key space.
+    pub foreign: bool,
+}
+
+/// The keys on the LUN, sorted by what may be done with them (I2).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeyClasses {
+    /// Our key is registered on at least one nexus.
+    pub ours_present: bool,
+    /// Keys of nodes with live attachments: never touched.
+    pub live: Vec<OtherKey>,
+    /// Keys to remove: this cluster's keys without a live attachment, and
+    /// foreign keys when the policy allows removing them.
+    pub stale: Vec<OtherKey>,
+    /// Foreign keys that stay (reported).
+    pub foreign: Vec<OtherKey>,
+}
+
+/// Sorts the distinct keys of `keys` (I2).
+pub fn classify(keys: &[ReservationKey], ctx: &Context) -> KeyClasses {
+    let mut out = KeyClasses::default();
+    let mut seen = Vec::new();
+    for &k in keys {
+        if seen.contains(&k) {
+            continue;
+        }
+        seen.push(k);
+        if k == ctx.ours {
+            out.ours_present = true;
+            continue;
+        }
+        let foreign = !ctx.tag.owns(k);
+        let node = ctx.live.get(&k).or_else(|| ctx.known.get(&k)).cloned();
+        let other = OtherKey {
+            key: k,
+            node,
+            foreign,
+        };
+        if ctx.live.contains_key(&k) {
+            out.live.push(other);
+        } else if foreign && !ctx.policy.remove_foreign_keys {
+            out.foreign.push(other);
+        } else {
+            out.stale.push(other);
+        }
+    }
+    out
+}
+
+/// One PR OUT the engine will send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// REGISTER AND IGNORE EXISTING KEY with our key on one path.
+    Register {
+        /// The path.
+        path: PathBuf,
+        /// ALL_TG_PT.
+        all_tg_pt: bool,
+        /// APTPL.
+        aptpl: bool,
+    },
+    /// RESERVE.
+    Reserve {
+        /// Type.
+        rtype: ReservationType,
+    },
+    /// PREEMPT (AND ABORT) of one key.
+    Preempt {
+        /// The key removed.
+        victim: OtherKey,
+        /// The victim holds the reservation (it moves to us).
+        holder: bool,
+        /// PREEMPT AND ABORT.
+        abort: bool,
+        /// Type of the reservation afterwards.
+        rtype: ReservationType,
+    },
+    /// RELEASE.
+    Release {
+        /// The path that holds it, when known.
+        path: Option<PathBuf>,
+        /// Type (must match the held one).
+        rtype: ReservationType,
+    },
+    /// REGISTER with SARK 0 on one path.
+    Unregister {
+        /// The path.
+        path: PathBuf,
+        /// Repeat ALL_TG_PT (LIO requires it for such registrations).
+        all_tg_pt: bool,
+    },
+}
+
+/// Why the engine will not act (a safe decision, not a failure).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+pub enum Refusal {
+    /// This node's key was preempted while it held the volume under this
+    /// attachment; only a new attachment allows registering again (I1).
+    #[error("fenced: this node's key was preempted while it held the volume under attachment {attachment}; a new attachment is needed to register again")]
+    Fenced {
+        /// The attachment it was fenced under.
+        attachment: String,
+    },
+    /// The authorization was read too long ago to count as fresh (I1).
+    #[error("the authorization (attachment {attachment}) was read {age_secs} s ago, more than the {max_secs} s allowed: read it again from its source")]
+    StaleAuthorization {
+        /// The attachment.
+        attachment: String,
+        /// Its age.
+        age_secs: u64,
+        /// The limit.
+        max_secs: u64,
+    },
+    /// A single-node volume is reserved by another node that still has a live attachment.
+    #[error("reserved by {key} ({}), which still has a live attachment: not preempting a live node", node.as_deref().unwrap_or("unknown node"))]
+    HeldByLiveNode {
+        /// The holder's key.
+        key: ReservationKey,
+        /// Its node.
+        node: Option<String>,
+    },
+    /// Reserved by a key of another cluster, which the policy does not remove.
+    #[error("reserved by foreign key {key} (not this cluster's tag); set removeForeignKeys to allow preempting it")]
+    ForeignHolder {
+        /// The key.
+        key: ReservationKey,
+    },
+    /// This node holds the reservation with another type than the policy wants.
+    #[error(
+        "this node holds a {held} reservation but the policy wants {wanted}; release it first"
+    )]
+    TypeMismatch {
+        /// The held type.
+        held: ReservationType,
+        /// The wanted type.
+        wanted: ReservationType,
+    },
+    /// No path of this node is usable.
+    #[error("no usable path: every path is offline, failed, or leads to another LUN")]
+    NoUsablePath,
+}
+
+fn registrations(obs: &Observed, ctx: &Context) -> Vec<Step> {
+    let all_tg_pt = ctx.policy.use_all_tg_pt(obs.caps.as_ref());
+    let aptpl = ctx.policy.use_aptpl(obs.caps.as_ref());
+    obs.paths
+        .iter()
+        .filter(|(_, r)| !r.is_registered())
+        .map(|(p, _)| Step::Register {
+            path: p.clone(),
+            all_tg_pt,
+            aptpl,
+        })
+        .collect()
+}
+
+/// The PR OUT sequence that makes the LUN say "held by us" (acquire).
+pub fn plan_acquire(obs: &Observed, ctx: &Context) -> Result<Vec<Step>, Refusal> {
+    if obs.paths.is_empty() {
+        return Err(Refusal::NoUsablePath);
+    }
+    let rtype = ctx.policy.reservation_type(ctx.access);
+    let abort = ctx.policy.preempt == PreemptMode::PreemptAndAbort;
+    let keys = classify(&obs.keys, ctx);
+    let mut steps = registrations(obs, ctx);
+    let mut holder_key = None;
+    match &obs.reservation {
+        None => steps.push(Step::Reserve { rtype }),
+        Some(r) if r.rtype.all_registrants() => {
+            // Every registrant holds it; registering is joining.
+            if r.rtype != rtype {
+                return Err(Refusal::TypeMismatch {
+                    held: r.rtype,
+                    wanted: rtype,
+                });
+            }
+        }
+        Some(r) if r.key == ctx.ours => {
+            if r.rtype != rtype {
+                return Err(Refusal::TypeMismatch {
+                    held: r.rtype,
+                    wanted: rtype,
+                });
+            }
+        }
+        Some(r) => {
+            let victim = keys.stale.iter().find(|k| k.key == r.key).cloned();
+            match victim {
+                Some(v) => {
+                    holder_key = Some(v.key);
+                    steps.push(Step::Preempt {
+                        victim: v,
+                        holder: true,
+                        abort,
+                        rtype,
+                    });
+                }
+                None if keys.foreign.iter().any(|k| k.key == r.key) => {
+                    return Err(Refusal::ForeignHolder { key: r.key })
+                }
+                None => {
+                    let node = keys
+                        .live
+                        .iter()
+                        .find(|k| k.key == r.key)
+                        .and_then(|k| k.node.clone());
+                    return Err(Refusal::HeldByLiveNode { key: r.key, node });
+                }
+            }
+        }
+    }
+    for v in keys.stale.into_iter().filter(|k| Some(k.key) != holder_key) {
+        steps.push(Step::Preempt {
+            victim: v,
+            holder: false,
+            abort,
+            rtype,
+        });
+    }
+    Ok(steps)
+}
+
+/// The PR OUT sequence that gives the volume up (release): RELEASE if we
+/// hold a single-holder reservation, then unregister every registered path.
+/// Never touches another key.
+pub fn plan_release(obs: &Observed, ctx: &Context) -> Vec<Step> {
+    let mut steps = Vec::new();
+    if let Some(r) = &obs.reservation {
+        // An all-registrants reservation ends when its last registrant leaves;
+        // RELEASE would end it for every other node too.
+        if r.key == ctx.ours && !r.rtype.all_registrants() {
+            let holder = obs.paths.iter().find_map(|(p, reg)| match reg {
+                PathRegistration::Registered { holder: true, .. } => Some(p.clone()),
+                _ => None,
+            });
+            steps.push(Step::Release {
+                path: holder,
+                rtype: r.rtype,
+            });
+        }
+    }
+    for (p, reg) in &obs.paths {
+        if let PathRegistration::Registered { all_tg_pt, .. } = reg {
+            steps.push(Step::Unregister {
+                path: p.clone(),
+                all_tg_pt: *all_tg_pt,
+            });
+        }
+    }
+    steps
+}
+
+/// The monitor's repair: register the paths that lack the key, but only
+/// while the key is still on the LUN (I5). Empty when the key is gone.
+pub fn plan_check(obs: &Observed, ctx: &Context) -> Vec<Step> {
+    if !classify(&obs.keys, ctx).ours_present {
+        return Vec::new();
+    }
+    registrations(obs, ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scsi::Scope;
+    use PathRegistration::*;
+
+    const TAG: u16 = 0x7e57;
+
+    fn tag() -> ClusterTag {
+        ClusterTag::new(TAG).unwrap()
+    }
+    fn key(node: &str) -> ReservationKey {
+        tag().key_for(node)
+    }
+    fn foreign(node: &str) -> ReservationKey {
+        ClusterTag::new(0x0bad).unwrap().key_for(node)
+    }
+    fn reserved(k: ReservationKey, t: u8) -> Option<Reservation> {
+        Some(Reservation {
+            key: k,
+            scope: Scope::LogicalUnit,
+            rtype: ReservationType::from_code(t).unwrap(),
+        })
+    }
+    fn obs(
+        keys: Vec<ReservationKey>,
+        res: Option<Reservation>,
+        paths: Vec<PathRegistration>,
+    ) -> Observed {
+        Observed {
+            generation: 1,
+            keys,
+            reservation: res,
+            caps: Some(Capabilities {
+                all_target_ports: true,
+                persist_through_power_loss: true,
+                ..Default::default()
+            }),
+            paths: paths
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| (PathBuf::from(format!("/dev/sd{i}")), r))
+                .collect(),
+        }
+    }
+    fn live(nodes: &[&str]) -> BTreeMap<ReservationKey, String> {
+        nodes.iter().map(|n| (key(n), n.to_string())).collect()
+    }
+    const REG: PathRegistration = Registered {
+        all_tg_pt: false,
+        holder: false,
+    };
+
+    fn plan(
+        o: &Observed,
+        live_nodes: &[&str],
+        access: AccessMode,
+        policy: &Policy,
+    ) -> Result<Vec<Step>, Refusal> {
+        let l = live(live_nodes);
+        let known = live(&["a", "b", "c"]);
+        plan_acquire(
+            o,
+            &Context {
+                ours: key("b"),
+                tag: tag(),
+                live: &l,
+                known: &known,
+                access,
+                policy,
+            },
+        )
+    }
+
+    /// Each row: what the LUN says, who is live, and the steps B's acquire sends.
+    #[test]
+    fn acquire_table() {
+        let p = Policy::default();
+        let single = AccessMode::SingleNode;
+        let short = |steps: Result<Vec<Step>, Refusal>| -> String {
+            match steps {
+                Err(r) => format!(
+                    "refused:{}",
+                    serde_json::to_value(&r).unwrap()["reason"]
+                        .as_str()
+                        .unwrap()
+                ),
+                Ok(s) => s
+                    .iter()
+                    .map(|s| match s {
+                        Step::Register { .. } => "register".to_string(),
+                        Step::Reserve { rtype } => format!("reserve{}", rtype.code()),
+                        Step::Preempt {
+                            victim,
+                            holder,
+                            abort,
+                            ..
+                        } => format!(
+                            "{}{}({})",
+                            if *abort { "preempt-abort" } else { "preempt" },
+                            if *holder { "-holder" } else { "" },
+                            victim.node.clone().unwrap_or_else(|| "?".into())
+                        ),
+                        other => format!("{other:?}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            }
+        };
+        let rows: Vec<(&str, Observed, Vec<&str>, &str)> = vec![
+            (
+                "empty LUN",
+                obs(vec![], None, vec![NotRegistered, NotRegistered]),
+                vec!["b"],
+                "register register reserve5",
+            ),
+            (
+                "already held, both paths",
+                obs(
+                    vec![key("b"), key("b")],
+                    reserved(key("b"), 5),
+                    vec![REG, REG],
+                ),
+                vec!["b"],
+                "",
+            ),
+            (
+                "held, a new path",
+                obs(
+                    vec![key("b")],
+                    reserved(key("b"), 5),
+                    vec![REG, NotRegistered],
+                ),
+                vec!["b"],
+                "register",
+            ),
+            (
+                "failover from stale a",
+                obs(
+                    vec![key("a"), key("a")],
+                    reserved(key("a"), 5),
+                    vec![NotRegistered, NotRegistered],
+                ),
+                vec!["b"],
+                "register register preempt-abort-holder(a)",
+            ),
+            (
+                "a still live: never preempt it",
+                obs(vec![key("a")], reserved(key("a"), 5), vec![NotRegistered]),
+                vec!["a", "b"],
+                "refused:held-by-live-node",
+            ),
+            (
+                "stale c registered, a holds stale",
+                obs(
+                    vec![key("a"), key("c")],
+                    reserved(key("a"), 5),
+                    vec![NotRegistered],
+                ),
+                vec!["b"],
+                "register preempt-abort-holder(a) preempt-abort(c)",
+            ),
+            (
+                "foreign registrant stays",
+                obs(
+                    vec![foreign("x"), key("a")],
+                    reserved(key("a"), 5),
+                    vec![NotRegistered],
+                ),
+                vec!["b"],
+                "register preempt-abort-holder(a)",
+            ),
+            (
+                "foreign holder refused",
+                obs(
+                    vec![foreign("x")],
+                    reserved(foreign("x"), 5),
+                    vec![NotRegistered],
+                ),
+                vec!["b"],
+                "refused:foreign-holder",
+            ),
+            (
+                "we hold another type",
+                obs(vec![key("b")], reserved(key("b"), 1), vec![REG]),
+                vec!["b"],
+                "refused:type-mismatch",
+            ),
+            (
+                "no usable path",
+                obs(vec![], None, vec![]),
+                vec!["b"],
+                "refused:no-usable-path",
+            ),
+            (
+                "unknown nexus is registered again",
+                obs(vec![key("b")], reserved(key("b"), 5), vec![Unknown]),
+                vec!["b"],
+                "register",
+            ),
+        ];
+        for (name, o, l, want) in rows {
+            assert_eq!(short(plan(&o, &l, single, &p)), want, "{name}");
+        }
+        // Multi-node, type 7: a and b both live stay registered; nothing preempted.
+        let o = obs(
+            vec![key("a"), key("a")],
+            reserved(ReservationKey(0), 7),
+            vec![NotRegistered, NotRegistered],
+        );
+        assert_eq!(
+            short(plan(&o, &["a", "b"], AccessMode::MultiNode, &p)),
+            "register register"
+        );
+        // Multi-node, stale c is removed but the type-7 reservation stays.
+        let o = obs(
+            vec![key("a"), key("c")],
+            reserved(ReservationKey(0), 7),
+            vec![NotRegistered],
+        );
+        assert_eq!(
+            short(plan(&o, &["a", "b"], AccessMode::MultiNode, &p)),
+            "register preempt-abort(c)"
+        );
+        // Policy: plain PREEMPT, and removing foreign keys.
+        let p2 = Policy {
+            preempt: PreemptMode::Preempt,
+            remove_foreign_keys: true,
+            ..Policy::default()
+        };
+        let o = obs(vec![foreign("x")], reserved(foreign("x"), 5), vec![REG]);
+        assert_eq!(short(plan(&o, &["b"], single, &p2)), "preempt-holder(?)");
+    }
+
+    #[test]
+    fn options_follow_capabilities() {
+        let p = Policy {
+            all_tg_pt: true,
+            aptpl: true,
+            ..Policy::default()
+        };
+        let mut o = obs(vec![], None, vec![NotRegistered]);
+        let steps = plan(&o, &["b"], AccessMode::SingleNode, &p).unwrap();
+        assert!(matches!(
+            steps[0],
+            Step::Register {
+                all_tg_pt: true,
+                aptpl: true,
+                ..
+            }
+        ));
+        o.caps = None;
+        let steps = plan(&o, &["b"], AccessMode::SingleNode, &p).unwrap();
+        assert!(matches!(
+            steps[0],
+            Step::Register {
+                all_tg_pt: false,
+                aptpl: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn release_touches_only_our_registrations() {
+        let l = live(&["a"]);
+        let ctx = Context {
+            ours: key("b"),
+            tag: tag(),
+            live: &l,
+            known: &l,
+            access: AccessMode::SingleNode,
+            policy: &Policy::default(),
+        };
+        let held = Registered {
+            all_tg_pt: false,
+            holder: true,
+        };
+        let atp = Registered {
+            all_tg_pt: true,
+            holder: false,
+        };
+        let o = obs(
+            vec![key("b"), key("b"), key("a")],
+            reserved(key("b"), 5),
+            vec![held, atp],
+        );
+        let steps = plan_release(&o, &ctx);
+        assert_eq!(steps.len(), 3);
+        assert!(matches!(&steps[0], Step::Release { path: Some(p), .. } if p.ends_with("sd0")));
+        assert!(matches!(
+            &steps[2],
+            Step::Unregister {
+                all_tg_pt: true,
+                ..
+            }
+        ));
+        // Someone else's reservation: no RELEASE; type 7: no RELEASE; nothing registered: no-op.
+        let o = obs(vec![key("b"), key("a")], reserved(key("a"), 5), vec![REG]);
+        assert!(matches!(
+            plan_release(&o, &ctx).as_slice(),
+            [Step::Unregister { .. }]
+        ));
+        let o = obs(
+            vec![key("b"), key("a")],
+            reserved(ReservationKey(0), 7),
+            vec![REG],
+        );
+        assert!(matches!(
+            plan_release(&o, &ctx).as_slice(),
+            [Step::Unregister { .. }]
+        ));
+        let o = obs(vec![key("a")], reserved(key("a"), 5), vec![NotRegistered]);
+        assert!(plan_release(&o, &ctx).is_empty());
+    }
+
+    #[test]
+    fn check_registers_new_paths_only_while_our_key_is_on_the_lun() {
+        let l = live(&["b"]);
+        let ctx = Context {
+            ours: key("b"),
+            tag: tag(),
+            live: &l,
+            known: &l,
+            access: AccessMode::SingleNode,
+            policy: &Policy::default(),
+        };
+        let o = obs(
+            vec![key("b")],
+            reserved(key("b"), 5),
+            vec![REG, NotRegistered],
+        );
+        assert_eq!(plan_check(&o, &ctx).len(), 1);
+        let fenced = obs(
+            vec![key("a")],
+            reserved(key("a"), 5),
+            vec![NotRegistered, NotRegistered],
+        );
+        assert!(plan_check(&fenced, &ctx).is_empty());
+    }
+
+    #[test]
+    fn classify_names_keys_and_separates_foreign() {
+        let l = live(&["a"]);
+        let known = live(&["a", "c"]);
+        let ctx = Context {
+            ours: key("b"),
+            tag: tag(),
+            live: &l,
+            known: &known,
+            access: AccessMode::SingleNode,
+            policy: &Policy::default(),
+        };
+        let k = classify(
+            &[
+                key("a"),
+                key("b"),
+                key("c"),
+                key("c"),
+                foreign("z"),
+                key("d"),
+            ],
+            &ctx,
+        );
+        assert!(k.ours_present);
+        assert_eq!(
+            k.live.iter().map(|x| x.node.as_deref()).collect::<Vec<_>>(),
+            vec![Some("a")]
+        );
+        assert_eq!(
+            k.stale
+                .iter()
+                .map(|x| x.node.as_deref())
+                .collect::<Vec<_>>(),
+            vec![Some("c"), None]
+        );
+        assert_eq!(k.foreign.len(), 1);
+        assert!(k.foreign[0].foreign);
+    }
+}
