@@ -26,6 +26,9 @@ fn main() {
         Command::Pr(a) => cli::pr::run(a, &cli.global, &SgIo),
         Command::Inspect(a) => cli::inspect::run(a, &cli.global, &SgIo),
         Command::Key(a) => cli::key::run(a, cli.global.json),
+        Command::Acquire(a) => cli::fence::run(cli::fence::Op::Acquire, a, &cli.global),
+        Command::Release(a) => cli::fence::run(cli::fence::Op::Release, a, &cli.global),
+        Command::Check(a) => cli::fence::run(cli::fence::Op::Check, a, &cli.global),
     };
     let code = match result {
         Ok(code) => code,

@@ -1,6 +1,7 @@
 //! The `csi-fencer` command line: one clap struct, one module per subcommand.
 
 pub mod exit;
+pub mod fence;
 pub mod inspect;
 pub mod key;
 pub mod pr;
@@ -59,4 +60,10 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Print the reservation key of a node (cluster tag ‖ 48 bits of SHA-256 of the name).
     Key(key::KeyArgs),
+    /// Take a volume's LUN for this node: register on every path, reserve, preempt stale keys.
+    Acquire(fence::FenceArgs),
+    /// Give a volume's LUN up: release and unregister this node's paths only.
+    Release(fence::FenceArgs),
+    /// Is this node still registered (and on every path), or fenced?
+    Check(fence::FenceArgs),
 }

@@ -2,6 +2,7 @@
 //! a LUN's reservation match the attachments.
 
 pub mod decide;
+pub mod engine;
 pub mod keys;
 pub mod policy;
 pub mod state;
