@@ -227,7 +227,7 @@ fn failover_preempt_fences_node_a_on_every_path() {
         s(&v, "/paths/0/result/reservation/key"),
         format!("0x{:016x}", key_b().0)
     );
-    assert_eq!(sg_read_keys(&VOL0.sd("A1")), vec![key_b().0, key_b().0]);
+    assert_eq!(sg_read_keys(&VOL0.sd("B2")), vec![key_b().0, key_b().0]);
 
     // A's next command on each path sees UNIT ATTENTION 2A/05, by name.
     for path in ["A1", "A2"] {

@@ -102,6 +102,9 @@ pub struct FenceArgs {
     /// nodes' keys of this cluster are stale and preempted. Default: this node only.
     #[arg(long, value_name = "NODES", value_delimiter = ',')]
     pub attached_nodes: Vec<String>,
+    /// Every node of the cluster (comma-separated), to name stale keys in reports.
+    #[arg(long, value_name = "NODES", value_delimiter = ',')]
+    pub known_nodes: Vec<String>,
     /// single-node (type 5, RWO) or multi-node (type 7, RWX).
     #[arg(long, value_name = "MODE", default_value = "single-node")]
     pub access_mode: AccessMode,
@@ -188,6 +191,12 @@ fn engine(a: &FenceArgs, g: &GlobalArgs) -> Result<Engine<SgIo>, Failure> {
     cfg.command_timeout = g.timeout();
     cfg.device_wait = Duration::from_secs(a.device_wait);
     cfg.dry_run = a.dry_run;
+    cfg.known_nodes = a
+        .known_nodes
+        .iter()
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .collect();
     cfg.interrupt_after_register = a.test_interrupt_after_register;
     let state = StateStore::open(&a.state_dir).map_err(|e| Failure::new(STATE, e))?;
     let resolver = Resolver::new(Sysfs::default(), a.map_uuid_prefix.clone());
@@ -240,7 +249,8 @@ fn fence_failure(e: FenceError) -> Failure {
 }
 
 fn exit_code(op: Op, out: &Outcome) -> i32 {
-    let partial = out.paths.iter().any(|p| p.usable && !p.registered);
+    // Every path of this LUN should carry the key; an offline one too (I5).
+    let partial = out.paths.iter().any(|p| !p.wrong_lun && !p.registered);
     match (op, out.state) {
         (_, VolumeState::Fenced) => FENCED,
         (_, VolumeState::Refused) => REFUSED,

@@ -224,11 +224,11 @@ impl Sysfs {
         if let Some(session) = parts.iter().find(|p| p.starts_with("session")) {
             let dir = self.root.join("class/iscsi_session").join(session);
             let name = read_trimmed(&dir.join("initiatorname"))?;
-            let isid = read_trimmed(&dir.join("isid"))?;
-            return Some(TransportId::Iscsi {
-                name,
-                isid: Some(isid.trim_start_matches("0x").to_ascii_lowercase()),
-            });
+            let isid = read_trimmed(&dir.join("isid"))
+                .map(|i| i.trim_start_matches("0x").to_ascii_lowercase())
+                .filter(|i| !i.is_empty())
+                .or_else(|| open_iscsi_isid(session));
+            return Some(TransportId::Iscsi { name, isid });
         }
         if parts.iter().any(|p| p.starts_with("rport-")) {
             let host = parts.iter().find(|p| p.starts_with("host"))?;
@@ -245,6 +245,17 @@ impl Sysfs {
     pub fn node(&self, name: &str) -> PathBuf {
         self.dev.join(name)
     }
+}
+
+/// The ISID open-iscsi's iscsid gives a software-iSCSI session, which the
+/// kernel does not show in sysfs: its OUI-format prefix 00:02:3d and the
+/// 24-bit session number (`session7` -> `00023d000007`; seen on every LIO
+/// READ FULL STATUS in the rig). If another initiator numbers differently,
+/// no registration matches and the engine merely registers the path again
+/// (REGISTER AND IGNORE EXISTING KEY with the same key is harmless).
+fn open_iscsi_isid(session: &str) -> Option<String> {
+    let n: u32 = session.strip_prefix("session")?.parse().ok()?;
+    (n < 1 << 24).then(|| format!("00023d{n:06x}"))
 }
 
 fn read_trimmed(p: &Path) -> Option<String> {
@@ -286,7 +297,7 @@ mod tests {
         let sess = r.join("class/iscsi_session/session1");
         fs::create_dir_all(&sess).unwrap();
         fs::write(sess.join("initiatorname"), "iqn.2025-01.test.rig:nodea\n").unwrap();
-        fs::write(sess.join("isid"), "00023d000001\n").unwrap();
+        fs::write(sess.join("isid"), "0x00023D000001\n").unwrap();
         let s = Sysfs::new(r, "/dev");
         (d, s)
     }

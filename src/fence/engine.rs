@@ -60,6 +60,8 @@ pub struct EngineConfig {
     pub device_wait: Duration,
     /// An authorization older than this is not fresh.
     pub max_authorization_age: Duration,
+    /// Every node name of the cluster, so stale keys can be named in reports.
+    pub known_nodes: BTreeSet<String>,
     /// Send no PR OUT; report what would be sent.
     pub dry_run: bool,
     /// Test hook: stop right after the registrations of an acquire, as a
@@ -77,6 +79,7 @@ impl EngineConfig {
             retry: RetryPolicy::default(),
             device_wait: Duration::from_secs(0),
             max_authorization_age: Duration::from_secs(60),
+            known_nodes: BTreeSet::new(),
             dry_run: false,
             interrupt_after_register: false,
         }
@@ -108,6 +111,8 @@ pub struct PathReport {
     pub info: PathInfo,
     /// False when the path is not used: offline, or another LUN (I3).
     pub usable: bool,
+    /// The path leads to another LUN (VPD 83h differs): never ours to register.
+    pub wrong_lun: bool,
     /// Carries this node's key after the operation.
     pub registered: bool,
     /// Why the path is unusable or failed.
@@ -237,6 +242,11 @@ impl<T: Transport> Engine<T> {
     /// This node's key.
     pub fn key(&self) -> ReservationKey {
         self.key
+    }
+
+    /// The transport (benchmarks read their stopwatch from it).
+    pub fn transport(&self) -> &T {
+        &self.transport
     }
 
     fn path(&self, dev: &Path) -> ScsiPath<'_> {
@@ -411,12 +421,16 @@ impl<T: Transport> Engine<T> {
         BTreeMap<ReservationKey, String>,
         BTreeMap<ReservationKey, String>,
     ) {
-        let mut m: BTreeMap<ReservationKey, String> = live
-            .iter()
-            .map(|n| (self.cfg.tag.key_for(n), n.clone()))
-            .collect();
-        m.insert(self.key, self.cfg.node.clone());
-        (m.clone(), m)
+        let names = |set: &BTreeSet<String>| -> BTreeMap<ReservationKey, String> {
+            set.iter()
+                .map(|n| (self.cfg.tag.key_for(n), n.clone()))
+                .collect()
+        };
+        let mut lives = names(live);
+        lives.insert(self.key, self.cfg.node.clone());
+        let mut known = names(&self.cfg.known_nodes);
+        known.extend(lives.clone());
+        (lives, known)
     }
 
     fn context<'a>(

@@ -106,15 +106,27 @@ pub fn fencer_ok(args: &[&str]) -> serde_json::Value {
     v
 }
 
-/// Runs sg_persist; returns (exit code, stdout + stderr).
+/// Runs sg_persist; returns (exit code, stdout + stderr). A PR IN that
+/// meets a pending UNIT ATTENTION (exit 6; sg_persist does not retry) is
+/// sent again: the attention is consumed by the failed attempt.
 pub fn sg_persist(args: &[&str]) -> (i32, String) {
-    let out = Command::new("sg_persist")
-        .args(args)
-        .output()
-        .expect("sg_persist is in the rig's initramfs");
-    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
-    s.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), s)
+    let once = || {
+        let out = Command::new("sg_persist")
+            .args(args)
+            .output()
+            .expect("sg_persist is in the rig's initramfs");
+        let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+        s.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), s)
+    };
+    let mut r = once();
+    for _ in 0..3 {
+        if r.0 != 6 || !args.contains(&"--in") {
+            break;
+        }
+        r = once();
+    }
+    r
 }
 
 /// The keys `sg_persist --in --read-keys DEV` lists, parsed from its text.

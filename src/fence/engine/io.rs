@@ -40,12 +40,10 @@ impl<T: Transport> Engine<T> {
             loc.usable.extend(usable);
             loc.reports.push(report);
         }
-        if vol.device.is_some() && loc.usable.is_empty() {
-            if let Some(r) = loc.reports.iter().find_map(|r| r.problem.clone()) {
-                if r.starts_with("identity mismatch") {
-                    self.verify_identity(&loc.device, &vol.wwid)?;
-                }
-            }
+        // An explicit device whose every path is another LUN: fail loudly (I3).
+        if vol.device.is_some() && loc.usable.is_empty() && loc.reports.iter().any(|r| r.wrong_lun)
+        {
+            self.verify_identity(&loc.device, &vol.wwid)?;
         }
         Ok(loc)
     }
@@ -84,6 +82,7 @@ impl<T: Transport> Engine<T> {
         let mut report = PathReport {
             info,
             usable: false,
+            wrong_lun: false,
             registered: false,
             problem: None,
         };
@@ -107,6 +106,7 @@ impl<T: Transport> Engine<T> {
                 report.problem = Some(format!(
                     "identity mismatch: VPD 83h says {found}, not {wwid}"
                 ));
+                report.wrong_lun = true;
                 return (None, report);
             }
         }
@@ -333,6 +333,9 @@ fn registration_of(
     let Some(me) = &p.initiator else {
         return PathRegistration::Unknown;
     };
+    if matches!(me, TransportId::Iscsi { isid: None, .. }) {
+        return PathRegistration::Unknown;
+    }
     fs.registrations
         .iter()
         .find(|r| {

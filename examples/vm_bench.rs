@@ -1,0 +1,215 @@
+//! Failover benchmark, run in the VM rig (`make bench-vm`); prints figures,
+//! asserts nothing about speed.
+//!
+//! Each round: clear VOL0, node-a acquires it, then node-b's acquire is timed
+//! (register on both of B's paths, PREEMPT AND ABORT of A, read back). Side by
+//! side in the same run:
+//! - `engine`: node-b's in-process `Engine::acquire`;
+//! - `raw SG_IO`: the sum of the wall times of the SCSI commands that acquire
+//!   sent (measured around each `Transport::execute`), i.e. the floor;
+//! - `sg_persist`: the same PR sequence done the way fence_mpath / fence_scsi
+//!   do it, one `sg_persist` / `sg_vpd` process per command.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use csi_fencer::device::{Resolver, Sysfs};
+use csi_fencer::fence::engine::{Authorization, Engine, EngineConfig, Volume};
+use csi_fencer::fence::keys::ClusterTag;
+use csi_fencer::fence::policy::{AccessMode, Policy};
+use csi_fencer::fence::state::{AttachmentId, StateStore};
+use csi_fencer::scsi::Command as ScsiCommand;
+use csi_fencer::transport::sgio::SgIo;
+use csi_fencer::transport::{Completion, ScsiError, Transport};
+
+/// SG_IO with a stopwatch around every command.
+struct Timed {
+    log: Mutex<Vec<Duration>>,
+}
+
+impl Transport for Timed {
+    fn execute(
+        &self,
+        path: &Path,
+        cmd: &ScsiCommand,
+        timeout: Duration,
+    ) -> Result<Completion, ScsiError> {
+        let t0 = Instant::now();
+        let r = SgIo.execute(path, cmd, timeout);
+        if let Ok(mut l) = self.log.lock() {
+            l.push(t0.elapsed());
+        }
+        r
+    }
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        eprintln!("{name} is not set: run this inside the VM rig (make bench-vm)");
+        std::process::exit(2)
+    })
+}
+
+fn sh(cmd: &str, args: &[&str]) {
+    let st = Command::new(cmd).args(args).output().expect("spawn");
+    if !st.status.success() {
+        panic!("{cmd} {args:?}: {}", String::from_utf8_lossy(&st.stderr));
+    }
+}
+
+fn reset(sd: &str) {
+    sh(
+        "sg_persist",
+        &["--out", "--register-ignore", "--param-sark", "0x5c5c", sd],
+    );
+    sh(
+        "sg_persist",
+        &["--out", "--clear", "--param-rk", "0x5c5c", sd],
+    );
+}
+
+fn engine<T: Transport>(node: &str, prefix: &str, t: T, dir: &str) -> Engine<T> {
+    let _ = std::fs::remove_dir_all(dir);
+    let tag = ClusterTag::new(0x7e57).expect("tag");
+    let state = StateStore::open(Path::new(dir)).expect("state");
+    Engine::new(
+        EngineConfig::new(node, tag),
+        t,
+        Resolver::new(Sysfs::default(), prefix),
+        state,
+    )
+}
+
+fn auth(id: &str) -> Authorization {
+    Authorization {
+        attachment: AttachmentId(id.into()),
+        read_at: SystemTime::now(),
+    }
+}
+
+fn stats(name: &str, mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let med = v[v.len() / 2];
+    let p95 = v[(v.len() * 95).div_ceil(100).min(v.len()) - 1];
+    println!(
+        "{name:<34} median {:>8.2} ms   p95 {:>8.2} ms   (n={})",
+        ms(med),
+        ms(p95),
+        v.len()
+    );
+    med
+}
+
+/// The fence_mpath way: one process per command, the same sequence.
+fn sg_persist_failover(b: &[String], ka: u64, kb: u64) {
+    for p in b {
+        sh("sg_vpd", &["--page=di", p]);
+    }
+    sh("sg_persist", &["--in", "--read-keys", &b[0]]);
+    sh("sg_persist", &["--in", "--read-reservation", &b[0]]);
+    for p in b {
+        sh(
+            "sg_persist",
+            &[
+                "--out",
+                "--register-ignore",
+                "--param-sark",
+                &format!("{kb:#x}"),
+                p,
+            ],
+        );
+    }
+    sh(
+        "sg_persist",
+        &[
+            "--out",
+            "--preempt-abort",
+            "--param-rk",
+            &format!("{kb:#x}"),
+            "--param-sark",
+            &format!("{ka:#x}"),
+            "--prout-type=5",
+            &b[0],
+        ],
+    );
+    sh("sg_persist", &["--in", "--read-keys", &b[0]]);
+    sh("sg_persist", &["--in", "--read-reservation", &b[0]]);
+}
+
+fn main() {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let wwid = env("RIG_VOL0_WWID").parse().expect("WWID");
+    let a1 = env("RIG_VOL0_A1_SD");
+    let b_paths = vec![env("RIG_VOL0_B1_SD"), env("RIG_VOL0_B2_SD")];
+    let vol = Volume {
+        name: "vol0".into(),
+        wwid,
+        device: None,
+        access: AccessMode::SingleNode,
+        policy: Policy::default(),
+    };
+    let a = engine("node-a", "mpath-", SgIo, "/tmp/bench-a");
+    let b = engine(
+        "node-b",
+        "mpathb-",
+        Timed {
+            log: Mutex::new(Vec::new()),
+        },
+        "/tmp/bench-b",
+    );
+    let live_a: BTreeSet<String> = ["node-a".to_string()].into();
+    let live_b: BTreeSet<String> = ["node-b".to_string()].into();
+    let (mut eng, mut raw, mut sgp, mut cmds) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for i in 0..runs {
+        reset(&a1);
+        a.acquire(&vol, &auth(&format!("a-{i}")), &live_a)
+            .expect("A acquires");
+        if let Ok(mut l) = b.transport_log() {
+            l.clear();
+        }
+        let t0 = Instant::now();
+        let out = b
+            .acquire(&vol, &auth(&format!("b-{i}")), &live_b)
+            .expect("B acquires");
+        eng.push(t0.elapsed());
+        assert_eq!(out.preempted.len(), 1, "B preempted A");
+        let log = b.transport_log().map(|l| l.clone()).unwrap_or_default();
+        cmds = log.len();
+        raw.push(log.iter().sum());
+        reset(&a1);
+        a.acquire(&vol, &auth(&format!("a2-{i}")), &live_a)
+            .expect("A acquires");
+        let t0 = Instant::now();
+        sg_persist_failover(&b_paths, a.key().0, b.key().0);
+        sgp.push(t0.elapsed());
+    }
+    println!("failover of VOL0 from node-a to node-b, {runs} rounds, {cmds} SCSI commands per engine acquire");
+    let e = stats("csi-fencer engine acquire", eng);
+    let r = stats("sum of its raw SG_IO round trips", raw);
+    let s = stats("sg_persist, one process per command", sgp);
+    println!(
+        "engine / raw SG_IO   = {:.2}x (goal <= 1.20)",
+        e.as_secs_f64() / r.as_secs_f64()
+    );
+    println!(
+        "sg_persist / engine  = {:.1}x (goal >= 10)",
+        s.as_secs_f64() / e.as_secs_f64()
+    );
+}
+
+trait Log {
+    fn transport_log(&self) -> Result<std::sync::MutexGuard<'_, Vec<Duration>>, ()>;
+}
+
+impl Log for Engine<Timed> {
+    fn transport_log(&self) -> Result<std::sync::MutexGuard<'_, Vec<Duration>>, ()> {
+        self.transport().log.lock().map_err(|_| ())
+    }
+}

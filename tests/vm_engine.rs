@@ -1,0 +1,513 @@
+//! The fencing engine on a real LIO target (VM rig): acquire, failover,
+//! the safety invariants I1, I2, I3, I5, crash convergence, release, and
+//! PREEMPT AND ABORT with writes in flight.
+//!
+//! Node A's daemon finds its maps by the multipath-tools uuid prefix
+//! (`mpath-`); node B, which shares the rig's kernel, by `mpathb-`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const VOL0: Lun = Lun("VOL0");
+const VOL1: Lun = Lun("VOL1");
+const SLOW: Lun = Lun("SLOW");
+
+struct Node {
+    name: &'static str,
+    prefix: &'static str,
+    state: PathBuf,
+}
+
+impl Node {
+    fn new(name: &'static str, prefix: &'static str, test: &str) -> Node {
+        let state = PathBuf::from(format!("/tmp/state-{name}-{test}"));
+        let _ = std::fs::remove_dir_all(&state);
+        Node {
+            name,
+            prefix,
+            state,
+        }
+    }
+
+    fn a(test: &str) -> Node {
+        Node::new("node-a", "mpath-", test)
+    }
+
+    fn b(test: &str) -> Node {
+        Node::new("node-b", "mpathb-", test)
+    }
+
+    /// `csi-fencer OP --wwid … --node … EXTRA --json`: exit code and outcome.
+    fn run(&self, op: &str, lun: Lun, extra: &[&str]) -> (i32, Value) {
+        let wwid = lun.wwid();
+        let state = self.state.to_string_lossy().into_owned();
+        let mut args = vec![
+            op,
+            "--wwid",
+            &wwid,
+            "--node",
+            self.name,
+            "--cluster-tag",
+            "7e57",
+            "--map-uuid-prefix",
+            self.prefix,
+            "--state-dir",
+            &state,
+            "--known-nodes",
+            "node-a,node-b",
+        ];
+        args.extend_from_slice(extra);
+        fencer_json(&args)
+    }
+
+    fn acquire(&self, lun: Lun, attachment: &str, attached: &str) -> (i32, Value) {
+        self.run(
+            "acquire",
+            lun,
+            &["--attachment", attachment, "--attached-nodes", attached],
+        )
+    }
+}
+
+fn generation(lun: Lun) -> u32 {
+    let t = csi_fencer::transport::sgio::SgIo;
+    csi_fencer::transport::ScsiPath::new(&t, lun.sd("B2"), Duration::from_secs(20))
+        .read_keys()
+        .expect("READ KEYS")
+        .generation
+}
+
+fn holder(lun: Lun) -> Option<u64> {
+    let (code, text) = sg_persist(&[
+        "--in",
+        "--read-reservation",
+        lun.sd("B2").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Key=0x"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).expect("hex key"))
+}
+
+fn steps(v: &Value) -> Vec<String> {
+    v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s["step"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn acquire_from_empty_registers_both_paths_and_reserves_then_is_idempotent() {
+    reset_lun(VOL0);
+    let a = Node::a("idem");
+    let (code, v) = a.acquire(VOL0, "gen-1", "node-a");
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["state"], "held");
+    assert_eq!(steps(&v), vec!["register", "register", "reserve"]);
+    assert_eq!(
+        sg_read_keys(&VOL0.sd("B1")),
+        vec![key_a().0, key_a().0],
+        "A's key on both A nexuses"
+    );
+    assert_eq!(holder(VOL0), Some(key_a().0));
+    let (_, text) = sg_persist(&[
+        "--in",
+        "--read-reservation",
+        VOL0.sd("A1").to_str().expect("utf-8"),
+    ]);
+    assert!(text.contains("Write Exclusive, registrants only"), "{text}");
+    let g = generation(VOL0);
+    let (code, v) = a.acquire(VOL0, "gen-1", "node-a");
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(
+        steps(&v),
+        Vec::<String>::new(),
+        "second acquire sends nothing: {v:#}"
+    );
+    assert_eq!(generation(VOL0), g, "PR generation unchanged");
+    assert!(v["paths"]
+        .as_array()
+        .expect("paths")
+        .iter()
+        .all(|p| p["registered"] == true));
+}
+
+/// A holds VOL0 under gen-1; B takes it over with attached nodes = {B}.
+fn failover(test: &str) -> (Node, Node) {
+    reset_lun(VOL0);
+    let (a, b) = (Node::a(test), Node::b(test));
+    let (code, v) = a.acquire(VOL0, "gen-1", "node-a");
+    assert_eq!(code, 0, "A acquires: {v:#}");
+    let (code, v) = b.acquire(VOL0, "uid-b-1", "node-b");
+    assert_eq!(code, 0, "B acquires: {v:#}");
+    assert_eq!(steps(&v), vec!["register", "register", "preempt"]);
+    assert_eq!(v["preempted"][0]["node"], "node-a", "{v:#}");
+    (a, b)
+}
+
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn failover_moves_the_reservation_and_fences_a() {
+    let (a, _b) = failover("failover");
+    assert_eq!(
+        sg_read_keys(&VOL0.sd("A1")),
+        vec![key_b().0, key_b().0],
+        "only B's two nexuses"
+    );
+    assert_eq!(holder(VOL0), Some(key_b().0));
+    assert_conflict(direct_write(&VOL0.dm("A"), 0, 4096, 0xaa), "A via its map");
+    assert_conflict(direct_write(&VOL0.sd("A1"), 0, 4096, 0xaa), "A via a path");
+    direct_write(&VOL0.dm("B"), 0, 4096, 0xbb).expect("B writes");
+    let (code, v) = a.run("check", VOL0, &[]);
+    assert_eq!(code, 10, "check on A reports fenced: {v:#}");
+    assert_eq!(v["state"], "fenced");
+}
+
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn i1_a_fenced_node_never_re_registers_under_its_old_attachment() {
+    let (a, _b) = failover("i1");
+    let before = (sg_read_keys(&VOL0.sd("B1")), generation(VOL0));
+    // A's source still says "attached, gen-1": refused, nothing sent.
+    let (code, v) = a.acquire(VOL0, "gen-1", "node-a");
+    assert_eq!(code, 10, "{v:#}");
+    assert_eq!(v["refusal"]["reason"], "fenced");
+    assert_eq!(steps(&v), Vec::<String>::new());
+    assert_eq!(
+        (sg_read_keys(&VOL0.sd("B1")), generation(VOL0)),
+        before,
+        "no PR OUT from A"
+    );
+    // A new process with the same state directory remembers (the file survives).
+    let (code, _) = a.acquire(VOL0, "gen-1", "node-a");
+    assert_eq!(code, 10);
+    assert_eq!((sg_read_keys(&VOL0.sd("B1")), generation(VOL0)), before);
+    let state = std::fs::read_to_string(a.state.join("reservations.json")).expect("state file");
+    assert!(
+        state.contains("\"fenced\"") && state.contains("gen-1"),
+        "{state}"
+    );
+    // A new attachment (B's is gone) authorises A again.
+    let (code, v) = a.acquire(VOL0, "gen-2", "node-a");
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(holder(VOL0), Some(key_a().0));
+    assert_eq!(sg_read_keys(&VOL0.sd("B1")), vec![key_a().0, key_a().0]);
+}
+
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn i2_foreign_keys_stay_and_live_nodes_are_never_preempted() {
+    reset_lun(VOL0);
+    let foreign = csi_fencer::fence::keys::ClusterTag::new(0x0bad)
+        .expect("tag")
+        .key_for("other");
+    let b1 = VOL0.sd("B1");
+    let (c, t) = sg_persist(&[
+        "--out",
+        "--register",
+        "--param-sark",
+        &format!("{:#x}", foreign.0),
+        b1.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(c, 0, "{t}");
+    let a = Node::a("i2");
+    let (code, v) = a.acquire(VOL0, "gen-1", "node-a");
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(
+        v["keys"]["foreign"][0]["key"],
+        format!("0x{:016x}", foreign.0),
+        "{v:#}"
+    );
+    assert!(
+        sg_read_keys(&b1).contains(&foreign.0),
+        "the foreign key is untouched"
+    );
+    // Type 7 with both nodes live: both stay, nothing preempted.
+    reset_lun(VOL1);
+    let (a, b) = (Node::a("i2-7"), Node::b("i2-7"));
+    let (code, v) = a.run(
+        "acquire",
+        VOL1,
+        &[
+            "--attachment",
+            "ga",
+            "--attached-nodes",
+            "node-a,node-b",
+            "--access-mode",
+            "multi-node",
+        ],
+    );
+    assert_eq!(code, 0, "{v:#}");
+    let (code, v) = b.run(
+        "acquire",
+        VOL1,
+        &[
+            "--attachment",
+            "gb",
+            "--attached-nodes",
+            "node-a,node-b",
+            "--access-mode",
+            "multi-node",
+        ],
+    );
+    assert_eq!(code, 0, "{v:#}");
+    assert!(
+        v["preempted"].as_array().expect("preempted").is_empty(),
+        "{v:#}"
+    );
+    let keys = sg_read_keys(&VOL1.sd("A1"));
+    assert_eq!(keys.iter().filter(|&&k| k == key_a().0).count(), 2);
+    assert_eq!(keys.iter().filter(|&&k| k == key_b().0).count(), 2);
+    let (_, text) = sg_persist(&[
+        "--in",
+        "--read-reservation",
+        VOL1.sd("A1").to_str().expect("utf-8"),
+    ]);
+    assert!(text.contains("Write Exclusive, all registrants"), "{text}");
+}
+
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn i3_a_device_of_another_lun_is_refused_before_any_pr_out() {
+    reset_lun(VOL0);
+    let g = generation(VOL0);
+    let a = Node::a("i3");
+    let dev = VOL0.dm("A");
+    let (code, v) = a.run(
+        "acquire",
+        VOL1,
+        &[
+            "--device",
+            dev.to_str().expect("utf-8"),
+            "--attachment",
+            "g",
+            "--attached-nodes",
+            "node-a",
+        ],
+    );
+    assert_eq!(code, 14, "{v:#}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("identity mismatch"),
+        "{v:#}"
+    );
+    assert!(sg_read_keys(&VOL0.sd("B1")).is_empty());
+    assert_eq!(generation(VOL0), g);
+}
+
+fn set_state(dev: &std::path::Path, state: &str) {
+    let name = dev.file_name().and_then(|n| n.to_str()).expect("sd name");
+    // The kernel matches the state name only with its trailing newline.
+    std::fs::write(
+        format!("/sys/block/{name}/device/state"),
+        format!("{state}\n"),
+    )
+    .expect("write device/state");
+}
+
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn i5_an_offline_path_is_reported_and_registered_by_the_next_check() {
+    reset_lun(VOL1);
+    let a = Node::a("i5");
+    set_state(&VOL1.sd("A2"), "offline");
+    let (code, v) = a.acquire(VOL1, "gen-1", "node-a");
+    set_state(&VOL1.sd("A2"), "running");
+    assert_eq!(code, 12, "partial: {v:#}");
+    let paths = v["paths"].as_array().expect("paths");
+    let off = paths
+        .iter()
+        .find(|p| p["dev"] == VOL1.sd("A2").to_str().expect("utf-8"))
+        .expect("A2 reported");
+    assert_eq!(off["registered"], false);
+    assert!(
+        off["problem"].as_str().unwrap_or("").contains("offline"),
+        "{v:#}"
+    );
+    assert_eq!(sg_read_keys(&VOL1.sd("B1")), vec![key_a().0]);
+    drain_unit_attentions(&VOL1.sg("A2"));
+    let (code, v) = a.run("check", VOL1, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(steps(&v), vec!["register"]);
+    assert_eq!(sg_read_keys(&VOL1.sd("B1")), vec![key_a().0, key_a().0]);
+}
+
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn i5_a_new_path_is_registered_only_while_the_key_is_on_the_lun() {
+    // A path appears as an unregistered nexus of A: simulated by removing A2's
+    // registration behind the engine's back (as an iSCSI re-login would).
+    reset_lun(VOL1);
+    let (a, b) = (Node::a("newpath"), Node::b("newpath"));
+    assert_eq!(a.acquire(VOL1, "gen-1", "node-a").0, 0);
+    let a2 = VOL1.sd("A2");
+    let (c, t) = sg_persist(&[
+        "--out",
+        "--register",
+        "--param-rk",
+        &format!("{:#x}", key_a().0),
+        "--param-sark",
+        "0",
+        a2.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(c, 0, "{t}");
+    assert_eq!(sg_read_keys(&VOL1.sd("B1")).len(), 1);
+    let (code, v) = a.run("check", VOL1, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(
+        steps(&v),
+        vec!["register"],
+        "the new nexus is registered while A holds"
+    );
+    assert_eq!(sg_read_keys(&VOL1.sd("B1")).len(), 2);
+    // B fences A; A2 loses its registration again; A's check must not register it.
+    assert_eq!(b.acquire(VOL1, "uid-b", "node-b").0, 0);
+    let (code, v) = a.run("check", VOL1, &[]);
+    assert_eq!(code, 10, "{v:#}");
+    assert_eq!(steps(&v), Vec::<String>::new());
+    assert_eq!(
+        sg_read_keys(&VOL1.sd("A1")),
+        vec![key_b().0, key_b().0],
+        "no A nexus re-registered"
+    );
+}
+
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn an_acquire_interrupted_after_register_converges_on_the_next_one() {
+    reset_lun(VOL0);
+    let (a, b) = (Node::a("crash"), Node::b("crash"));
+    assert_eq!(a.acquire(VOL0, "gen-1", "node-a").0, 0);
+    let (code, v) = b.run(
+        "acquire",
+        VOL0,
+        &[
+            "--attachment",
+            "uid-b",
+            "--attached-nodes",
+            "node-b",
+            "--test-interrupt-after-register",
+        ],
+    );
+    assert_eq!(code, 70, "{v:#}");
+    let keys = sg_read_keys(&VOL0.sd("A1"));
+    assert_eq!(
+        keys.len(),
+        4,
+        "B registered, A not yet preempted: {keys:x?}"
+    );
+    assert_eq!(holder(VOL0), Some(key_a().0));
+    let (code, v) = b.acquire(VOL0, "uid-b", "node-b");
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(
+        steps(&v),
+        vec!["preempt"],
+        "only the missing step is sent: {v:#}"
+    );
+    assert_eq!(holder(VOL0), Some(key_b().0));
+    assert_eq!(sg_read_keys(&VOL0.sd("A1")), vec![key_b().0, key_b().0]);
+}
+
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn release_unregisters_only_this_node_and_is_idempotent() {
+    reset_lun(VOL1);
+    let (a, b) = (Node::a("release"), Node::b("release"));
+    let multi = [
+        "--attachment",
+        "g",
+        "--attached-nodes",
+        "node-a,node-b",
+        "--access-mode",
+        "multi-node",
+    ];
+    assert_eq!(a.run("acquire", VOL1, &multi).0, 0);
+    assert_eq!(b.run("acquire", VOL1, &multi).0, 0);
+    let (code, v) = b.run("release", VOL1, &["--access-mode", "multi-node"]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(
+        steps(&v),
+        vec!["unregister", "unregister"],
+        "no RELEASE of a shared type-7 reservation"
+    );
+    assert_eq!(
+        sg_read_keys(&VOL1.sd("B1")),
+        vec![key_a().0, key_a().0],
+        "A untouched"
+    );
+    let g = generation(VOL1);
+    let (code, v) = b.run("release", VOL1, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(steps(&v), Vec::<String>::new());
+    assert_eq!(generation(VOL1), g, "a second release is a no-op");
+    // Single-node holder: RELEASE, then unregister both paths.
+    reset_lun(VOL0);
+    let a = Node::a("release1");
+    assert_eq!(a.acquire(VOL0, "gen-1", "node-a").0, 0);
+    let (code, v) = a.run("release", VOL0, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(steps(&v), vec!["release", "unregister", "unregister"]);
+    assert!(sg_read_keys(&VOL0.sd("B1")).is_empty());
+    assert_eq!(holder(VOL0), None);
+}
+
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn dry_run_sends_nothing_and_lists_the_commands() {
+    reset_lun(VOL0);
+    let a = Node::a("dry");
+    let g = generation(VOL0);
+    let (code, v) = a.run("acquire", VOL0, &["--attachment", "g", "--dry-run"]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(steps(&v), vec!["register", "register", "reserve"]);
+    assert!(sg_read_keys(&VOL0.sd("B1")).is_empty());
+    assert_eq!(generation(VOL0), g);
+}
+
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn failover_with_preempt_and_abort_lands_none_of_a_s_queued_writes() {
+    reset_lun(SLOW);
+    let (a, b) = (Node::a("abort"), Node::b("abort"));
+    assert_eq!(a.acquire(SLOW, "gen-1", "node-a").0, 0);
+    let dev = SLOW.dm("A");
+    let writers: Vec<_> = (0..4u64)
+        .map(|i| {
+            let d = dev.clone();
+            thread::spawn(move || loop {
+                if let Err(e) = direct_write(&d, i * 65536, 65536, 0xaa) {
+                    return e.raw_os_error();
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(800));
+    let (code, v) = b.acquire(SLOW, "uid-b", "node-b");
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["steps"][2]["abort"], true, "{v:#}");
+    direct_write(&SLOW.dm("B"), 0, 4 * 65536, 0xbb).expect("B writes after acquiring");
+    for w in writers {
+        let errno = w.join().expect("writer");
+        assert!(
+            matches!(errno, Some(e) if e == EBADE || e == nix::libc::EIO),
+            "A's writer ended with {errno:?}"
+        );
+    }
+    let data = direct_read(&SLOW.dm("B"), 0, 4 * 65536).expect("read back");
+    assert!(
+        data.iter().all(|&b| b == 0xbb),
+        "A's writes landed after B's acquire returned"
+    );
+}
