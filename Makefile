@@ -1,7 +1,7 @@
 # csi-fencer: the two commands of the README, and their parts.
 #   make demo    the failover demo against a real SCSI target in a VM
 #   make test    every test: fmt, clippy, unit + property tests, then the VM rig
-.PHONY: test test-host test-vm demo fuzz lint help
+.PHONY: test test-host test-vm demo bench-vm fuzz lint help
 
 CARGO ?= cargo
 
@@ -23,6 +23,10 @@ test-vm:
 ## demo: boots the rig and runs the failover scenario with csi-fencer.
 demo:
 	tests/vm/run.sh script tests/vm/scripts/demo.sh
+
+## bench-vm: failover latency in the rig (release build): engine vs raw SG_IO vs sg_persist.
+bench-vm:
+	tests/vm/run.sh script tests/vm/scripts/bench.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -20,7 +20,7 @@ use csi_fencer::device::{Resolver, Sysfs};
 use csi_fencer::fence::engine::{Authorization, Engine, EngineConfig, Volume};
 use csi_fencer::fence::keys::ClusterTag;
 use csi_fencer::fence::policy::{AccessMode, Policy};
-use csi_fencer::fence::state::{AttachmentId, StateStore};
+use csi_fencer::fence::state::{AttachmentId, Phase, Record, StateStore};
 use csi_fencer::scsi::Command as ScsiCommand;
 use csi_fencer::transport::sgio::SgIo;
 use csi_fencer::transport::{Completion, ScsiError, Transport};
@@ -60,7 +60,18 @@ fn sh(cmd: &str, args: &[&str]) {
     }
 }
 
+/// Consumes pending unit attentions (left by the previous round's CLEAR or
+/// PREEMPT), untimed, so both contenders start from quiet nexuses.
+fn drain(paths: &[&str]) {
+    for p in paths {
+        for _ in 0..2 {
+            let _ = Command::new("sg_turs").arg(p).output();
+        }
+    }
+}
+
 fn reset(sd: &str) {
+    drain(&[sd]);
     sh(
         "sg_persist",
         &["--out", "--register-ignore", "--param-sark", "0x5c5c", sd],
@@ -171,6 +182,7 @@ fn main() {
         reset(&a1);
         a.acquire(&vol, &auth(&format!("a-{i}")), &live_a)
             .expect("A acquires");
+        drain(&[&b_paths[0], &b_paths[1]]);
         if let Ok(mut l) = b.transport_log() {
             l.clear();
         }
@@ -186,6 +198,7 @@ fn main() {
         reset(&a1);
         a.acquire(&vol, &auth(&format!("a2-{i}")), &live_a)
             .expect("A acquires");
+        drain(&[&b_paths[0], &b_paths[1]]);
         let t0 = Instant::now();
         sg_persist_failover(&b_paths, a.key().0, b.key().0);
         sgp.push(t0.elapsed());
@@ -202,6 +215,31 @@ fn main() {
         "sg_persist / engine  = {:.1}x (goal >= 10)",
         s.as_secs_f64() / e.as_secs_f64()
     );
+    overheads(&vol.wwid);
+}
+
+/// Where the engine's time outside SCSI goes: the sysfs lookup of the LUN
+/// and one durable state-store write (an acquire does two).
+fn overheads(wwid: &csi_fencer::scsi::Wwid) {
+    let r = Resolver::new(Sysfs::default(), "mpathb-");
+    let find: Vec<Duration> = (0..50)
+        .map(|_| {
+            let t0 = Instant::now();
+            let _ = r.find(wwid);
+            t0.elapsed()
+        })
+        .collect();
+    stats("  of which: sysfs lookup of the LUN", find);
+    let st = StateStore::open(Path::new("/tmp/bench-state")).expect("state");
+    let writes: Vec<Duration> = (0..50)
+        .map(|i| {
+            let rec = Record::now("v", Phase::Held, &AttachmentId(format!("{i}")));
+            let t0 = Instant::now();
+            st.set("naa.x", Some(rec)).expect("write");
+            t0.elapsed()
+        })
+        .collect();
+    stats("  of which: one state-store write", writes);
 }
 
 trait Log {

@@ -73,6 +73,9 @@ pub enum PreemptArg {
 #[derive(Debug, Args)]
 #[command(after_help = FENCE_HELP)]
 pub struct FenceArgs {
+    /// A name for the volume in reports (e.g. the PV name); default: the WWID.
+    #[arg(long, value_name = "NAME")]
+    pub volume: Option<String>,
     /// The volume's LUN identity (naa.…, eui.…, or the multipath form 3…).
     #[arg(long, value_name = "WWID", required_unless_present = "device")]
     pub wwid: Option<String>,
@@ -169,7 +172,7 @@ fn volume(
         (None, None) => return Err(Failure::usage("give --wwid or --device")),
     };
     Ok(Volume {
-        name: a.wwid.clone().unwrap_or_else(|| wwid.to_string()),
+        name: a.volume.clone().unwrap_or_else(|| wwid.to_string()),
         wwid,
         device: a.device.clone(),
         access: a.access_mode,
@@ -272,13 +275,16 @@ fn print(out: &Outcome, json: bool) {
         }
         return;
     }
-    println!(
-        "volume {} ({}) on {}: {:?}",
-        out.volume,
-        out.wwid,
-        out.device.display(),
-        out.state
-    );
+    let state = serde_json::to_value(out.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_uppercase))
+        .unwrap_or_default();
+    let name = if out.volume == out.wwid {
+        out.wwid.clone()
+    } else {
+        format!("{} ({})", out.volume, out.wwid)
+    };
+    println!("volume {name} on {}: {state}", out.device.display());
     if let Some(r) = &out.refusal {
         println!("  refused: {r}");
     }

@@ -270,28 +270,18 @@ impl<T: Transport> Engine<T> {
             .state
             .get(&wwid)
             .filter(|r| r.attachment == auth.attachment);
-        if matches!(
-            rec,
-            Some(Record {
-                phase: Phase::Fenced,
-                ..
-            })
-        ) {
-            return Ok(out.refused(fenced(auth)));
-        }
+        // Only PR IN until the fence checks below have passed (I1).
         let (obs, uas) = self.observe(&loc)?;
         out.record_observation(&obs, uas);
         let (lives, known) = self.key_maps(live);
         let ctx = self.context(vol, &lives, &known);
         out.keys = decide::classify(&obs.keys, &ctx);
         if let Some(r) = rec.filter(|r| preempted_under(r, &obs, self.key)) {
-            self.state.set(
-                &wwid,
-                Some(Record::now(&vol.name, Phase::Fenced, &r.attachment)),
-            )?;
-            out.state = VolumeState::Fenced;
-            out.refusal = Some(fenced(auth));
-            return Ok(out);
+            if r.phase != Phase::Fenced {
+                let fenced = Record::now(&vol.name, Phase::Fenced, &r.attachment);
+                self.state.set(&wwid, Some(fenced))?;
+            }
+            return Ok(out.refused(fenced(auth)));
         }
         let steps = match decide::plan_acquire(&obs, &ctx) {
             Ok(s) => s,

@@ -84,7 +84,9 @@ pub fn parse_standard(b: &[u8]) -> Result<StandardInquiry, ParseError> {
 }
 
 fn ascii_field(b: &[u8]) -> String {
-    let s: String = b
+    // Fields are space-padded, but some targets NUL-terminate them (LIO's serial).
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    let s: String = b[..end]
         .iter()
         .map(|&c| {
             if c.is_ascii_graphic() || c == b' ' {
@@ -539,7 +541,7 @@ mod tests {
             (s.vendor.as_str(), s.product.as_str()),
             ("LIO-ORG", "FILEIO")
         );
-        assert_eq!(s.revision, "4.0.");
+        assert_eq!(s.revision, "4.0", "a NUL ends the field");
         assert_eq!((s.version, s.tpgs, s.device_type), (6, 1, 0));
         assert!(parse_standard(&b[..35]).is_err());
     }

@@ -68,7 +68,8 @@ parse_args() {
 }
 
 # cargo_artifacts JSON_FILE KIND: from cargo's --message-format=json output print
-#   bin:   the csi-fencer executable
+#   bin:      the csi-fencer executable
+#   examples: NAME=PATH for every example named vm_* (benchmarks run by script mode)
 #   tests: NAME=PATH for every integration test target (kind "test", test profile) named vm_*
 cargo_artifacts() {
     python3 - "$1" "$2" <<'PY'
@@ -86,6 +87,8 @@ for line in open(path):
         print(m["executable"])
     elif kind == "tests" and t["kind"] == ["test"] and m["profile"]["test"] and t["name"].startswith("vm_"):
         print("%s=%s" % (t["name"], m["executable"]))
+    elif kind == "examples" and t["kind"] == ["example"] and t["name"].startswith("vm_"):
+        print("%s=%s" % (t["name"], m["executable"]))
 PY
 }
 
@@ -96,7 +99,17 @@ build_project() {
         rig_die "cargo build --bin csi-fencer failed"
     FENCER_BIN=$(cargo_artifacts "$json" bin | tail -n 1)
     [ -n "$FENCER_BIN" ] || rig_die "cargo built no csi-fencer executable"
-    [ "$MODE" = test ] || return 0
+    if [ "$MODE" = script ]; then
+        # Scripts (demo, benchmarks) may also run the project's vm_* example binaries:
+        # they land in /tests/ too, where script mode never runs them by itself.
+        json=$RIG_OUT/cargo-examples.json
+        if ls "$PROJECT_DIR"/examples/vm_*.rs > /dev/null 2>&1; then
+            (cd "$PROJECT_DIR" && cargo build --release --examples --message-format=json-render-diagnostics > "$json") ||
+                rig_die "cargo build --release --examples failed"
+            while read -r spec; do TEST_SPECS+=("--test" "$spec"); done < <(cargo_artifacts "$json" examples)
+        fi
+        return 0
+    fi
     json=$RIG_OUT/cargo-tests.json
     rig_log "cargo test --no-run --test 'vm_*'"
     (cd "$PROJECT_DIR" && cargo test --no-run --message-format=json-render-diagnostics --test 'vm_*' > "$json") ||

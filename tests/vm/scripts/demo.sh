@@ -10,7 +10,7 @@
 set -u
 F=${CSI_FENCER_BIN:-csi-fencer}
 W=$RIG_VOL0_WWID
-COMMON="--wwid $W --cluster-name demo --state-dir"
+COMMON="--volume pv-demo --wwid $W --cluster-name demo --known-nodes node-a,node-b --state-dir"
 now() { cut -d' ' -f1 /proc/uptime; }
 ms_since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%d", (b-a)*1000}'; }
 step() { echo; echo "### $*"; }
@@ -39,7 +39,7 @@ step "node-a starts writing (O_DIRECT, 4 KiB at a time, through its multipath ma
   while dd if=/dev/zero of="$RIG_VOL0_A_DM" bs=4096 count=1 seek=$((i % 1000)) oflag=direct 2>/tmp/writer.err >/dev/null; do
       i=$((i+1)); echo $i > /tmp/writer.count
   done
-  echo "$(now) $(tail -n1 /tmp/writer.err)" > /tmp/writer.end ) &
+  echo "$(now) $(head -n1 /tmp/writer.err)" > /tmp/writer.end ) &
 WRITER=$!
 sleep 2
 echo "  writer running: $(cat /tmp/writer.count 2>/dev/null || echo 0) writes so far"
