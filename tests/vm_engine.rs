@@ -511,3 +511,206 @@ fn failover_with_preempt_and_abort_lands_none_of_a_s_queued_writes() {
         "A's writes landed after B's acquire returned"
     );
 }
+
+/// A new iSCSI session of node A (a new ISID: a new, unregistered I_T nexus)
+/// on TPG 1, added to A's map of `lun`, as multipathd would add a path.
+struct ExtraPath {
+    iface: String,
+    map: String,
+    old_table: String,
+    dev: PathBuf,
+}
+
+fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .env("DM_DISABLE_UDEV", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+fn session_lun_sd(iface: &str, lun_no: &str) -> Option<PathBuf> {
+    for s in std::fs::read_dir("/sys/class/iscsi_session")
+        .ok()?
+        .flatten()
+    {
+        let name = std::fs::read_to_string(s.path().join("ifacename")).unwrap_or_default();
+        if name.trim() != iface {
+            continue;
+        }
+        for t in std::fs::read_dir(s.path().join("device")).ok()?.flatten() {
+            for d in std::fs::read_dir(t.path()).into_iter().flatten().flatten() {
+                let hctl = d.file_name().to_string_lossy().into_owned();
+                if hctl.split(':').nth(3) == Some(lun_no) {
+                    let block = std::fs::read_dir(d.path().join("block"))
+                        .ok()?
+                        .flatten()
+                        .next()?;
+                    return Some(PathBuf::from("/dev").join(block.file_name()));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn dev_numbers(dev: &std::path::Path) -> String {
+    let name = dev.file_name().and_then(|n| n.to_str()).expect("name");
+    std::fs::read_to_string(format!("/sys/class/block/{name}/dev"))
+        .expect("dev")
+        .trim()
+        .to_string()
+}
+
+impl ExtraPath {
+    fn add(lun: Lun, iface: &str) -> ExtraPath {
+        let iqn = env("RIG_TARGET_IQN");
+        run_ok("iscsiadm", &["-m", "iface", "-I", iface, "-o", "new"]);
+        let ini = env("RIG_NODE_A_INITIATOR");
+        run_ok(
+            "iscsiadm",
+            &[
+                "-m",
+                "iface",
+                "-I",
+                iface,
+                "-o",
+                "update",
+                "-n",
+                "iface.initiatorname",
+                "-v",
+                &ini,
+            ],
+        );
+        run_ok(
+            "iscsiadm",
+            &[
+                "-m",
+                "node",
+                "-o",
+                "new",
+                "-T",
+                &iqn,
+                "-p",
+                "127.0.0.1:3260,1",
+                "-I",
+                iface,
+            ],
+        );
+        run_ok(
+            "iscsiadm",
+            &[
+                "-m",
+                "node",
+                "-T",
+                &iqn,
+                "-p",
+                "127.0.0.1:3260",
+                "-I",
+                iface,
+                "--login",
+            ],
+        );
+        let lun_no = env(&format!("RIG_{}_LUN", lun.0));
+        let dev = (0..100)
+            .find_map(|_| {
+                session_lun_sd(iface, &lun_no).or_else(|| {
+                    thread::sleep(Duration::from_millis(100));
+                    None
+                })
+            })
+            .unwrap_or_else(|| panic!("no sd for LUN {lun_no} on the new session {iface}"));
+        drain_unit_attentions(&dev);
+        let map = env(&format!("RIG_{}_A_DM_NAME", lun.0));
+        let old_table = run_ok("dmsetup", &["table", &map]).trim().to_string();
+        // "0 N multipath 0 0 1 1 round-robin 0 2 1 M:m 1 M:m 1" -> one more path
+        let new_table = old_table.replacen("round-robin 0 2 1", "round-robin 0 3 1", 1)
+            + &format!(" {} 1", dev_numbers(&dev));
+        run_ok("dmsetup", &["reload", &map, "--table", &new_table]);
+        run_ok("dmsetup", &["resume", &map]);
+        ExtraPath {
+            iface: iface.into(),
+            map,
+            old_table,
+            dev,
+        }
+    }
+}
+
+impl Drop for ExtraPath {
+    fn drop(&mut self) {
+        let iqn = env("RIG_TARGET_IQN");
+        let _ = run_ok(
+            "dmsetup",
+            &["reload", &self.map, "--table", &self.old_table],
+        );
+        let _ = run_ok("dmsetup", &["resume", &self.map]);
+        let _ = std::process::Command::new("iscsiadm")
+            .args([
+                "-m",
+                "node",
+                "-T",
+                &iqn,
+                "-p",
+                "127.0.0.1:3260",
+                "-I",
+                &self.iface,
+                "--logout",
+            ])
+            .output();
+        let _ = std::process::Command::new("iscsiadm")
+            .args(["-m", "iface", "-I", &self.iface, "-o", "delete"])
+            .output();
+    }
+}
+
+fn a_registrations(lun: Lun) -> usize {
+    sg_read_keys(&lun.sd("B1"))
+        .iter()
+        .filter(|&&k| k == key_a().0)
+        .count()
+}
+
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn i5_a_new_iscsi_session_is_registered_while_a_holds_and_not_after_a_is_fenced() {
+    reset_lun(VOL1);
+    let (a, b) = (Node::a("session"), Node::b("session"));
+    assert_eq!(a.acquire(VOL1, "gen-1", "node-a").0, 0);
+    assert_eq!(a_registrations(VOL1), 2);
+    {
+        let extra = ExtraPath::add(VOL1, "ifa3");
+        let (code, v) = a.run("check", VOL1, &[]);
+        assert_eq!(code, 0, "{v:#}");
+        assert_eq!(
+            v["steps"][0]["path"],
+            extra.dev.to_str().expect("utf-8"),
+            "{v:#}"
+        );
+        assert_eq!(steps(&v), vec!["register"]);
+        assert_eq!(a_registrations(VOL1), 3, "the new nexus carries A's key");
+        direct_write(&extra.dev, 0, 4096, 0xa3).expect("A writes through its new path");
+    }
+    // B fences A; then A gets another new session: it must stay unregistered.
+    assert_eq!(b.acquire(VOL1, "uid-b", "node-b").0, 0);
+    let extra = ExtraPath::add(VOL1, "ifa4");
+    let (code, v) = a.run("check", VOL1, &[]);
+    assert_eq!(code, 10, "{v:#}");
+    assert_eq!(steps(&v), Vec::<String>::new());
+    assert_eq!(
+        a_registrations(VOL1),
+        0,
+        "no A nexus registered after the fence"
+    );
+    assert_conflict(
+        direct_write(&extra.dev, 0, 4096, 0xa4),
+        "A via the new path",
+    );
+}
