@@ -27,7 +27,9 @@ impl<T: Transport> Engine<T> {
                 (l.device, l.paths)
             }
         };
-        if !paths.iter().any(|p| p.dev == device) {
+        // Identity is proven per path, where every PR OUT goes; not through the
+        // map, whose SG_IO lands on whichever path dm picks, offline or not.
+        if paths.is_empty() {
             self.verify_identity(&device, &vol.wwid)?;
         }
         let mut loc = Located {
