@@ -22,10 +22,20 @@ pub struct LunDevices {
 }
 
 /// Finds LUNs in sysfs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Resolver {
     sysfs: Sysfs,
     map_uuid_prefix: String,
+    /// Which dm device each map uuid was last found at: checked (one sysfs
+    /// read) before the full scan of every block device, which a daemon
+    /// reconciling the same volumes would otherwise repeat each time.
+    hints: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl Clone for Resolver {
+    fn clone(&self) -> Self {
+        Resolver::new(self.sysfs.clone(), self.map_uuid_prefix.clone())
+    }
 }
 
 /// The LUN did not appear in time.
@@ -47,6 +57,7 @@ impl Resolver {
         Resolver {
             sysfs,
             map_uuid_prefix: map_uuid_prefix.into(),
+            hints: Default::default(),
         }
     }
 
@@ -60,24 +71,36 @@ impl Resolver {
         format!("{}{}", self.map_uuid_prefix, wwid.multipath_form())
     }
 
+    fn map_devices(&self, dm: &str) -> LunDevices {
+        let slaves = self.sysfs.slaves(dm);
+        LunDevices {
+            map: Some(dm.to_string()),
+            device: self.sysfs.node(dm),
+            paths: slaves.iter().map(|s| self.sysfs.path_info(s)).collect(),
+        }
+    }
+
+    /// The dm device the map was last found at, if it still carries the uuid.
+    fn hint(&self, uuid: &str) -> Option<String> {
+        let hint = self.hints.lock().ok()?.get(uuid).cloned()?;
+        (self.sysfs.dm_uuid(&hint).as_deref() == Some(uuid)).then_some(hint)
+    }
+
     /// Looks once.
     pub fn find(&self, wwid: &Wwid) -> Option<LunDevices> {
         let uuid = self.map_uuid(wwid);
+        if let Some(dm) = self.hint(&uuid) {
+            return Some(self.map_devices(&dm));
+        }
         let names = self.sysfs.block_devices();
         if let Some(dm) = names
             .iter()
             .find(|n| n.starts_with("dm-") && self.sysfs.dm_uuid(n).as_deref() == Some(&uuid))
         {
-            return Some(LunDevices {
-                map: Some(dm.clone()),
-                device: self.sysfs.node(dm),
-                paths: self
-                    .sysfs
-                    .slaves(dm)
-                    .iter()
-                    .map(|s| self.sysfs.path_info(s))
-                    .collect(),
-            });
+            if let Ok(mut h) = self.hints.lock() {
+                h.insert(uuid, dm.clone());
+            }
+            return Some(self.map_devices(dm));
         }
         // No map: a single disk whose kernel-read identity is this WWID. More
         // than one such disk means several paths without a map: refuse to guess.
@@ -165,6 +188,22 @@ mod tests {
         // The other node's map (another prefix) is found with that prefix.
         let rb = Resolver::new(r.sysfs().clone(), "mpathb-");
         assert_eq!(rb.find(&w(A)).unwrap().map.as_deref(), Some("dm-1"));
+    }
+
+    #[test]
+    fn a_stale_hint_falls_back_to_the_scan() {
+        let (d, r) = tree();
+        assert_eq!(r.find(&w(A)).unwrap().map.as_deref(), Some("dm-0"));
+        // The map is re-created as dm-7; dm-0 now belongs to something else.
+        let root = d.path();
+        fs::write(root.join("class/block/dm-0/dm/uuid"), "CRYPT-other").unwrap();
+        fs::create_dir_all(root.join("class/block/dm-7/dm")).unwrap();
+        fs::write(
+            root.join("class/block/dm-7/dm/uuid"),
+            "mpath-36001405000000001",
+        )
+        .unwrap();
+        assert_eq!(r.find(&w(A)).unwrap().map.as_deref(), Some("dm-7"));
     }
 
     #[test]
