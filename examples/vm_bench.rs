@@ -152,31 +152,43 @@ fn sg_persist_failover(b: &[String], ka: u64, kb: u64) {
 }
 
 fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
-    let wwid = env("RIG_VOL0_WWID").parse().expect("WWID");
-    let a1 = env("RIG_VOL0_A1_SD");
-    let b_paths = vec![env("RIG_VOL0_B1_SD"), env("RIG_VOL0_B2_SD")];
-    let vol = Volume {
-        name: "vol0".into(),
-        wwid,
+    let mut args = std::env::args().skip(1);
+    let what = args.next().unwrap_or_else(|| "failover".into());
+    let runs: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(50);
+    match what.as_str() {
+        "failover" => failover(runs),
+        "bulk" => bulk(runs),
+        other => {
+            eprintln!("usage: vm_bench failover|bulk [ROUNDS] (not {other:?})");
+            std::process::exit(2)
+        }
+    }
+}
+
+fn volume(name: &str, wwid: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        wwid: wwid.parse().expect("WWID from the rig"),
         device: None,
         access: AccessMode::SingleNode,
         policy: Policy::default(),
-    };
+    }
+}
+
+fn live(node: &str) -> BTreeSet<String> {
+    [node.to_string()].into()
+}
+
+fn failover(runs: usize) {
+    let vol = volume("vol0", &env("RIG_VOL0_WWID"));
+    let a1 = env("RIG_VOL0_A1_SD");
+    let b_paths = vec![env("RIG_VOL0_B1_SD"), env("RIG_VOL0_B2_SD")];
     let a = engine("node-a", "mpath-", SgIo, "/tmp/bench-a");
-    let b = engine(
-        "node-b",
-        "mpathb-",
-        Timed {
-            log: Mutex::new(Vec::new()),
-        },
-        "/tmp/bench-b",
-    );
-    let live_a: BTreeSet<String> = ["node-a".to_string()].into();
-    let live_b: BTreeSet<String> = ["node-b".to_string()].into();
+    let timed = Timed {
+        log: Mutex::new(Vec::new()),
+    };
+    let b = engine("node-b", "mpathb-", timed, "/tmp/bench-b");
+    let (live_a, live_b) = (live("node-a"), live("node-b"));
     let (mut eng, mut raw, mut sgp, mut cmds) = (Vec::new(), Vec::new(), Vec::new(), 0);
     for i in 0..runs {
         reset(&a1);
@@ -216,6 +228,68 @@ fn main() {
         s.as_secs_f64() / e.as_secs_f64()
     );
     overheads(&vol.wwid);
+}
+
+/// How many volumes node-b acquires at once in the bulk benchmark.
+const CONCURRENCY: usize = 8;
+
+/// Node-a holds every extra LUN; node-b takes them all over: with the
+/// engine, CONCURRENCY at a time, against a sequential sg_persist loop.
+fn bulk(runs: usize) {
+    let n: usize = env("RIG_EXTRA_COUNT").parse().expect("RIG_EXTRA_COUNT");
+    assert!(
+        n > 0,
+        "bulk needs extra LUNs: RIG_EXTRA_LUNS=64 make bench-vm"
+    );
+    let var = |i: usize, what: &str| env(&format!("RIG_EXTRA_{i:03}_{what}"));
+    let vols: Vec<Volume> = (0..n)
+        .map(|i| volume(&format!("x{i:03}"), &var(i, "WWID")))
+        .collect();
+    let b_paths: Vec<[String; 2]> = (0..n).map(|i| [var(i, "B1_SD"), var(i, "B2_SD")]).collect();
+    let a1: Vec<String> = (0..n).map(|i| var(i, "A1_SD")).collect();
+    let a = engine("node-a", "mpath-", SgIo, "/tmp/bulk-a");
+    let b = engine("node-b", "mpathb-", SgIo, "/tmp/bulk-b");
+    let (live_a, live_b) = (live("node-a"), live("node-b"));
+    let setup = |round: &str| {
+        for (i, v) in vols.iter().enumerate() {
+            reset(&a1[i]);
+            a.acquire(v, &auth(&format!("{round}-{i}")), &live_a)
+                .expect("A acquires");
+            drain(&[&b_paths[i][0], &b_paths[i][1]]);
+        }
+    };
+    let (mut eng, mut sgp) = (Vec::new(), Vec::new());
+    for r in 0..runs {
+        setup(&format!("a{r}"));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..CONCURRENCY {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(v) = vols.get(i) else { break };
+                    let out = b
+                        .acquire(v, &auth(&format!("b{r}-{i}")), &live_b)
+                        .expect("B acquires");
+                    assert_eq!(out.preempted.len(), 1, "{} preempted A", v.name);
+                });
+            }
+        });
+        eng.push(t0.elapsed());
+        setup(&format!("c{r}"));
+        let t0 = Instant::now();
+        for p in &b_paths {
+            sg_persist_failover(p, a.key().0, b.key().0);
+        }
+        sgp.push(t0.elapsed());
+    }
+    println!("bulk failover of {n} LUNs from node-a to node-b, {runs} rounds");
+    let e = stats(&format!("engine, {CONCURRENCY} at a time"), eng);
+    let s = stats("sg_persist loop, sequential", sgp);
+    println!(
+        "sg_persist / engine  = {:.1}x",
+        s.as_secs_f64() / e.as_secs_f64()
+    );
 }
 
 /// Where the engine's time outside SCSI goes: the sysfs lookup of the LUN

@@ -6,12 +6,14 @@
 //! - [`transport`]: the [`transport::Transport`] trait, its SG_IO
 //!   implementation, and typed commands on one path;
 //! - [`device`]: block devices, dm-multipath maps and their paths in sysfs;
-//! - [`fence`]: reservation keys and (later) the fencing engine.
+//! - [`fence`]: keys, policy, decisions, the fenced-state store and the engine;
+//! - [`source`]: where attachments come from (a YAML file; Kubernetes later).
 #![warn(missing_docs)]
 
 pub mod device;
 pub mod fence;
 pub mod scsi;
+pub mod source;
 pub mod transport;
 
 #[cfg(test)]
