@@ -196,6 +196,12 @@ fn i1_a_fenced_node_never_re_registers_under_its_old_attachment() {
         state.contains("\"fenced\"") && state.contains("gen-1"),
         "{state}"
     );
+    // An explicit release does not forget the fence either.
+    let (code, v) = a.run("release", VOL0, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    let (code, _) = a.acquire(VOL0, "gen-1", "node-a");
+    assert_eq!(code, 10, "still fenced under gen-1 after a release");
+    assert_eq!((sg_read_keys(&VOL0.sd("B1")), generation(VOL0)), before);
     // A new attachment (B's is gone) authorises A again.
     let (code, v) = a.acquire(VOL0, "gen-2", "node-a");
     assert_eq!(code, 0, "{v:#}");

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, ValueEnum};
 
 use csi_fencer::device::{Resolver, Sysfs};
+use csi_fencer::fence::decide::PathRegistration;
 use csi_fencer::fence::engine::{
     Authorization, Engine, EngineConfig, FenceError, Outcome, Volume, VolumeState,
 };
@@ -26,6 +27,8 @@ pub const FENCED: i32 = 10;
 pub const REFUSED: i32 = 11;
 /// Exit code: done, but some path could not be registered.
 pub const PARTIAL: i32 = 12;
+/// Exit code: the LUN's PR state kept changing while it was read; try again.
+pub const UNSTABLE: i32 = 13;
 /// Exit code: the device is another LUN.
 pub const IDENTITY: i32 = 14;
 /// Exit code: the state store failed.
@@ -34,7 +37,8 @@ pub const STATE: i32 = 16;
 const FENCE_HELP: &str = "\
 Exit codes: 0 done (acquire: held; release: released; check: registered), 10 this node \
 is FENCED, 11 refused (a live node holds it, foreign holder, stale authorization …), \
-12 some path not registered, 14 identity mismatch (wrong LUN), 16 state store error; \
+12 some path not registered (or none usable), 13 the PR state kept changing while read \
+(try again), 14 identity mismatch (wrong LUN), 16 state store error; \
 device errors as in `csi-fencer --help` (15 cannot open, 24 conflict, 33 timeout …).
 
 Examples:
@@ -247,13 +251,19 @@ fn fence_failure(e: FenceError) -> Failure {
         FenceError::State(_) => STATE,
         FenceError::NoPathRegistered { .. } => PARTIAL,
         FenceError::Interrupted => 70,
+        FenceError::Step { source, .. } => exit::for_scsi(source),
+        FenceError::NoUsablePath { .. } => PARTIAL,
+        FenceError::Unstable { .. } => UNSTABLE,
     };
     Failure::new(code, e)
 }
 
 fn exit_code(op: Op, out: &Outcome) -> i32 {
-    // Every path of this LUN should carry the key; an offline one too (I5).
-    let partial = out.paths.iter().any(|p| !p.wrong_lun && !p.registered);
+    // Every path of this LUN should carry the key, an offline one too (I5);
+    // a path whose nexus cannot be named is not counted against it.
+    let partial = out.paths.iter().any(|p| {
+        !p.wrong_lun && (!p.usable || p.registration == Some(PathRegistration::NotRegistered))
+    });
     match (op, out.state) {
         (_, VolumeState::Fenced) => FENCED,
         (_, VolumeState::Refused) => REFUSED,

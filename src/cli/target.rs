@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use csi_fencer::device::{DeviceError, NodeKind, PathInfo, Sysfs};
+use csi_fencer::device::{DeviceError, PathInfo, Resolver, Sysfs};
 
 /// A resolved DEVICE argument.
 #[derive(Debug, Clone, Serialize)]
@@ -31,41 +31,18 @@ pub struct MapInfo {
 impl Target {
     /// Resolves `device` through sysfs.
     pub fn resolve(sysfs: &Sysfs, device: &Path) -> Result<Target, DeviceError> {
-        let (kind, name) = sysfs.kernel_name(device)?;
-        let mut t = Target {
+        let (_, kernel_name) = sysfs.kernel_name(device)?;
+        let lun = Resolver::new(sysfs.clone(), "mpath-").for_device(device)?;
+        let map = lun.map.as_ref().map(|dm| MapInfo {
+            name: sysfs.dm_name(dm),
+            uuid: sysfs.dm_uuid(dm),
+        });
+        Ok(Target {
             device: device.to_path_buf(),
-            kernel_name: name.clone(),
-            map: None,
-            paths: Vec::new(),
-        };
-        if kind == NodeKind::Block && sysfs.is_dm(&name) {
-            t.map = Some(MapInfo {
-                name: sysfs.dm_name(&name),
-                uuid: sysfs.dm_uuid(&name),
-            });
-            t.paths = sysfs
-                .slaves(&name)
-                .iter()
-                .map(|s| sysfs.path_info(s))
-                .collect();
-        } else {
-            let block = match kind {
-                NodeKind::Char => sysfs.block_of_sg(&name),
-                NodeKind::Block => Some(name.clone()),
-            };
-            let mut info = block
-                .map(|b| sysfs.path_info(&b))
-                .unwrap_or_else(|| PathInfo {
-                    name: name.clone(),
-                    dev: device.to_path_buf(),
-                    hctl: None,
-                    state: None,
-                });
-            // Send to the node the operator named (an sg node stays an sg node).
-            info.dev = device.to_path_buf();
-            t.paths.push(info);
-        }
-        Ok(t)
+            kernel_name,
+            map,
+            paths: lun.paths,
+        })
     }
 
     /// True for a dm map (SG_IO through it reaches only one of its paths).

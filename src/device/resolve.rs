@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::sysfs::{PathInfo, Sysfs};
+use std::path::Path;
+
+use super::sysfs::{DeviceError, NodeKind, PathInfo, Sysfs};
 use crate::scsi::Wwid;
 
 /// Where a LUN was found.
@@ -86,6 +88,34 @@ impl Resolver {
         (self.sysfs.dm_uuid(&hint).as_deref() == Some(uuid)).then_some(hint)
     }
 
+    /// The paths behind a device node an operator named: a dm map's
+    /// slaves, or the node itself (an sd, or an sg standing for its disk).
+    pub fn for_device(&self, node: &Path) -> Result<LunDevices, DeviceError> {
+        let (kind, name) = self.sysfs.kernel_name(node)?;
+        if kind == NodeKind::Block && self.sysfs.is_dm(&name) {
+            let mut d = self.map_devices(&name);
+            d.device = node.to_path_buf();
+            return Ok(d);
+        }
+        let block = match kind {
+            NodeKind::Char => self.sysfs.block_of_sg(&name),
+            NodeKind::Block => Some(name.clone()),
+        };
+        let mut info = block.map(|b| self.sysfs.path_info(&b)).unwrap_or(PathInfo {
+            name,
+            dev: node.to_path_buf(),
+            hctl: None,
+            state: None,
+        });
+        // Commands go to the node the operator named (an sg node stays an sg node).
+        info.dev = node.to_path_buf();
+        Ok(LunDevices {
+            map: None,
+            device: node.to_path_buf(),
+            paths: vec![info],
+        })
+    }
+
     /// Looks once.
     pub fn find(&self, wwid: &Wwid) -> Option<LunDevices> {
         let uuid = self.map_uuid(wwid);
@@ -104,10 +134,18 @@ impl Resolver {
         }
         // No map: a single disk whose kernel-read identity is this WWID. More
         // than one such disk means several paths without a map: refuse to guess.
-        let want = wwid.to_string();
+        // Compare parsed identities: the kernel writes T10 ids with spaces.
         let disks: Vec<&String> = names
             .iter()
-            .filter(|n| !n.starts_with("dm-") && self.sysfs.scsi_wwid(n).as_deref() == Some(&want))
+            .filter(|n| {
+                !n.starts_with("dm-")
+                    && self
+                        .sysfs
+                        .scsi_wwid(n)
+                        .and_then(|w| w.parse::<Wwid>().ok())
+                        .as_ref()
+                        == Some(wwid)
+            })
             .collect();
         match disks.as_slice() {
             [one] => Some(LunDevices {

@@ -158,12 +158,15 @@ pub enum Step {
         /// Type (must match the held one).
         rtype: ReservationType,
     },
-    /// REGISTER with SARK 0 on one path.
+    /// REGISTER (AND IGNORE EXISTING KEY) with SARK 0 on one path.
     Unregister {
         /// The path.
         path: PathBuf,
         /// Repeat ALL_TG_PT (LIO requires it for such registrations).
         all_tg_pt: bool,
+        /// Use REGISTER AND IGNORE EXISTING KEY: for a nexus not known to be
+        /// registered, where it is a no-op (GOOD) instead of a conflict.
+        ignore_existing: bool,
     },
 }
 
@@ -215,6 +218,14 @@ pub enum Refusal {
     /// No path of this node is usable.
     #[error("no usable path: every path is offline, failed, or leads to another LUN")]
     NoUsablePath,
+    /// The authorization's read time is ahead of this node's clock.
+    #[error("the authorization (attachment {attachment}) was read {ahead_secs} s in the future: fix the clocks")]
+    ClockSkew {
+        /// The attachment.
+        attachment: String,
+        /// How far ahead.
+        ahead_secs: u64,
+    },
 }
 
 fn registrations(obs: &Observed, ctx: &Context) -> Vec<Step> {
@@ -316,13 +327,20 @@ pub fn plan_release(obs: &Observed, ctx: &Context) -> Vec<Step> {
             });
         }
     }
+    let all_tg_pt = ctx.policy.use_all_tg_pt(obs.caps.as_ref());
     for (p, reg) in &obs.paths {
-        if let PathRegistration::Registered { all_tg_pt, .. } = reg {
-            steps.push(Step::Unregister {
-                path: p.clone(),
-                all_tg_pt: *all_tg_pt,
-            });
-        }
+        let (all_tg_pt, ignore_existing) = match reg {
+            PathRegistration::Registered { all_tg_pt, .. } => (*all_tg_pt, false),
+            // Cannot prove it is not registered: unregister in the form that
+            // is harmless on an unregistered nexus.
+            PathRegistration::Unknown => (all_tg_pt, true),
+            PathRegistration::NotRegistered => continue,
+        };
+        steps.push(Step::Unregister {
+            path: p.clone(),
+            all_tg_pt,
+            ignore_existing,
+        });
     }
     steps
 }

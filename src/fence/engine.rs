@@ -17,7 +17,7 @@ use super::keys::ClusterTag;
 use super::policy::{AccessMode, Policy};
 use super::state::{AttachmentId, Phase, Record, StateError, StateStore};
 use crate::device::{DeviceError, NotFound, PathInfo, Resolver};
-use crate::scsi::{BasicParams, PrOut, ReservationKey, TransportId, Wwid};
+use crate::scsi::{ReservationKey, TransportId, Wwid};
 use crate::transport::{RetryPolicy, ScsiError, ScsiPath, Transport};
 
 /// A volume as the engine sees it: no Kubernetes types.
@@ -113,8 +113,13 @@ pub struct PathReport {
     pub usable: bool,
     /// The path leads to another LUN (VPD 83h differs): never ours to register.
     pub wrong_lun: bool,
-    /// Carries this node's key after the operation.
+    /// Carries this node's key after the operation (known from READ FULL STATUS).
     pub registered: bool,
+    /// What is known of the path's registration: registered, not-registered,
+    /// or unknown (its I_T nexus cannot be named from sysfs).
+    pub registration: Option<super::decide::PathRegistration>,
+    /// The WWID the path reports, when it is another LUN's.
+    pub reports_wwid: Option<String>,
     /// Why the path is unusable or failed.
     pub problem: Option<String>,
 }
@@ -148,6 +153,9 @@ pub struct Outcome {
     pub generation: (u32, u32),
     /// Unit attentions seen (e.g. "2A/05 registrations preempted" when fenced).
     pub unit_attentions: Vec<String>,
+    /// The PR generation moved by more than this operation's own commands:
+    /// another node changed the LUN at the same time.
+    pub raced: bool,
 }
 
 /// Why an operation failed (not a refusal: something went wrong).
@@ -186,6 +194,38 @@ pub enum FenceError {
     /// Stopped by the test hook after registering.
     #[error("interrupted after REGISTER (test hook)")]
     Interrupted,
+    /// A step failed after others were sent: what was sent is listed.
+    #[error("volume {volume}: {failed:?} failed after {} step(s) were sent ({done:?})", done.len())]
+    Step {
+        /// The volume.
+        volume: String,
+        /// The steps sent before the failure.
+        done: Vec<Step>,
+        /// The step that failed.
+        failed: Box<Step>,
+        /// Why.
+        source: Box<ScsiError>,
+    },
+    /// No path of the LUN can be used; nothing is sent through the map
+    /// (SG_IO there can block without a timeout when dm queues I/O).
+    #[error("volume {volume}: no usable path ({reasons})")]
+    NoUsablePath {
+        /// The volume.
+        volume: String,
+        /// Each path's problem.
+        reasons: String,
+    },
+    /// READ KEYS, READ RESERVATION and READ FULL STATUS kept disagreeing on
+    /// the PR generation: the LUN was changing while it was read.
+    #[error(
+        "{device}: the PR state kept changing while it was read (generations {generations:?})"
+    )]
+    Unstable {
+        /// The path read.
+        device: PathBuf,
+        /// The generations seen in the last attempt.
+        generations: Vec<u32>,
+    },
 }
 
 impl FenceError {
@@ -198,6 +238,9 @@ impl FenceError {
             FenceError::State(_) => "state_store",
             FenceError::NoPathRegistered { .. } => "no_path_registered",
             FenceError::Interrupted => "interrupted",
+            FenceError::Step { source, .. } => source.kind(),
+            FenceError::NoUsablePath { .. } => "no_usable_path",
+            FenceError::Unstable { .. } => "unstable",
         }
     }
 }
@@ -262,55 +305,61 @@ impl<T: Transport> Engine<T> {
     ) -> Result<Outcome, FenceError> {
         let loc = self.locate(vol)?;
         let mut out = self.outcome(vol, &loc);
-        if let Some(r) = self.stale_authorization(auth) {
+        if let Some(r) = self.unfresh_authorization(auth) {
             return Ok(out.refused(r));
         }
-        let wwid = vol.wwid.to_string();
-        let rec = self
-            .state
-            .get(&wwid)
-            .filter(|r| r.attachment == auth.attachment);
+        let rec = self.record_for(vol, Some(&auth.attachment))?;
         // Only PR IN until the fence checks below have passed (I1).
-        let (obs, uas) = self.observe(&loc)?;
-        out.record_observation(&obs, uas);
+        let obs = self.observe_into(&loc, &mut out)?;
         let (lives, known) = self.key_maps(live);
         let ctx = self.context(vol, &lives, &known);
         out.keys = decide::classify(&obs.keys, &ctx);
-        if let Some(r) = rec.filter(|r| preempted_under(r, &obs, self.key)) {
-            if r.phase != Phase::Fenced {
-                let fenced = Record::now(&vol.name, Phase::Fenced, &r.attachment);
-                self.state.set(&wwid, Some(fenced))?;
-            }
+        if let Some(r) = rec.as_ref().filter(|r| preempted_under(r, &obs, self.key)) {
+            self.note(
+                vol,
+                Phase::Fenced,
+                &r.attachment,
+                obs.generation,
+                r.phase != Phase::Fenced,
+            )?;
             return Ok(out.refused(fenced(auth)));
         }
         let steps = match decide::plan_acquire(&obs, &ctx) {
             Ok(s) => s,
             Err(r) => return Ok(out.refused(r)),
         };
-        if !steps.is_empty() && !out.keys.ours_present && !self.cfg.dry_run {
-            self.state.set(
-                &wwid,
-                Some(Record::now(&vol.name, Phase::Registering, &auth.attachment)),
-            )?;
-        }
+        // The intent goes to disk before the first REGISTER, with the PR
+        // generation it starts from: a crash anywhere after it is recoverable.
+        let registers = steps.iter().any(|s| matches!(s, Step::Register { .. }));
+        self.note(
+            vol,
+            Phase::Registering,
+            &auth.attachment,
+            obs.generation,
+            registers && rec.is_none(),
+        )?;
         self.execute(vol, &loc, &obs, &steps, &mut out)?;
-        self.finish(vol, &loc, &mut out, Some(&auth.attachment))?;
+        self.finish(&loc, &mut out, &obs, &steps)?;
+        self.settle(vol, &auth.attachment, &out)?;
         Ok(out)
     }
 
-    /// Gives the volume up (DESIGN §5 "Release"): only this node's registrations.
+    /// Gives the volume up (DESIGN §5 "Release"): only this node's
+    /// registrations. A "fenced under X" record is kept (I1); any other
+    /// record goes once the key is gone.
     pub fn release(&self, vol: &Volume) -> Result<Outcome, FenceError> {
         let loc = self.locate(vol)?;
         let mut out = self.outcome(vol, &loc);
-        let (obs, uas) = self.observe(&loc)?;
-        out.record_observation(&obs, uas);
+        let rec = self.record_for(vol, None)?;
+        let obs = self.observe_into(&loc, &mut out)?;
         let empty = BTreeMap::new();
         let ctx = self.context(vol, &empty, &empty);
         out.keys = decide::classify(&obs.keys, &ctx);
         let steps = decide::plan_release(&obs, &ctx);
         self.execute(vol, &loc, &obs, &steps, &mut out)?;
-        self.finish(vol, &loc, &mut out, None)?;
-        if !self.cfg.dry_run {
+        self.finish(&loc, &mut out, &obs, &steps)?;
+        let gone = out.state == VolumeState::NotRegistered;
+        if gone && !self.cfg.dry_run && rec.is_some_and(|r| r.phase != Phase::Fenced) {
             self.state.set(&vol.wwid.to_string(), None)?;
         }
         Ok(out)
@@ -321,82 +370,125 @@ impl<T: Transport> Engine<T> {
     pub fn check(&self, vol: &Volume, live: &BTreeSet<String>) -> Result<Outcome, FenceError> {
         let loc = self.locate(vol)?;
         let mut out = self.outcome(vol, &loc);
-        let (obs, uas) = self.observe(&loc)?;
-        out.record_observation(&obs, uas);
+        let rec = self.record_for(vol, None)?;
+        let obs = self.observe_into(&loc, &mut out)?;
         let (lives, known) = self.key_maps(live);
         let ctx = self.context(vol, &lives, &known);
         out.keys = decide::classify(&obs.keys, &ctx);
-        let wwid = vol.wwid.to_string();
-        let rec = self.state.get(&wwid);
         if !out.keys.ours_present {
-            out.state = self.fenced_or_not(vol, rec.as_ref())?;
+            out.state = VolumeState::NotRegistered;
+            if let Some(r) = rec.filter(|r| preempted_under(r, &obs, self.key)) {
+                self.note(
+                    vol,
+                    Phase::Fenced,
+                    &r.attachment,
+                    obs.generation,
+                    r.phase != Phase::Fenced,
+                )?;
+                out.state = VolumeState::Fenced;
+            }
             return Ok(out);
         }
         let steps = decide::plan_check(&obs, &ctx);
-        let before: Vec<PathBuf> = registered_paths(&obs);
         self.execute(vol, &loc, &obs, &steps, &mut out)?;
-        let attachment = rec.as_ref().map(|r| r.attachment.clone());
-        self.finish(vol, &loc, &mut out, None)?;
-        self.undo_if_raced(vol, &loc, &before, &steps, &mut out, attachment)?;
+        self.finish(&loc, &mut out, &obs, &steps)?;
+        if out.raced {
+            self.undo_registrations(vol, &loc, &obs, &steps, &mut out, rec.as_ref())?;
+        }
         Ok(out)
     }
 
-    fn fenced_or_not(&self, vol: &Volume, rec: Option<&Record>) -> Result<VolumeState, FenceError> {
-        match rec {
-            Some(r) if matches!(r.phase, Phase::Held | Phase::Fenced) => {
-                if r.phase == Phase::Held && !self.cfg.dry_run {
-                    let fenced = Record::now(&vol.name, Phase::Fenced, &r.attachment);
-                    self.state.set(&vol.wwid.to_string(), Some(fenced))?;
-                }
-                Ok(VolumeState::Fenced)
-            }
-            _ => Ok(VolumeState::NotRegistered),
-        }
-    }
-
-    /// A new path registered during a check while a preemption removed the
-    /// key from the others: take the new registration back (multipathd does
-    /// the same) and report the node fenced.
-    fn undo_if_raced(
+    /// The record of this LUN, if it belongs to `attachment` (or any, with `None`).
+    fn record_for(
         &self,
         vol: &Volume,
-        loc: &Located,
-        before: &[PathBuf],
-        steps: &[Step],
-        out: &mut Outcome,
-        attachment: Option<AttachmentId>,
+        attachment: Option<&AttachmentId>,
+    ) -> Result<Option<Record>, FenceError> {
+        let rec = self.state.get(&vol.wwid.to_string())?;
+        Ok(rec.filter(|r| attachment.is_none_or(|a| &r.attachment == a)))
+    }
+
+    /// Writes a record when `when` holds (never in a dry run).
+    fn note(
+        &self,
+        vol: &Volume,
+        phase: Phase,
+        a: &AttachmentId,
+        generation: u32,
+        when: bool,
     ) -> Result<(), FenceError> {
-        if steps.is_empty() || self.cfg.dry_run {
-            return Ok(());
+        if when && !self.cfg.dry_run {
+            let rec = Record::now(&vol.name, phase, a).at_generation(generation);
+            self.state.set(&vol.wwid.to_string(), Some(rec))?;
         }
-        let still = |p: &PathBuf| out.paths.iter().any(|r| &r.info.dev == p && r.registered);
-        if before.iter().all(still) {
-            return Ok(());
-        }
-        for s in steps {
-            if let Step::Register { path, .. } = s {
-                let undo = PrOut::Register(BasicParams {
-                    key: self.key,
-                    ..Default::default()
-                });
-                let _ = self.path(path).prout(&undo);
-            }
-        }
-        if let Some(a) = attachment {
-            self.state.set(
-                &vol.wwid.to_string(),
-                Some(Record::now(&vol.name, Phase::Fenced, &a)),
-            )?;
-        }
-        self.finish(vol, loc, out, None)?;
-        out.state = VolumeState::Fenced;
         Ok(())
     }
 
-    fn stale_authorization(&self, auth: &Authorization) -> Option<Refusal> {
-        let age = SystemTime::now()
-            .duration_since(auth.read_at)
-            .unwrap_or(Duration::ZERO);
+    /// After an acquire: Held when the key is on the LUN, Fenced when a
+    /// concurrent preemption took it (the generation moved under us).
+    fn settle(&self, vol: &Volume, a: &AttachmentId, out: &Outcome) -> Result<(), FenceError> {
+        match out.state {
+            VolumeState::Held | VolumeState::Registered => {
+                self.note(vol, Phase::Held, a, out.generation.1, true)
+            }
+            _ if out.raced => self.note(vol, Phase::Fenced, a, out.generation.1, true),
+            _ => Ok(()),
+        }
+    }
+
+    /// The LUN changed under a check's new registrations: another node acted
+    /// between our read and our REGISTER, possibly preempting us. Take the
+    /// new registrations back (multipathd does the same) and read again; a
+    /// later check registers them if the key is still ours.
+    fn undo_registrations(
+        &self,
+        vol: &Volume,
+        loc: &Located,
+        obs: &Observed,
+        steps: &[Step],
+        out: &mut Outcome,
+        rec: Option<&Record>,
+    ) -> Result<(), FenceError> {
+        let undo: Vec<Step> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Register {
+                    path, all_tg_pt, ..
+                } => Some(Step::Unregister {
+                    path: path.clone(),
+                    all_tg_pt: *all_tg_pt,
+                    ignore_existing: true,
+                }),
+                _ => None,
+            })
+            .collect();
+        for s in &undo {
+            self.path(step_path(s)).prout(&self.prout_of(s))?;
+            out.steps.push(s.clone());
+        }
+        self.finish(loc, out, obs, &[])?;
+        out.raced = true;
+        if out.state == VolumeState::NotRegistered {
+            out.state = VolumeState::Fenced;
+            if let Some(r) = rec {
+                self.note(vol, Phase::Fenced, &r.attachment, out.generation.1, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn unfresh_authorization(&self, auth: &Authorization) -> Option<Refusal> {
+        let now = SystemTime::now();
+        if let Ok(ahead) = auth.read_at.duration_since(now) {
+            // A read "from the future" is a clock problem, not freshness.
+            if ahead > CLOCK_SKEW {
+                return Some(Refusal::ClockSkew {
+                    attachment: auth.attachment.to_string(),
+                    ahead_secs: ahead.as_secs(),
+                });
+            }
+        }
+        let age = now.duration_since(auth.read_at).unwrap_or(Duration::ZERO);
         (age > self.cfg.max_authorization_age).then(|| Refusal::StaleAuthorization {
             attachment: auth.attachment.to_string(),
             age_secs: age.as_secs(),
@@ -454,6 +546,7 @@ impl<T: Transport> Engine<T> {
             paths: loc.reports.clone(),
             generation: (0, 0),
             unit_attentions: Vec::new(),
+            raced: false,
         }
     }
 }
@@ -470,10 +563,26 @@ fn preempted_under(rec: &Record, obs: &Observed, ours: ReservationKey) -> bool {
     let ours_present = obs.keys.contains(&ours);
     match rec.phase {
         Phase::Held => !ours_present,
-        // Registering and gone: fenced only if someone else took the LUN; an
-        // empty LUN means the REGISTER never landed (crash before it).
-        Phase::Registering => !ours_present && (obs.reservation.is_some() || !obs.keys.is_empty()),
+        // Registering and gone: fenced only if the LUN changed since the
+        // intent was noted; unchanged means the REGISTER never landed.
+        Phase::Registering => {
+            !ours_present
+                && match rec.generation {
+                    Some(g) => obs.generation != g,
+                    None => obs.reservation.is_some() || !obs.keys.is_empty(),
+                }
+        }
         Phase::Fenced => true,
+    }
+}
+
+/// How far ahead of this node's clock an authorization may be read.
+const CLOCK_SKEW: Duration = Duration::from_secs(5);
+
+fn step_path(s: &Step) -> &Path {
+    match s {
+        Step::Register { path, .. } | Step::Unregister { path, .. } => path,
+        _ => Path::new(""),
     }
 }
 
@@ -493,11 +602,6 @@ impl Outcome {
         };
         self.refusal = Some(r);
         self
-    }
-
-    fn record_observation(&mut self, obs: &Observed, uas: Vec<String>) {
-        self.generation = (obs.generation, obs.generation);
-        self.unit_attentions.extend(uas);
     }
 }
 
@@ -526,48 +630,25 @@ mod tests {
     #[test]
     fn preempted_under_table() {
         let ours = ReservationKey(0xa);
-        let rec = |phase| Record::now("pv", phase, &AttachmentId("gen-1".into()));
+        let rec = |phase, generation: Option<u32>| Record {
+            generation,
+            ..Record::now("pv", phase, &AttachmentId("gen-1".into()))
+        };
+        let at = |g: u32, o: Observed| Observed { generation: g, ..o };
+        #[rustfmt::skip]
         let rows = [
-            (
-                Phase::Held,
-                obs(&[0xa, 0xa], Some(0xa)),
-                false,
-                "still held",
-            ),
-            (
-                Phase::Held,
-                obs(&[0xb], Some(0xb)),
-                true,
-                "held, key gone: preempted",
-            ),
-            (
-                Phase::Held,
-                obs(&[], None),
-                true,
-                "held, LUN cleared: treated as fenced",
-            ),
-            (
-                Phase::Registering,
-                obs(&[], None),
-                false,
-                "crash before REGISTER landed",
-            ),
-            (
-                Phase::Registering,
-                obs(&[0xb], Some(0xb)),
-                true,
-                "registering, another took it",
-            ),
-            (
-                Phase::Registering,
-                obs(&[0xa], None),
-                false,
-                "registered, crash before RESERVE",
-            ),
-            (Phase::Fenced, obs(&[], None), true, "fenced stays fenced"),
+            (rec(Phase::Held, Some(1)), at(1, obs(&[0xa, 0xa], Some(0xa))), false, "still held"),
+            (rec(Phase::Held, Some(1)), at(3, obs(&[0xb], Some(0xb))), true, "held, key gone: preempted"),
+            (rec(Phase::Held, Some(1)), at(4, obs(&[], None)), true, "held, LUN cleared: treated as fenced"),
+            (rec(Phase::Registering, Some(5)), at(5, obs(&[], None)), false, "REGISTER never landed on an empty LUN"),
+            (rec(Phase::Registering, Some(5)), at(5, obs(&[0xb], Some(0xb))), false, "REGISTER never landed (failover retry)"),
+            (rec(Phase::Registering, Some(5)), at(8, obs(&[0xb], Some(0xb))), true, "registering, the LUN moved, key gone"),
+            (rec(Phase::Registering, Some(5)), at(6, obs(&[0xa], None)), false, "registered, crash before RESERVE"),
+            (rec(Phase::Registering, None), at(9, obs(&[0xb], Some(0xb))), true, "old record without generation: conservative"),
+            (rec(Phase::Fenced, Some(1)), at(1, obs(&[], None)), true, "fenced stays fenced"),
         ];
-        for (phase, o, want, why) in rows {
-            assert_eq!(preempted_under(&rec(phase), &o, ours), want, "{why}");
+        for (r, o, want, why) in rows {
+            assert_eq!(preempted_under(&r, &o, ours), want, "{why}");
         }
     }
 

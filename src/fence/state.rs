@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +50,11 @@ pub struct Record {
     pub attachment: AttachmentId,
     /// Seconds since the epoch when the phase was entered.
     pub since: u64,
+    /// The LUN's PRGENERATION when the phase was entered. For `Registering`
+    /// it tells a REGISTER that never landed (the LUN unchanged since) from a
+    /// registration that was preempted afterwards (the generation moved).
+    #[serde(default)]
+    pub generation: Option<u32>,
 }
 
 impl Record {
@@ -64,7 +68,14 @@ impl Record {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            generation: None,
         }
+    }
+
+    /// The same record, noting the LUN's PR generation.
+    pub fn at_generation(mut self, generation: u32) -> Record {
+        self.generation = Some(generation);
+        self
     }
 }
 
@@ -98,109 +109,114 @@ pub enum StateError {
     },
 }
 
-/// The state file under a directory.
+/// The state file under a directory. Every read goes to the file, and every
+/// change re-reads and rewrites it under an exclusive lock, so a daemon and
+/// an operator's CLI sharing the directory never lose each other's records.
 #[derive(Debug)]
 pub struct StateStore {
     path: PathBuf,
-    luns: Mutex<BTreeMap<String, Record>>,
+    lock: PathBuf,
 }
 
 const FILE: &str = "reservations.json";
+const LOCK: &str = "reservations.lock";
 
 impl StateStore {
-    /// Opens (creating the directory, not the file) the store in `dir`.
+    /// Opens (creating the directory, not the file) the store in `dir`, and
+    /// checks that an existing file is readable.
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
         fs::create_dir_all(dir).map_err(|source| StateError::Io {
             path: dir.to_path_buf(),
             op: "create directory",
             source,
         })?;
-        let path = dir.join(FILE);
-        let luns = match fs::read(&path) {
-            Ok(b) => {
-                let f: File1 = serde_json::from_slice(&b).map_err(|e| StateError::Corrupt {
-                    path: path.clone(),
-                    why: e.to_string(),
-                })?;
-                if f.version != 1 {
-                    return Err(StateError::Corrupt {
-                        path,
-                        why: format!("unknown version {}", f.version),
-                    });
-                }
-                f.luns
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(source) => {
-                return Err(StateError::Io {
-                    path,
-                    op: "read",
-                    source,
-                })
-            }
+        let s = StateStore {
+            path: dir.join(FILE),
+            lock: dir.join(LOCK),
         };
-        Ok(StateStore {
-            path,
-            luns: Mutex::new(luns),
-        })
+        s.load()?;
+        Ok(s)
     }
 
-    /// The record of a LUN.
-    pub fn get(&self, wwid: &str) -> Option<Record> {
-        self.luns.lock().ok().and_then(|m| m.get(wwid).cloned())
-    }
-
-    /// Sets (or with `None` removes) a LUN's record and persists the file.
-    pub fn set(&self, wwid: &str, rec: Option<Record>) -> Result<(), StateError> {
-        let mut m = self.luns.lock().map_err(|_| StateError::Corrupt {
-            path: self.path.clone(),
-            why: "a writer panicked while holding the lock".into(),
-        })?;
-        let before = m.get(wwid).cloned();
-        if before == rec {
-            return Ok(());
+    fn load(&self) -> Result<BTreeMap<String, Record>, StateError> {
+        let b = match fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(source) => return Err(self.io("read", source)),
+        };
+        let f: File1 = serde_json::from_slice(&b).map_err(|e| self.corrupt(e.to_string()))?;
+        if f.version != 1 {
+            return Err(self.corrupt(format!("unknown version {}", f.version)));
         }
-        match rec {
-            Some(r) => m.insert(wwid.to_string(), r),
-            None => m.remove(wwid),
+        Ok(f.luns)
+    }
+
+    fn io(&self, op: &'static str, source: std::io::Error) -> StateError {
+        StateError::Io {
+            path: self.path.clone(),
+            op,
+            source,
+        }
+    }
+
+    fn corrupt(&self, why: String) -> StateError {
+        StateError::Corrupt {
+            path: self.path.clone(),
+            why,
+        }
+    }
+
+    /// The record of a LUN, read from the file now.
+    pub fn get(&self, wwid: &str) -> Result<Option<Record>, StateError> {
+        Ok(self.load()?.remove(wwid))
+    }
+
+    /// Sets (or with `None` removes) a LUN's record: under an exclusive lock,
+    /// re-read, change, write atomically.
+    pub fn set(&self, wwid: &str, rec: Option<Record>) -> Result<(), StateError> {
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock)
+            .map_err(|e| self.io("open lock file", e))?;
+        let _guard = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| self.io("lock", std::io::Error::from_raw_os_error(e as i32)))?;
+        let mut luns = self.load()?;
+        let changed = match rec {
+            Some(r) => luns.insert(wwid.to_string(), r.clone()).as_ref() != Some(&r),
+            None => luns.remove(wwid).is_some(),
         };
-        let file = File1 {
-            version: 1,
-            luns: m.clone(),
-        };
-        if let Err(e) = self.write(&file) {
-            // Keep memory equal to disk: a failed write changes nothing.
-            match before {
-                Some(b) => m.insert(wwid.to_string(), b),
-                None => m.remove(wwid),
-            };
-            return Err(e);
+        if changed {
+            self.write(&File1 { version: 1, luns })?;
         }
         Ok(())
     }
 
     fn write(&self, f: &File1) -> Result<(), StateError> {
-        let io = |op, source| StateError::Io {
-            path: self.path.clone(),
-            op,
-            source,
-        };
-        let tmp = self.path.with_extension("json.tmp");
-        let body =
-            serde_json::to_vec_pretty(f).map_err(|e| io("encode", std::io::Error::other(e)))?;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let tmp = self.path.with_extension(format!(
+            "json.{}.{}.tmp",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let body = serde_json::to_vec_pretty(f)
+            .map_err(|e| self.io("encode", std::io::Error::other(e)))?;
         let mut t = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&tmp)
-            .map_err(|e| io("create temp file", e))?;
-        t.write_all(&body).map_err(|e| io("write temp file", e))?;
-        t.sync_all().map_err(|e| io("fsync temp file", e))?;
-        fs::rename(&tmp, &self.path).map_err(|e| io("rename", e))?;
+            .map_err(|e| self.io("create temp file", e))?;
+        let written = t.write_all(&body).and_then(|_| t.sync_all());
+        if let Err(e) = written.and_then(|_| fs::rename(&tmp, &self.path)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(self.io("write temp file and rename", e));
+        }
         if let Some(dir) = self.path.parent() {
             File::open(dir)
                 .and_then(|d| d.sync_all())
-                .map_err(|e| io("fsync directory", e))?;
+                .map_err(|e| self.io("fsync directory", e))?;
         }
         Ok(())
     }
@@ -215,20 +231,69 @@ mod tests {
     fn records_survive_a_reopen() {
         let d = TempDir::new("state");
         let s = StateStore::open(d.path()).unwrap();
-        assert_eq!(s.get("naa.1"), None);
+        assert_eq!(s.get("naa.1").unwrap(), None);
         let att = AttachmentId("uid-1".into());
         s.set("naa.1", Some(Record::now("pv-1", Phase::Fenced, &att)))
             .unwrap();
         drop(s);
         let s = StateStore::open(d.path()).unwrap();
-        let r = s.get("naa.1").unwrap();
+        let r = s.get("naa.1").unwrap().unwrap();
         assert_eq!(
             (r.phase, r.attachment, r.volume.as_str()),
             (Phase::Fenced, att, "pv-1")
         );
         s.set("naa.1", None).unwrap();
-        assert_eq!(StateStore::open(d.path()).unwrap().get("naa.1"), None);
-        assert!(!d.path().join("reservations.json.tmp").exists());
+        assert_eq!(
+            StateStore::open(d.path()).unwrap().get("naa.1").unwrap(),
+            None
+        );
+        let leftovers: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn two_stores_on_one_directory_keep_each_others_records() {
+        let d = TempDir::new("state");
+        let (daemon, cli) = (
+            StateStore::open(d.path()).unwrap(),
+            StateStore::open(d.path()).unwrap(),
+        );
+        let att = AttachmentId("g".into());
+        daemon
+            .set("naa.1", Some(Record::now("pv-1", Phase::Fenced, &att)))
+            .unwrap();
+        cli.set("naa.2", Some(Record::now("pv-2", Phase::Held, &att)))
+            .unwrap();
+        assert_eq!(daemon.get("naa.1").unwrap().unwrap().phase, Phase::Fenced);
+        assert_eq!(daemon.get("naa.2").unwrap().unwrap().phase, Phase::Held);
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let dir = d.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let s = StateStore::open(&dir).unwrap();
+                    let a = AttachmentId(format!("t{i}"));
+                    s.set(
+                        &format!("naa.t{i}"),
+                        Some(Record::now("v", Phase::Held, &a)),
+                    )
+                    .unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        for i in 0..8 {
+            assert!(
+                cli.get(&format!("naa.t{i}")).unwrap().is_some(),
+                "record {i} lost"
+            );
+        }
+        assert!(cli.get("naa.1").unwrap().is_some());
     }
 
     #[test]

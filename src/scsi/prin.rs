@@ -301,7 +301,10 @@ pub fn parse_full_status(b: &[u8]) -> Result<FullStatus, ParseError> {
         } else {
             None
         };
-        let (transport_id, _) = TransportId::parse(tid_bytes)?;
+        // One odd TransportID must not hide every other registration: keep it raw.
+        let transport_id = TransportId::parse(tid_bytes)
+            .map(|(t, _)| t)
+            .unwrap_or_else(|_| TransportId::raw(tid_bytes));
         registrations.push(Registration {
             key: ReservationKey(be64(rest, 0)),
             all_target_ports: rest[12] & 0x02 != 0,

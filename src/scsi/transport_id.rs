@@ -34,7 +34,7 @@ pub enum TransportId {
         /// The ISID (hex, as in `,i,0x…`) when the TransportID names one port.
         isid: Option<String>,
     },
-    /// SCSI RDMA Protocol: 16-byte initiator port identifier.
+    /// SCSI RDMA Protocol: 16-byte initiator port identifier (24-byte TransportID).
     Srp {
         /// Initiator port identifier.
         #[serde(serialize_with = "ser_hex")]
@@ -91,7 +91,7 @@ impl TransportId {
             }
             (protocol::SBP, 0) => fixed::<8>(b, 24, 8).map(|e| (TransportId::Sbp { eui64: e }, 24)),
             (protocol::SRP, 0) => {
-                fixed::<16>(b, 40, 8).map(|p| (TransportId::Srp { port_id: p }, 40))
+                fixed::<16>(b, 24, 8).map(|p| (TransportId::Srp { port_id: p }, 24))
             }
             _ => {
                 // Unknown protocols use the 24-byte minimum length.
@@ -108,6 +108,15 @@ impl TransportId {
         }
     }
 
+    /// A TransportID kept as its raw bytes (one that did not decode).
+    pub fn raw(b: &[u8]) -> TransportId {
+        TransportId::Other {
+            protocol_id: b.first().map(|x| x & 0x0f).unwrap_or(0),
+            format: b.first().map(|x| x >> 6).unwrap_or(0),
+            raw: hex(b),
+        }
+    }
+
     /// Encodes the TransportID (for REGISTER AND MOVE and SPEC_I_PT lists).
     pub fn encode(&self) -> Vec<u8> {
         match self {
@@ -115,7 +124,7 @@ impl TransportId {
             TransportId::Sas { sas_address } => fixed_encode(protocol::SAS, 4, sas_address),
             TransportId::Sbp { eui64 } => fixed_encode(protocol::SBP, 8, eui64),
             TransportId::Srp { port_id } => {
-                let mut v = vec![0u8; 40];
+                let mut v = vec![0u8; 24];
                 v[0] = protocol::SRP;
                 v[8..24].copy_from_slice(port_id);
                 v
@@ -324,6 +333,17 @@ mod tests {
         let (t, _) = TransportId::parse(&fc).unwrap();
         assert_eq!(t.to_string(), "fc wwpn 0x21000024ff010203");
         assert_eq!(t.encode(), fc);
+    }
+
+    #[test]
+    fn srp_transport_id_is_24_bytes() {
+        let mut srp = vec![0u8; 24];
+        srp[0] = 0x04;
+        srp[8..24].copy_from_slice(&[7u8; 16]);
+        let (t, len) = TransportId::parse(&srp).unwrap();
+        assert_eq!(len, 24);
+        assert_eq!(t.encode(), srp);
+        assert!(TransportId::parse(&srp[..23]).is_err());
     }
 
     #[test]

@@ -36,6 +36,15 @@
 #           PERSISTENT RESERVE IN and OUT then fail with CHECK CONDITION, fixed-format sense
 #           70 00 05 ... 20 00: ILLEGAL REQUEST, ASC/ASCQ 20/00 INVALID COMMAND OPERATION CODE
 #           (sg_persist exits 9, "command not supported"); RESERVE(6) gets the same.
+#   4.. only with rig.extra_luns=N (N = 1..128; default 0: none of this runs): N more LUNs for bulk
+#           benchmarks, X000..X<N-1>, LUN numbers 4..3+N on both TPGs, fileio on tmpfs, 1 MiB each,
+#           serial x<iii>serial with <iii> the zero-padded decimal index: its digits (plus the "ea"
+#           of "serial") are the serial's only hex digits, so the WWIDs naa.6001405<iii>ea0... are
+#           distinct from each other and from LUNs 0-3.  One map per node and LUN like VOL0's
+#           (a-x<iii>, uuid mpath-3<hex>; b-x<iii>, uuid mpathb-3<hex>).  Everything is batched:
+#           one truncate/mkdir for all backing files and LUN dirs, one wait for the SCSI scan of all
+#           four sessions, sysfs lookups without subshells, one `dmsetup create --concise` for all
+#           maps.
 
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin
 LIO=/sys/kernel/config/target
@@ -61,6 +70,16 @@ SERIAL_NOPR=nopr3serial
 MODE="test"
 FILTER=
 TEST_TIMEOUT=300
+# Extra LUNs (rig.extra_luns=N): see the header.  EXTRA_IDS is "000 001 ... <N-1>".
+EXTRA_LUNS=0
+EXTRA_MAX=128
+EXTRA_IDS=
+EXTRA_FIRST_LUN=4
+EXTRA_SIZE=1048576
+EXTRA_HBA=fileio_0
+# Seconds to wait for a session's LUNs to be scanned (sd + sg for each); more with extra LUNs.
+SCAN_TIMEOUT=30
+WWIDS_SEEN=
 
 # ---------------------------------------------------------------- output helpers
 mark() { echo "@@MARK $1 guest_uptime=$(cut -d' ' -f1 /proc/uptime)"; }
@@ -178,8 +197,25 @@ parse_cmdline() {
             rig.mode=*) MODE=${w#rig.mode=} ;;
             rig.filter=*) FILTER=${w#rig.filter=} ;;
             rig.timeout=*) TEST_TIMEOUT=${w#rig.timeout=} ;;
+            rig.extra_luns=*) EXTRA_LUNS=${w#rig.extra_luns=} ;;
         esac
     done
+    parse_extra_luns
+}
+
+# Validate EXTRA_LUNS (decimal, 0..EXTRA_MAX), set EXTRA_IDS and the scan timeout.  No subshells.
+parse_extra_luns() {
+    local n=$EXTRA_LUNS i=0 id
+    case $n in ''|*[!0-9]*) fail "rig.extra_luns=$EXTRA_LUNS: not a number (0..$EXTRA_MAX)" ;; esac
+    while :; do case $n in 0?*) n=${n#0} ;; *) break ;; esac; done    # 064 is not octal here
+    [ ${#n} -le 3 ] && [ "$n" -le $EXTRA_MAX ] || fail "rig.extra_luns=$EXTRA_LUNS: at most $EXTRA_MAX"
+    EXTRA_LUNS=$n
+    while [ $i -lt "$n" ]; do
+        case $i in ?) id=00$i ;; ??) id=0$i ;; *) id=$i ;; esac
+        EXTRA_IDS="$EXTRA_IDS $id"
+        i=$((i + 1))
+    done
+    SCAN_TIMEOUT=$((SCAN_TIMEOUT + n / 2))
 }
 
 load_modules() {
@@ -192,6 +228,16 @@ load_modules() {
     mount -t configfs configfs /sys/kernel/config 2>/dev/null
     [ -d $LIO ] || fail "no $LIO after loading target_core_mod"
     ip link set lo up || fail "ip link set lo up"
+}
+
+# expedite_rcu 0|1: /sys/kernel/rcu_expedited.  Creating a LUN in configfs, a SCSI device or a dm
+# map each waits for RCU grace periods, which take ~25 ms apiece under TCG; expedited ones are
+# much shorter.  Only turned on while the extra LUNs are set up, restored before the tests start.
+RCU_EXPEDITED_WAS=0
+expedite_rcu() {
+    [ -w /sys/kernel/rcu_expedited ] || return 0
+    [ "$1" = 1 ] && read -r RCU_EXPEDITED_WAS < /sys/kernel/rcu_expedited
+    echo "$1" > /sys/kernel/rcu_expedited
 }
 
 # ---------------------------------------------------------------- LIO target
@@ -222,6 +268,42 @@ create_backstores() {
     new_backstore SLOW iblock_0 slow "udev_path=$dm" $SERIAL_SLOW
     new_backstore NOPR fileio_0 nopr "fd_dev_name=/tmp/lio/nopr.img,fd_dev_size=16777216" $SERIAL_NOPR
     write 0 "$BS_NOPR/attrib/emulate_pr"     # before any TPG exports it (see the header)
+    [ -z "$EXTRA_IDS" ] || create_extra_backstores
+}
+
+# Extra LUNs: all backing files in one truncate, all backstore dirs in one mkdir, then only
+# shell builtins (echo into configfs).
+create_extra_backstores() {
+    local id files= dirs= bs
+    for id in $EXTRA_IDS; do
+        files="$files /tmp/lio/x$id.img"
+        dirs="$dirs $LIO/core/$EXTRA_HBA/x$id"
+    done
+    mark tmp_xbs_begin
+    truncate -s $EXTRA_SIZE $files || fail "truncate extra LUN files"
+    mkdir $dirs || fail "mkdir extra LUN backstores"
+    mark tmp_xbs_mkdir
+    for id in $EXTRA_IDS; do
+        bs=$LIO/core/$EXTRA_HBA/x$id
+        write "fd_dev_name=/tmp/lio/x$id.img,fd_dev_size=$EXTRA_SIZE" "$bs/control"
+        write "x${id}serial" "$bs/wwn/vpd_unit_serial"
+        write 1 "$bs/enable"
+    done
+    mark tmp_xbs_enabled
+}
+
+# link_extra_luns TPG_DIR: export the extra backstores as LUNs 4.. of the TPG (before enable).
+link_extra_luns() {
+    local tpg=$1 id n=$EXTRA_FIRST_LUN dirs=
+    for id in $EXTRA_IDS; do dirs="$dirs $tpg/lun/lun_$n"; n=$((n + 1)); done
+    mkdir $dirs || fail "mkdir extra LUN dirs in ${tpg##*/}"
+    mark tmp_xlun_mkdir
+    n=$EXTRA_FIRST_LUN
+    for id in $EXTRA_IDS; do
+        ln -s "$LIO/core/$EXTRA_HBA/x$id" "$tpg/lun/lun_$n/port" || fail "link x$id into ${tpg##*/} lun_$n"
+        n=$((n + 1))
+    done
+    mark tmp_xlun_linked
 }
 
 # One TPG: portal 127.0.0.1:PORT, the four LUNs, demo mode (generate_node_acls), no auth.
@@ -235,6 +317,7 @@ create_tpg() {
         mkdir -p "$tpg/lun/lun_$n" || fail "mkdir $tpg/lun/lun_$n"
         ln -s "$bs" "$tpg/lun/lun_$n/port" || fail "link $bs into tpgt_$t lun_$n"
     done
+    [ -z "$EXTRA_IDS" ] || link_extra_luns "$tpg"
     mkdir "$tpg/np/127.0.0.1:$port" || fail "portal 127.0.0.1:$port"
     write 0 "$tpg/attrib/authentication"
     write 1 "$tpg/attrib/generate_node_acls"
@@ -284,6 +367,7 @@ login_paths() {
     done
     for p in $PATHS; do
         eval "wait \$LOGIN_$p" || fail "iscsiadm login $p: $(cat /tmp/login.$p)"
+        mark tmp_login_$p
     done
     mark logged_in
 }
@@ -309,6 +393,18 @@ scsi_device_of() {
 session_scanned() {
     local lun
     for lun in $LUNS; do scsi_device_of "$1" "$(lun_number "$lun")" > /dev/null || return 1; done
+    [ -z "$EXTRA_IDS" ] && return 0
+    count_probed "$1"
+    [ "$PROBED" -ge $((EXTRA_FIRST_LUN + EXTRA_LUNS)) ]
+}
+
+# count_probed SESSION: PROBED = how many of the session's LUNs have both their sd and sg.
+count_probed() {
+    local d
+    PROBED=0
+    for d in "$1"/device/target*/*:*:*:*; do
+        [ -d "$d/block" ] && [ -d "$d/scsi_generic" ] && PROBED=$((PROBED + 1))
+    done
 }
 
 # ---------------------------------------------------------------- topology
@@ -323,7 +419,11 @@ map_paths() {
     for p in $PATHS; do
         wait_for 30 session_of "$(path_iface "$p")" > /dev/null || fail "no iSCSI session for $p"
         s=$(session_of "$(path_iface "$p")")
-        wait_for 30 session_scanned "$s" || fail "path $p: not all LUNs of ${s##*/} appeared"
+        if ! wait_for $SCAN_TIMEOUT session_scanned "$s"; then
+            [ -z "$EXTRA_IDS" ] && fail "path $p: not all LUNs of ${s##*/} appeared"
+            count_probed "$s"
+            fail "path $p: only $PROBED of $((EXTRA_FIRST_LUN + EXTRA_LUNS)) LUNs of ${s##*/} scanned after ${SCAN_TIMEOUT}s"
+        fi
         conn=$(ls -d /sys/class/iscsi_connection/connection"${s##*session}":* | head -n 1)
         topo "RIG_${p}_SESSION" "$s"
         topo "RIG_${p}_IFACE" "$(cat "$s/ifacename")"
@@ -335,12 +435,30 @@ map_paths() {
             topo "RIG_${lun}_${p}_SG" "/dev/$(ls "$dev/scsi_generic")"
             topo "RIG_${lun}_${p}_HCTL" "${dev##*/}"
         done
+        mark tmp_scanned_$p
+        [ -z "$EXTRA_IDS" ] || map_extra_path "$p" "$s"
+        mark tmp_mapped_$p
+    done
+}
+
+# map_extra_path PATH SESSION: RIG_EXTRA_<iii>_<PATH>_SD of every extra LUN, found by its LUN
+# number under the session (globs and builtins only: 4 x 128 subshells would cost seconds).
+map_extra_path() {
+    local p=$1 s=$2 id n=$EXTRA_FIRST_LUN d b sd
+    for id in $EXTRA_IDS; do
+        sd=
+        for d in "$s"/device/target*/*:*:*:$n; do
+            for b in "$d"/block/*; do [ -e "$b" ] && sd=/dev/${b##*/}; done
+        done
+        [ -n "$sd" ] || fail "path $p: no sd for extra LUN $n (x$id) under ${s##*/}"
+        topo "RIG_EXTRA_${id}_${p}_SD" "$sd"
+        n=$((n + 1))
     done
 }
 
 # LUN identity: the kernel's wwid (VPD 0x83 NAA designator), identical on all four paths.
 map_luns() {
-    local lun p sd wwid first seen=
+    local lun p sd wwid first
     for lun in $LUNS; do
         first=
         for p in $PATHS; do
@@ -351,11 +469,33 @@ map_luns() {
         done
         echo "$first" | grep -qE '^naa\.[0-9a-f]{32}$' || fail "$lun: unexpected wwid '$first'"
         topo "RIG_${lun}_WWID" "$first"
-        case " $seen " in *" $first "*) fail "$lun: wwid $first is not unique (serials need distinct hex digits)" ;; esac
-        seen="$seen $first"
+        case " $WWIDS_SEEN " in *" $first "*) fail "$lun: wwid $first is not unique (serials need distinct hex digits)" ;; esac
+        WWIDS_SEEN="$WWIDS_SEEN $first"
         eval "topo RIG_${lun}_SERIAL \$SERIAL_$lun"
         topo "RIG_${lun}_LUN" "$(lun_number "$lun")"
         eval "topo RIG_${lun}_BACKSTORE \"\$BS_$lun\""
+    done
+    mark tmp_luns
+    [ -z "$EXTRA_IDS" ] || map_extra_luns
+    mark tmp_xluns
+}
+
+# The extra LUNs' wwids: same on all four paths, well-formed, unique among all LUNs.
+map_extra_luns() {
+    local id p sd wwid first
+    for id in $EXTRA_IDS; do
+        first=
+        for p in $PATHS; do
+            eval "sd=\$RIG_EXTRA_${id}_${p}_SD"
+            read -r wwid < "/sys/block/${sd#/dev/}/device/wwid" || fail "x$id: no wwid for $sd ($p)"
+            [ -z "$first" ] && first=$wwid
+            [ "$wwid" = "$first" ] || fail "x$id: wwid differs between paths ($first vs $wwid on $p)"
+        done
+        case ${first#naa.} in "$first"|*[!0-9a-f]*) fail "x$id: unexpected wwid '$first'" ;; esac
+        [ ${#first} -eq 36 ] || fail "x$id: unexpected wwid '$first'"
+        case " $WWIDS_SEEN " in *" $first "*) fail "x$id: wwid $first is not unique (serials need distinct hex digits)" ;; esac
+        WWIDS_SEEN="$WWIDS_SEEN $first"
+        topo "RIG_EXTRA_${id}_WWID" "$first"
     done
 }
 
@@ -397,6 +537,39 @@ create_maps() {
             fi
         done
     done
+    mark tmp_maps
+    [ -z "$EXTRA_IDS" ] || create_extra_maps
+}
+
+# All extra maps (a-x<iii>, b-x<iii>; same tables and uuids as create_mpath) in one dmsetup call,
+# then one pass over /sys/block/dm-* to find their dm-N.
+create_extra_maps() {
+    local id node hex sd1 sd2 size mm1 mm2 name uuid spec= d a b
+    for id in $EXTRA_IDS; do
+        eval "hex=\${RIG_EXTRA_${id}_WWID#naa.}"
+        for node in A B; do
+            eval "sd1=\${RIG_EXTRA_${id}_${node}1_SD#/dev/} sd2=\${RIG_EXTRA_${id}_${node}2_SD#/dev/}"
+            read -r size < "/sys/block/$sd1/size"
+            read -r mm1 < "/sys/block/$sd1/dev"
+            read -r mm2 < "/sys/block/$sd2/dev"
+            if [ $node = A ]; then name=a-x$id uuid=mpath-3$hex; else name=b-x$id uuid=mpathb-3$hex; fi
+            spec="$spec${spec:+;}$name,$uuid,,,0 $size multipath 0 0 1 1 round-robin 0 2 1 $mm1 1 $mm2 1"
+        done
+    done
+    mark tmp_spec
+    DM_DISABLE_UDEV=1 dmsetup create --concise "$spec" > /tmp/dmsetup.log 2>&1 ||
+        fail "dmsetup create --concise ($((2 * EXTRA_LUNS)) extra maps): $(tail -n 3 /tmp/dmsetup.log)"
+    mark tmp_dmsetup
+    for d in /sys/block/dm-*; do
+        read -r name < "$d/dm/name" || continue
+        case $name in [ab]-x[0-9][0-9][0-9]) eval "DM_OF_${name%%-*}_${name#?-x}=/dev/${d##*/}" ;; esac
+    done
+    for id in $EXTRA_IDS; do
+        eval "a=\${DM_OF_a_$id:-} b=\${DM_OF_b_$id:-}"
+        [ -n "$a" ] && [ -n "$b" ] || fail "x$id: no dm device for a-x$id or b-x$id after dmsetup create"
+        topo "RIG_EXTRA_${id}_A_DM" "$a"
+        topo "RIG_EXTRA_${id}_B_DM" "$b"
+    done
 }
 
 write_topology_header() {
@@ -407,6 +580,7 @@ write_topology_header() {
     topo RIG_NODE_B_INITIATOR $NODE_B_INITIATOR
     topo RIG_LIO_CONFIGFS $LIO
     topo CSI_FENCER_BIN /usr/bin/csi-fencer
+    [ -z "$EXTRA_IDS" ] || topo RIG_EXTRA_COUNT "$EXTRA_LUNS"
 }
 
 # topology.json: the same KEY=VALUE pairs as one flat JSON object of strings.
@@ -438,9 +612,27 @@ print_topology() {
         done
         echo
     done
+    [ -z "$EXTRA_IDS" ] || print_extra_luns
     banner "RIG-TOPOLOGY BEGIN"
-    cat $TOPO
+    if [ -z "$EXTRA_IDS" ]; then
+        cat $TOPO
+    else    # the RIG_EXTRA_<iii>_* lines (8 per LUN) stay in the guest's topology.env/.json only
+        grep -v '^RIG_EXTRA_[0-9]' $TOPO
+    fi
     banner "RIG-TOPOLOGY END"
+}
+
+# Extra LUNs in two lines (the first and the last), not one per LUN.
+print_extra_luns() {
+    local ids id p
+    set -- $EXTRA_IDS
+    ids=$1; [ $# -gt 1 ] && eval "ids=\"\$ids \${$#}\""
+    echo "extra luns: $EXTRA_LUNS, LUN $EXTRA_FIRST_LUN..$((EXTRA_FIRST_LUN + EXTRA_LUNS - 1)) (fileio $EXTRA_SIZE bytes, serial x<iii>serial, maps a-x<iii> b-x<iii>), first and last:"
+    for id in $ids; do
+        eval "printf '  x%s %s A=%s B=%s' $id \$RIG_EXTRA_${id}_WWID \$RIG_EXTRA_${id}_A_DM \$RIG_EXTRA_${id}_B_DM"
+        for p in $PATHS; do eval "printf ' %s=%s' $p \${RIG_EXTRA_${id}_${p}_SD#/dev/}"; done
+        echo
+    done
 }
 
 # New I_T nexuses start with a POWER ON / RESET unit attention; consume it on every sg path so
@@ -483,9 +675,10 @@ main() {
     mount_filesystems
     mark init_running
     parse_cmdline
-    say "kernel $(uname -r), mode=$MODE filter='${FILTER}' timeout=${TEST_TIMEOUT}s"
+    say "kernel $(uname -r), mode=$MODE filter='${FILTER}' timeout=${TEST_TIMEOUT}s${EXTRA_IDS:+ extra_luns=$EXTRA_LUNS}"
     load_modules
     mark modules_loaded
+    [ -z "$EXTRA_IDS" ] || expedite_rcu 1
     setup_target
     mark lio_ready
     login_paths
@@ -494,6 +687,7 @@ main() {
     mark sessions_up
     map_luns
     create_maps
+    [ -z "$EXTRA_IDS" ] || expedite_rcu "$RCU_EXPEDITED_WAS"
     mark maps_ready
     write_topology_json
     print_topology

@@ -21,6 +21,7 @@
 #   RIG_TEST_TIMEOUT  watchdog seconds per test binary / script inside the guest (default 300)
 #   RIG_MEM           guest memory in MiB (default 2048)
 #   RIG_APPEND        extra kernel command line arguments
+#   RIG_EXTRA_LUNS    0..128 extra 1 MiB LUNs (4..) with a map per node, for bulk benchmarks (default 0)
 #   RIG_QUIET=1       do not echo the guest console (it is still in target/rig/out/console.log)
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -29,6 +30,7 @@ set -euo pipefail
 RIG_TIMEOUT=${RIG_TIMEOUT:-1200}
 RIG_TEST_TIMEOUT=${RIG_TEST_TIMEOUT:-300}
 RIG_MEM=${RIG_MEM:-2048}
+RIG_EXTRA_LUNS=${RIG_EXTRA_LUNS:-0}
 PROJECT_DIR=$(cd "${RIG_PROJECT_DIR:-$RIG_REPO}" && pwd)
 INITRD=$RIG_WORK/initrd.img
 
@@ -50,6 +52,9 @@ usage() {
 
 parse_args() {
     [ $# -ge 1 ] || usage
+    [[ $RIG_EXTRA_LUNS =~ ^[0-9]{1,3}$ ]] && [ $((10#$RIG_EXTRA_LUNS)) -le 128 ] ||
+        rig_die "RIG_EXTRA_LUNS='$RIG_EXTRA_LUNS' must be a number from 0 to 128"
+    RIG_EXTRA_LUNS=$((10#$RIG_EXTRA_LUNS))
     MODE=$1
     case $MODE in
         test)
@@ -127,6 +132,7 @@ build_initrd() {
 kernel_cmdline() {
     local c="console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off rig.mode=$MODE rig.timeout=$RIG_TEST_TIMEOUT"
     [ -n "$FILTER" ] && c+=" rig.filter=$FILTER"
+    [ "$RIG_EXTRA_LUNS" -gt 0 ] && c+=" rig.extra_luns=$RIG_EXTRA_LUNS"
     [ -n "${RIG_APPEND:-}" ] && c+=" $RIG_APPEND"
     echo "$c"
 }

@@ -1,5 +1,9 @@
 //! The engine's I/O: locating the LUN and proving identity, reading the PR
 //! state, sending the planned steps, reading back.
+//!
+//! Nothing here sends SG_IO to a dm map: through a map it lands on whichever
+//! path dm picks, and with `queue_if_no_path` and every path down it can
+//! block without any timeout. Every command goes to a verified path.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,77 +11,47 @@ use std::time::Duration;
 use super::{
     registered_paths, Engine, FenceError, Located, Outcome, PathReport, UsablePath, VolumeState,
 };
-use crate::device::{NodeKind, PathInfo};
+use crate::device::PathInfo;
 use crate::fence::decide::{Observed, PathRegistration, Step};
-use crate::fence::state::{AttachmentId, Phase, Record};
 use crate::scsi::{BasicParams, Designator, FullStatus, PrOut, TransportId, Wwid};
-use crate::transport::{ScsiError, Transport};
+use crate::transport::Transport;
 
 const DEVICE_POLL: Duration = Duration::from_millis(250);
 
+/// Reads of the PR state that may disagree (the LUN changing meanwhile)
+/// before the engine gives up for this round.
+const CONSISTENT_READ_ATTEMPTS: usize = 3;
+
 impl<T: Transport> Engine<T> {
-    /// Finds the LUN's device and paths, and proves each path's identity (I3).
+    /// Finds the LUN's paths and proves each path's identity (I3).
     pub(super) fn locate(&self, vol: &super::Volume) -> Result<Located, FenceError> {
-        let (device, paths) = match &vol.device {
-            Some(d) => self.explicit(d)?,
-            None => {
-                let l = self
-                    .resolver
-                    .wait(&vol.wwid, self.cfg.device_wait, DEVICE_POLL)?;
-                (l.device, l.paths)
-            }
+        let lun = match &vol.device {
+            Some(d) => self.resolver.for_device(d)?,
+            None => self
+                .resolver
+                .wait(&vol.wwid, self.cfg.device_wait, DEVICE_POLL)?,
         };
-        // Identity is proven per path, where every PR OUT goes; not through the
-        // map, whose SG_IO lands on whichever path dm picks, offline or not.
-        if paths.is_empty() {
-            self.verify_identity(&device, &vol.wwid)?;
-        }
         let mut loc = Located {
-            device,
+            device: lun.device,
             usable: Vec::new(),
             reports: Vec::new(),
         };
-        for info in paths {
+        for info in lun.paths {
             let (usable, report) = self.check_path(info, &vol.wwid);
             loc.usable.extend(usable);
             loc.reports.push(report);
         }
-        // An explicit device whose every path is another LUN: fail loudly (I3).
-        if vol.device.is_some() && loc.usable.is_empty() && loc.reports.iter().any(|r| r.wrong_lun)
-        {
-            self.verify_identity(&loc.device, &vol.wwid)?;
+        // A device the operator named, every path of which is another LUN.
+        if loc.usable.is_empty() {
+            if let Some(r) = loc.reports.iter().find(|r| r.wrong_lun) {
+                return Err(FenceError::IdentityMismatch {
+                    device: r.info.dev.clone(),
+                    expected: vol.wwid.to_string(),
+                    found: r.reports_wwid.clone().unwrap_or_default(),
+                });
+            }
         }
         Ok(loc)
-    }
-
-    fn explicit(&self, d: &Path) -> Result<(PathBuf, Vec<PathInfo>), FenceError> {
-        let sysfs = self.resolver.sysfs();
-        let (kind, name) = sysfs.kernel_name(d)?;
-        if kind == NodeKind::Block && sysfs.is_dm(&name) {
-            let paths = sysfs
-                .slaves(&name)
-                .iter()
-                .map(|s| sysfs.path_info(s))
-                .collect();
-            return Ok((d.to_path_buf(), paths));
-        }
-        let mut info = sysfs.path_info(&name);
-        info.dev = d.to_path_buf();
-        Ok((d.to_path_buf(), vec![info]))
-    }
-
-    fn verify_identity(&self, dev: &Path, wwid: &Wwid) -> Result<(), FenceError> {
-        let ds = self.path(dev).device_id()?;
-        match Wwid::from_designations(&ds) {
-            Some(w) if &w == wwid => Ok(()),
-            other => Err(FenceError::IdentityMismatch {
-                device: dev.to_path_buf(),
-                expected: wwid.to_string(),
-                found: other
-                    .map(|w| w.to_string())
-                    .unwrap_or_else(|| "no LU designator".into()),
-            }),
-        }
     }
 
     fn check_path(&self, info: PathInfo, wwid: &Wwid) -> (Option<UsablePath>, PathReport) {
@@ -86,6 +60,8 @@ impl<T: Transport> Engine<T> {
             usable: false,
             wrong_lun: false,
             registered: false,
+            registration: None,
+            reports_wwid: None,
             problem: None,
         };
         if let Some(s) = report.info.state.as_deref().filter(|s| *s != "running") {
@@ -108,6 +84,7 @@ impl<T: Transport> Engine<T> {
                 report.problem = Some(format!(
                     "identity mismatch: VPD 83h says {found}, not {wwid}"
                 ));
+                report.reports_wwid = Some(found);
                 report.wrong_lun = true;
                 return (None, report);
             }
@@ -125,16 +102,45 @@ impl<T: Transport> Engine<T> {
         (Some(usable), report)
     }
 
-    /// Reads keys, reservation, capabilities and full status through the first
-    /// path that answers, and works out which of our paths carry our key.
-    pub(super) fn observe(&self, loc: &Located) -> Result<(Observed, Vec<String>), FenceError> {
-        let mut readers: Vec<&Path> = loc.usable.iter().map(|p| p.dev.as_path()).collect();
-        if readers.is_empty() {
-            readers.push(&loc.device);
+    /// Reads the PR state through the first usable path that answers, and
+    /// records it in the outcome.
+    pub(super) fn observe_into(
+        &self,
+        loc: &Located,
+        out: &mut Outcome,
+    ) -> Result<Observed, FenceError> {
+        let (obs, uas) = self.observe(loc, &out.volume)?;
+        out.generation = (obs.generation, obs.generation);
+        out.unit_attentions.extend(uas);
+        set_registrations(out, &obs);
+        Ok(obs)
+    }
+
+    fn observe(&self, loc: &Located, volume: &str) -> Result<(Observed, Vec<String>), FenceError> {
+        if loc.usable.is_empty() {
+            let reasons: Vec<String> = loc
+                .reports
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}: {}",
+                        r.info.name,
+                        r.problem.as_deref().unwrap_or("unusable")
+                    )
+                })
+                .collect();
+            return Err(FenceError::NoUsablePath {
+                volume: volume.to_string(),
+                reasons: if reasons.is_empty() {
+                    "the map has no paths".into()
+                } else {
+                    reasons.join("; ")
+                },
+            });
         }
         let mut last = None;
-        for dev in readers {
-            match self.read_state(dev) {
+        for p in &loc.usable {
+            match self.consistent_state(&p.dev) {
                 Ok((mut obs, fs, uas)) => {
                     obs.paths = self.match_paths(loc, &fs);
                     return Ok((obs, uas));
@@ -142,30 +148,47 @@ impl<T: Transport> Engine<T> {
                 Err(e) => last = Some(e),
             }
         }
-        Err(FenceError::Scsi(
-            last.expect("at least one reader was tried"),
-        ))
+        Err(last.unwrap_or(FenceError::NoUsablePath {
+            volume: volume.to_string(),
+            reasons: "no path answered".into(),
+        }))
     }
 
-    fn read_state(&self, dev: &Path) -> Result<(Observed, FullStatus, Vec<String>), ScsiError> {
-        let mut p = self.path(dev);
-        let keys = p.read_keys()?;
-        let res = p.read_reservation()?;
-        let caps = p.capabilities().ok();
-        let fs = p.full_status()?;
-        let uas = p
-            .unit_attentions()
-            .iter()
-            .map(|s| format!("{}: {s}", dev.display()))
-            .collect();
-        let obs = Observed {
-            generation: keys.generation,
-            keys: keys.keys,
-            reservation: res.reservation,
-            caps,
-            paths: Vec::new(),
-        };
-        Ok((obs, fs, uas))
+    /// READ KEYS, READ RESERVATION, REPORT CAPABILITIES and READ FULL STATUS,
+    /// again until the three generations agree: a decision must never mix a
+    /// state from before another node's PR OUT with one from after it.
+    fn consistent_state(
+        &self,
+        dev: &Path,
+    ) -> Result<(Observed, FullStatus, Vec<String>), FenceError> {
+        let mut seen = Vec::new();
+        for _ in 0..CONSISTENT_READ_ATTEMPTS {
+            let mut p = self.path(dev);
+            let keys = p.read_keys()?;
+            let res = p.read_reservation()?;
+            let caps = p.capabilities().ok();
+            let fs = p.full_status()?;
+            seen = vec![keys.generation, res.generation, fs.generation];
+            if seen.iter().all(|g| *g == keys.generation) {
+                let uas = p
+                    .unit_attentions()
+                    .iter()
+                    .map(|s| format!("{}: {s}", dev.display()))
+                    .collect();
+                let obs = Observed {
+                    generation: keys.generation,
+                    keys: keys.keys,
+                    reservation: res.reservation,
+                    caps,
+                    paths: Vec::new(),
+                };
+                return Ok((obs, fs, uas));
+            }
+        }
+        Err(FenceError::Unstable {
+            device: dev.to_path_buf(),
+            generations: seen,
+        })
     }
 
     fn match_paths(&self, loc: &Located, fs: &FullStatus) -> Vec<(PathBuf, PathRegistration)> {
@@ -191,38 +214,25 @@ impl<T: Transport> Engine<T> {
         let mut registered = registered_paths(obs);
         let mut errors = Vec::new();
         for step in steps {
-            match step {
-                Step::Register { path, .. } | Step::Unregister { path, .. } => {
-                    match self.path(path).prout(&self.prout_of(step)) {
-                        Ok(()) => {
-                            if matches!(step, Step::Register { .. }) {
-                                registered.push(path.clone());
-                            }
-                            out.steps.push(step.clone());
+            if let Step::Register { path, .. } | Step::Unregister { path, .. } = step {
+                match self.path(path).prout(&self.prout_of(step)) {
+                    Ok(()) => {
+                        if matches!(step, Step::Register { .. }) {
+                            registered.push(path.clone());
                         }
-                        Err(e) => {
-                            set_problem(out, path, e.to_string());
-                            errors.push(format!("{}: {e}", path.display()));
-                        }
+                        out.steps.push(step.clone());
+                    }
+                    Err(e) => {
+                        set_problem(out, path, e.to_string());
+                        errors.push(format!("{}: {e}", path.display()));
                     }
                 }
-                _ => {
-                    if self.cfg.interrupt_after_register {
-                        return Err(FenceError::Interrupted);
-                    }
-                    let via = self.via(step, &registered, loc).ok_or_else(|| {
-                        FenceError::NoPathRegistered {
-                            volume: vol.name.clone(),
-                            errors: errors.join("; "),
-                        }
-                    })?;
-                    self.path(&via).prout(&self.prout_of(step))?;
-                    if let Step::Preempt { victim, .. } = step {
-                        out.preempted.push(victim.clone());
-                    }
-                    out.steps.push(step.clone());
-                }
+                continue;
             }
+            if self.cfg.interrupt_after_register {
+                return Err(FenceError::Interrupted);
+            }
+            self.lu_step(vol, step, &registered, loc, &errors, out)?;
         }
         if self.cfg.interrupt_after_register
             && steps.iter().any(|s| matches!(s, Step::Register { .. }))
@@ -239,6 +249,37 @@ impl<T: Transport> Engine<T> {
         Ok(())
     }
 
+    /// A logical-unit-wide step (RESERVE, PREEMPT, RELEASE) through one path.
+    fn lu_step(
+        &self,
+        vol: &super::Volume,
+        step: &Step,
+        registered: &[PathBuf],
+        loc: &Located,
+        errors: &[String],
+        out: &mut Outcome,
+    ) -> Result<(), FenceError> {
+        let via = self
+            .via(step, registered, loc)
+            .ok_or_else(|| FenceError::NoPathRegistered {
+                volume: vol.name.clone(),
+                errors: errors.join("; "),
+            })?;
+        if let Err(source) = self.path(&via).prout(&self.prout_of(step)) {
+            return Err(FenceError::Step {
+                volume: vol.name.clone(),
+                done: out.steps.clone(),
+                failed: Box::new(step.clone()),
+                source: Box::new(source),
+            });
+        }
+        if let Step::Preempt { victim, .. } = step {
+            out.preempted.push(victim.clone());
+        }
+        out.steps.push(step.clone());
+        Ok(())
+    }
+
     /// The path a LU-wide step goes through: the holder for RELEASE, else a
     /// path that carries our key.
     fn via(&self, step: &Step, registered: &[PathBuf], loc: &Located) -> Option<PathBuf> {
@@ -251,7 +292,7 @@ impl<T: Transport> Engine<T> {
         })
     }
 
-    fn prout_of(&self, step: &Step) -> PrOut {
+    pub(super) fn prout_of(&self, step: &Step) -> PrOut {
         let ours = self.key;
         match step {
             Step::Register {
@@ -260,6 +301,14 @@ impl<T: Transport> Engine<T> {
                 sa_key: ours,
                 all_tg_pt: *all_tg_pt,
                 aptpl: *aptpl,
+                ..Default::default()
+            }),
+            Step::Unregister {
+                all_tg_pt,
+                ignore_existing: true,
+                ..
+            } => PrOut::RegisterAndIgnore(BasicParams {
+                all_tg_pt: *all_tg_pt,
                 ..Default::default()
             }),
             Step::Unregister { all_tg_pt, .. } => PrOut::Register(BasicParams {
@@ -289,40 +338,61 @@ impl<T: Transport> Engine<T> {
         }
     }
 
-    /// Reads back, sets the outcome's state and path registrations, and
-    /// records `Held` under `attachment` when the key is on the LUN.
+    /// Reads back and sets the outcome's state and path registrations. The
+    /// generation must have moved by exactly this operation's own commands;
+    /// more means another node changed the LUN meanwhile (`raced`).
     pub(super) fn finish(
         &self,
-        vol: &super::Volume,
         loc: &Located,
         out: &mut Outcome,
-        attachment: Option<&AttachmentId>,
+        before: &Observed,
+        steps: &[Step],
     ) -> Result<(), FenceError> {
-        let (obs, uas) = self.observe(loc)?;
+        if self.cfg.dry_run {
+            out.state = state_of(before, self.key);
+            return Ok(());
+        }
+        let (obs, uas) = self.observe(loc, &out.volume)?;
         out.generation.1 = obs.generation;
         out.unit_attentions.extend(uas);
-        for (p, reg) in &obs.paths {
-            if let Some(r) = out.paths.iter_mut().find(|r| &r.info.dev == p) {
-                r.registered = reg.is_registered();
-            }
-        }
-        let ours = obs.keys.contains(&self.key);
-        let holds = obs
-            .reservation
-            .as_ref()
-            .is_some_and(|r| r.key == self.key || r.rtype.all_registrants());
-        out.state = match (ours, holds) {
-            (false, _) => VolumeState::NotRegistered,
-            (true, true) => VolumeState::Held,
-            (true, false) => VolumeState::Registered,
-        };
-        if let (Some(a), true, false) = (attachment, ours, self.cfg.dry_run) {
-            self.state.set(
-                &vol.wwid.to_string(),
-                Some(Record::now(&vol.name, Phase::Held, a)),
-            )?;
-        }
+        set_registrations(out, &obs);
+        let sent = out
+            .steps
+            .iter()
+            .filter(|s| steps.contains(s))
+            .filter(|s| bumps_generation(s))
+            .count();
+        let expected = before.generation.wrapping_add(sent as u32);
+        out.raced |= obs.generation != expected;
+        out.state = state_of(&obs, self.key);
         Ok(())
+    }
+}
+
+/// SPC: every successful PR OUT bumps PRGENERATION except RESERVE and RELEASE.
+fn bumps_generation(s: &Step) -> bool {
+    !matches!(s, Step::Reserve { .. } | Step::Release { .. })
+}
+
+fn state_of(obs: &Observed, ours: crate::scsi::ReservationKey) -> VolumeState {
+    let present = obs.keys.contains(&ours);
+    let holds = obs
+        .reservation
+        .as_ref()
+        .is_some_and(|r| r.key == ours || r.rtype.all_registrants());
+    match (present, holds) {
+        (false, _) => VolumeState::NotRegistered,
+        (true, true) => VolumeState::Held,
+        (true, false) => VolumeState::Registered,
+    }
+}
+
+fn set_registrations(out: &mut Outcome, obs: &Observed) {
+    for (p, reg) in &obs.paths {
+        if let Some(r) = out.paths.iter_mut().find(|r| &r.info.dev == p) {
+            r.registered = reg.is_registered();
+            r.registration = Some(*reg);
+        }
     }
 }
 
@@ -332,7 +402,7 @@ fn registration_of(
     fs: &FullStatus,
     ours: crate::scsi::ReservationKey,
 ) -> PathRegistration {
-    let Some(me) = &p.initiator else {
+    let (Some(me), Some(rtpi)) = (&p.initiator, p.rtpi) else {
         return PathRegistration::Unknown;
     };
     if matches!(me, TransportId::Iscsi { isid: None, .. }) {
@@ -343,7 +413,7 @@ fn registration_of(
         .find(|r| {
             r.key == ours
                 && same_port(&r.transport_id, me)
-                && (r.all_target_ports || Some(r.relative_target_port) == p.rtpi)
+                && (r.all_target_ports || r.relative_target_port == rtpi)
         })
         .map(|r| PathRegistration::Registered {
             all_tg_pt: r.all_target_ports,
