@@ -10,6 +10,7 @@
 //! - [`source`]: where attachments come from (a YAML file; Kubernetes later).
 #![warn(missing_docs)]
 
+pub mod daemon;
 pub mod device;
 pub mod fence;
 pub mod scsi;

@@ -1,0 +1,287 @@
+//! The daemon's configuration file (`--config`, YAML), validated at start:
+//! an error names the field, the value and what is allowed.
+//!
+//! ```yaml
+//! clusterName: prod-eu-1        # or clusterTag: "0x1a2b" (one of the two is required)
+//! mapUuidPrefix: mpath-         # dm uuid prefix of multipath maps
+//! policy:
+//!   preempt: preempt-and-abort  # or preempt
+//!   allTgPt: false
+//!   aptpl: false
+//!   removeForeignKeys: false
+//! monitorIntervalSeconds: 10    # how often held volumes are checked (I7)
+//! resyncIntervalSeconds: 60     # full reconcile even without changes
+//! maxConcurrentVolumes: 8       # volumes reconciled at once
+//! operationTimeoutSeconds: 60   # one acquire/release/check, all commands (I6)
+//! commandTimeoutSeconds: 20     # one SCSI command
+//! deviceWaitSeconds: 30         # how long to wait for a LUN to appear
+//! knownNodes: [node-a, node-b]  # optional: names stale keys in reports
+//! ```
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::fence::keys::ClusterTag;
+use crate::fence::policy::PreemptMode;
+
+/// The file as written.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Raw {
+    cluster_name: Option<String>,
+    cluster_tag: Option<String>,
+    map_uuid_prefix: Option<String>,
+    #[serde(default)]
+    policy: RawPolicy,
+    monitor_interval_seconds: Option<u64>,
+    resync_interval_seconds: Option<u64>,
+    max_concurrent_volumes: Option<u64>,
+    operation_timeout_seconds: Option<u64>,
+    command_timeout_seconds: Option<u64>,
+    device_wait_seconds: Option<u64>,
+    #[serde(default)]
+    known_nodes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPolicy {
+    preempt: Option<String>,
+    all_tg_pt: Option<bool>,
+    aptpl: Option<bool>,
+    remove_foreign_keys: Option<bool>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This cluster's key tag.
+    pub tag: ClusterTag,
+    /// dm uuid prefix of multipath maps.
+    pub map_uuid_prefix: String,
+    /// PREEMPT AND ABORT or PREEMPT.
+    pub preempt: PreemptMode,
+    /// ALL_TG_PT when supported.
+    pub all_tg_pt: bool,
+    /// APTPL when supported.
+    pub aptpl: bool,
+    /// Preempt other clusters' keys too.
+    pub remove_foreign_keys: bool,
+    /// How often held volumes are checked.
+    pub monitor_interval: Duration,
+    /// Full reconcile period.
+    pub resync_interval: Duration,
+    /// Volumes reconciled at once.
+    pub max_concurrent_volumes: usize,
+    /// Bound of one engine operation.
+    pub operation_timeout: Duration,
+    /// Bound of one SCSI command.
+    pub command_timeout: Duration,
+    /// How long to wait for a LUN to appear.
+    pub device_wait: Duration,
+    /// Node names for naming stale keys.
+    pub known_nodes: BTreeSet<String>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {field}: {why}")]
+pub struct ConfigError {
+    /// The file.
+    pub origin: String,
+    /// The field (or "file").
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub why: String,
+}
+
+fn seconds(
+    origin: &str,
+    field: &str,
+    v: Option<u64>,
+    default: u64,
+    range: (u64, u64),
+) -> Result<Duration, ConfigError> {
+    let s = v.unwrap_or(default);
+    if s < range.0 || s > range.1 {
+        return Err(ConfigError {
+            origin: origin.into(),
+            field: field.into(),
+            why: format!(
+                "{s} is out of range: allowed {}..={} seconds",
+                range.0, range.1
+            ),
+        });
+    }
+    Ok(Duration::from_secs(s))
+}
+
+impl Config {
+    /// Parses and validates `text` from `origin`. An empty text is an error
+    /// (the cluster tag has no safe default).
+    pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
+        let err = |field: &str, why: String| ConfigError {
+            origin: origin.into(),
+            field: field.into(),
+            why,
+        };
+        let raw: Raw = serde_yaml::from_str(text).map_err(|e| err("file", e.to_string()))?;
+        let tag = match (&raw.cluster_tag, &raw.cluster_name) {
+            (Some(_), Some(_)) => return Err(err("clusterTag", "give clusterTag or clusterName, not both".into())),
+            (Some(t), None) => t.parse().map_err(|e: crate::fence::keys::TagError| err("clusterTag", format!("{t:?}: {e}")))?,
+            (None, Some(n)) => ClusterTag::from_cluster_name(n).map_err(|e| err("clusterName", e.to_string()))?,
+            (None, None) => {
+                return Err(err(
+                    "clusterName",
+                    "missing: set clusterName (or clusterTag) so keys of two clusters on one SAN never collide".into(),
+                ))
+            }
+        };
+        let preempt = match raw.policy.preempt.as_deref() {
+            None | Some("preempt-and-abort") => PreemptMode::PreemptAndAbort,
+            Some("preempt") => PreemptMode::Preempt,
+            Some(o) => {
+                return Err(err(
+                    "policy.preempt",
+                    format!("{o:?}: allowed preempt-and-abort, preempt"),
+                ))
+            }
+        };
+        let prefix = raw.map_uuid_prefix.unwrap_or_else(|| "mpath-".into());
+        if prefix.is_empty() || prefix.contains('/') {
+            return Err(err(
+                "mapUuidPrefix",
+                format!("{prefix:?}: must be non-empty, without '/'"),
+            ));
+        }
+        let conc = raw.max_concurrent_volumes.unwrap_or(8);
+        if !(1..=256).contains(&conc) {
+            return Err(err(
+                "maxConcurrentVolumes",
+                format!("{conc} is out of range: allowed 1..=256"),
+            ));
+        }
+        Ok(Config {
+            tag,
+            map_uuid_prefix: prefix,
+            preempt,
+            all_tg_pt: raw.policy.all_tg_pt.unwrap_or(false),
+            aptpl: raw.policy.aptpl.unwrap_or(false),
+            remove_foreign_keys: raw.policy.remove_foreign_keys.unwrap_or(false),
+            monitor_interval: seconds(
+                origin,
+                "monitorIntervalSeconds",
+                raw.monitor_interval_seconds,
+                10,
+                (1, 3600),
+            )?,
+            resync_interval: seconds(
+                origin,
+                "resyncIntervalSeconds",
+                raw.resync_interval_seconds,
+                60,
+                (1, 86400),
+            )?,
+            max_concurrent_volumes: conc as usize,
+            operation_timeout: seconds(
+                origin,
+                "operationTimeoutSeconds",
+                raw.operation_timeout_seconds,
+                60,
+                (1, 3600),
+            )?,
+            command_timeout: seconds(
+                origin,
+                "commandTimeoutSeconds",
+                raw.command_timeout_seconds,
+                20,
+                (1, 600),
+            )?,
+            device_wait: seconds(
+                origin,
+                "deviceWaitSeconds",
+                raw.device_wait_seconds,
+                30,
+                (0, 3600),
+            )?,
+            known_nodes: raw
+                .known_nodes
+                .into_iter()
+                .filter(|n| !n.is_empty())
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_with_just_a_cluster_name() {
+        let c = Config::parse("c.yaml", "clusterName: demo\n").unwrap();
+        assert_eq!(c.tag, ClusterTag::from_cluster_name("demo").unwrap());
+        assert_eq!(c.map_uuid_prefix, "mpath-");
+        assert_eq!(c.preempt, PreemptMode::PreemptAndAbort);
+        assert_eq!(c.monitor_interval, Duration::from_secs(10));
+        assert_eq!(c.max_concurrent_volumes, 8);
+        assert!(!c.remove_foreign_keys);
+    }
+
+    #[test]
+    fn every_field_parses() {
+        let text = "clusterTag: '0x7e57'\nmapUuidPrefix: mpathb-\npolicy: {preempt: preempt, allTgPt: true, aptpl: true, removeForeignKeys: true}\nmonitorIntervalSeconds: 2\nresyncIntervalSeconds: 30\nmaxConcurrentVolumes: 4\noperationTimeoutSeconds: 20\ncommandTimeoutSeconds: 5\ndeviceWaitSeconds: 0\nknownNodes: [a, b]\n";
+        let c = Config::parse("c.yaml", text).unwrap();
+        assert_eq!(c.tag.value(), 0x7e57);
+        assert_eq!(
+            (c.preempt, c.all_tg_pt, c.aptpl, c.remove_foreign_keys),
+            (PreemptMode::Preempt, true, true, true)
+        );
+        assert_eq!(c.known_nodes.len(), 2);
+        assert_eq!(c.device_wait, Duration::ZERO);
+    }
+
+    #[test]
+    fn errors_name_field_value_and_what_is_allowed() {
+        let cases = [
+            ("", "clusterName: missing"),
+            (
+                "clusterName: a\nclusterTag: '1'\n",
+                "clusterTag: give clusterTag or clusterName, not both",
+            ),
+            (
+                "clusterTag: '0'\n",
+                "clusterTag: \"0\": cluster tag 0 is not allowed",
+            ),
+            (
+                "clusterName: a\npolicy: {preempt: nuke}\n",
+                "policy.preempt: \"nuke\": allowed preempt-and-abort, preempt",
+            ),
+            (
+                "clusterName: a\nmonitorIntervalSeconds: 0\n",
+                "monitorIntervalSeconds: 0 is out of range: allowed 1..=3600 seconds",
+            ),
+            (
+                "clusterName: a\nmaxConcurrentVolumes: 0\n",
+                "maxConcurrentVolumes: 0 is out of range",
+            ),
+            (
+                "clusterName: a\nmonitorInterval: 5\n",
+                "unknown field `monitorInterval`",
+            ),
+            (
+                "clusterName: a\nmapUuidPrefix: ''\n",
+                "mapUuidPrefix: \"\": must be non-empty",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse("c.yaml", text).unwrap_err().to_string();
+            assert!(
+                e.starts_with("c.yaml: ") && e.contains(want),
+                "{e}\n  wanted: {want}"
+            );
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The node daemon (`csi-fencer run`): follows the attachments, reconciles
+//! each volume with the engine, monitors held volumes, serves metrics and
+//! health.
+
+pub mod config;
+pub mod metrics;
+pub mod reconcile;

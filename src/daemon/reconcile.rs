@@ -1,0 +1,592 @@
+//! The reconciler: level-triggered, one operation per volume at a time, many
+//! volumes at once (bounded), every engine call on the blocking pool with a
+//! timeout so a hung device never stalls other volumes (I6).
+//!
+//! What to do is a pure function of the source's snapshot and what this node
+//! holds ([`plan`]); the driver only schedules it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::metrics::Metrics;
+use crate::fence::engine::{Authorization, FenceError, Outcome, Volume, VolumeState};
+use crate::fence::policy::{AccessMode, Policy};
+use crate::source::Attachments;
+
+/// The engine as the reconciler uses it (a fake in tests).
+pub trait Fencer: Send + Sync + 'static {
+    /// Takes the volume.
+    fn acquire(
+        &self,
+        vol: &Volume,
+        auth: &Authorization,
+        live: &BTreeSet<String>,
+    ) -> Result<Outcome, FenceError>;
+    /// Gives it up.
+    fn release(&self, vol: &Volume) -> Result<Outcome, FenceError>;
+    /// Checks it.
+    fn check(&self, vol: &Volume, live: &BTreeSet<String>) -> Result<Outcome, FenceError>;
+}
+
+impl<T: crate::transport::Transport + 'static> Fencer for crate::fence::engine::Engine<T> {
+    fn acquire(
+        &self,
+        vol: &Volume,
+        auth: &Authorization,
+        live: &BTreeSet<String>,
+    ) -> Result<Outcome, FenceError> {
+        crate::fence::engine::Engine::acquire(self, vol, auth, live)
+    }
+    fn release(&self, vol: &Volume) -> Result<Outcome, FenceError> {
+        crate::fence::engine::Engine::release(self, vol)
+    }
+    fn check(&self, vol: &Volume, live: &BTreeSet<String>) -> Result<Outcome, FenceError> {
+        crate::fence::engine::Engine::check(self, vol, live)
+    }
+}
+
+/// What the daemon reports about one volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Not reconciled yet.
+    Pending,
+    /// This node holds the reservation.
+    Held,
+    /// Registered, someone else holds the reservation.
+    Registered,
+    /// This node's key was preempted (I7).
+    Fenced,
+    /// Given up after a detach.
+    Released,
+    /// The last operation failed or was refused; see the message.
+    Error,
+}
+
+/// The status of one volume on this node.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeStatus {
+    /// Volume name.
+    pub volume: String,
+    /// WWID.
+    pub wwid: String,
+    /// Phase.
+    pub phase: Phase,
+    /// Why, in words.
+    pub message: String,
+    /// Paths carrying this node's key.
+    pub paths_registered: usize,
+    /// All paths of the LUN.
+    pub paths_total: usize,
+    /// Seconds since the epoch of the last phase change.
+    pub last_transition: u64,
+    /// The attachment it holds under, if any.
+    pub attachment: Option<String>,
+}
+
+/// One thing to do for one volume.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// The source says this node has it.
+    Acquire {
+        /// The volume.
+        vol: Volume,
+        /// The attachment, read now.
+        auth: Authorization,
+        /// Nodes with live attachments (I2).
+        live: BTreeSet<String>,
+    },
+    /// The source no longer lists it for this node (a confirmed detach).
+    Release {
+        /// The volume.
+        vol: Volume,
+    },
+    /// Monitor a held volume.
+    Check {
+        /// The volume.
+        vol: Volume,
+        /// Nodes with live attachments.
+        live: BTreeSet<String>,
+    },
+}
+
+impl Op {
+    /// The volume's name.
+    pub fn volume(&self) -> &str {
+        match self {
+            Op::Acquire { vol, .. } | Op::Release { vol } | Op::Check { vol, .. } => &vol.name,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Op::Acquire { .. } => "acquire",
+            Op::Release { .. } => "release",
+            Op::Check { .. } => "check",
+        }
+    }
+}
+
+/// What to do now: acquire what the source gives this node (already held
+/// ones get a check instead when `monitor` is due), release what it held but
+/// the source no longer lists. Restart is not release (I4): only volumes this
+/// daemon saw held and the source then dropped are released.
+pub fn plan(
+    node: &str,
+    snapshot: &Attachments,
+    statuses: &BTreeMap<String, VolumeStatus>,
+    policy: &Policy,
+    monitor: bool,
+    read_at: SystemTime,
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut mine = BTreeSet::new();
+    for a in snapshot.for_node(node) {
+        mine.insert(a.volume.clone());
+        let vol = Volume {
+            name: a.volume.clone(),
+            wwid: a.wwid.clone(),
+            device: None,
+            access: a.access,
+            policy: policy.clone(),
+        };
+        let live = snapshot.nodes_of(&a.volume);
+        let st = statuses.get(&a.volume);
+        let same = st.is_some_and(|s| s.attachment.as_deref() == Some(a.id.0.as_str()));
+        let settled = same
+            && matches!(
+                st.map(|s| &s.phase),
+                Some(Phase::Held | Phase::Registered | Phase::Fenced)
+            );
+        if !settled {
+            let auth = Authorization {
+                attachment: a.id.clone(),
+                read_at,
+            };
+            ops.push(Op::Acquire { vol, auth, live });
+        } else if monitor {
+            ops.push(Op::Check { vol, live });
+        }
+    }
+    for (name, st) in statuses {
+        let held = matches!(st.phase, Phase::Held | Phase::Registered);
+        if held && !mine.contains(name) {
+            if let Ok(wwid) = st.wwid.parse() {
+                let vol = Volume {
+                    name: name.clone(),
+                    wwid,
+                    device: None,
+                    access: AccessMode::SingleNode,
+                    policy: policy.clone(),
+                };
+                ops.push(Op::Release { vol });
+            }
+        }
+    }
+    ops
+}
+
+/// Shared state of the reconciler.
+pub struct Reconciler<F: Fencer> {
+    fencer: Arc<F>,
+    metrics: Arc<Metrics>,
+    statuses: Mutex<BTreeMap<String, VolumeStatus>>,
+    busy: Mutex<BTreeSet<String>>,
+    permits: Arc<Semaphore>,
+    timeout: Duration,
+    changes: tokio::sync::broadcast::Sender<VolumeStatus>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl<F: Fencer> Reconciler<F> {
+    /// A reconciler running at most `concurrency` operations at once, each bounded by `timeout`.
+    pub fn new(
+        fencer: Arc<F>,
+        metrics: Arc<Metrics>,
+        concurrency: usize,
+        timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Reconciler {
+            fencer,
+            metrics,
+            statuses: Mutex::new(BTreeMap::new()),
+            busy: Mutex::new(BTreeSet::new()),
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            timeout,
+            changes: tokio::sync::broadcast::channel(256).0,
+        })
+    }
+
+    /// Every volume's status.
+    pub fn statuses(&self) -> BTreeMap<String, VolumeStatus> {
+        self.statuses.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// A stream of status changes.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<VolumeStatus> {
+        self.changes.subscribe()
+    }
+
+    /// Starts every op whose volume is not busy; returns how many started.
+    pub fn dispatch(self: &Arc<Self>, ops: Vec<Op>) -> usize {
+        let mut started = 0;
+        for op in ops {
+            let claimed = self
+                .busy
+                .lock()
+                .map(|mut b| b.insert(op.volume().to_string()))
+                .unwrap_or(false);
+            if claimed {
+                started += 1;
+                let me = Arc::clone(self);
+                tokio::spawn(async move { me.run(op).await });
+            }
+        }
+        started
+    }
+
+    async fn run(self: Arc<Self>, op: Op) {
+        let name = op.volume().to_string();
+        let Ok(_permit) = Arc::clone(&self.permits).acquire_owned().await else {
+            return;
+        };
+        let started = Instant::now();
+        let fencer = Arc::clone(&self.fencer);
+        let job = op.clone();
+        let mut handle = tokio::task::spawn_blocking(move || match &job {
+            Op::Acquire { vol, auth, live } => fencer.acquire(vol, auth, live),
+            Op::Release { vol } => fencer.release(vol),
+            Op::Check { vol, live } => fencer.check(vol, live),
+        });
+        if let Ok(done) = tokio::time::timeout(self.timeout, &mut handle).await {
+            self.update(&op, flatten(done), started);
+        } else {
+            // The call is stuck in the kernel (SG_IO sleeps uninterruptibly):
+            // report it, free the permit for other volumes, and keep this one
+            // busy until the call returns (I6).
+            let why = format!(
+                "{} did not finish in {:?}: device hung?",
+                op.kind(),
+                self.timeout
+            );
+            self.update(&op, Err(("timeout", why)), started);
+            drop(_permit);
+            let late = flatten(handle.await);
+            self.update(&op, late, started);
+        }
+        if let Ok(mut b) = self.busy.lock() {
+            b.remove(&name);
+        }
+    }
+
+    fn update(&self, op: &Op, r: Done, started: Instant) {
+        let (phase, message, reg, total) = match &r {
+            Ok(o) => (
+                phase_of(op, o),
+                summary(o),
+                o.paths.iter().filter(|p| p.registered).count(),
+                o.paths.len(),
+            ),
+            Err((_, msg)) => (Phase::Error, msg.clone(), 0, 0),
+        };
+        self.metrics.operation(
+            op.kind(),
+            r.as_ref().map(|o| o.state).map_err(|e| e.0),
+            started.elapsed(),
+        );
+        if let Ok(o) = &r {
+            self.metrics.preemptions.inc_by(o.preempted.len() as u64);
+        }
+        let attachment = match op {
+            Op::Acquire { auth, .. } => Some(auth.attachment.0.clone()),
+            Op::Release { .. } => None,
+            Op::Check { .. } => self
+                .statuses()
+                .get(op.volume())
+                .and_then(|s| s.attachment.clone()),
+        };
+        let wwid = match op {
+            Op::Acquire { vol, .. } | Op::Release { vol } | Op::Check { vol, .. } => {
+                vol.wwid.to_string()
+            }
+        };
+        let mut changed = None;
+        if let Ok(mut all) = self.statuses.lock() {
+            let prev = all.get(op.volume()).map(|s| s.phase.clone());
+            let st = VolumeStatus {
+                volume: op.volume().to_string(),
+                wwid,
+                last_transition: if prev.as_ref() == Some(&phase) {
+                    all.get(op.volume())
+                        .map(|s| s.last_transition)
+                        .unwrap_or_else(now_secs)
+                } else {
+                    now_secs()
+                },
+                phase,
+                message,
+                paths_registered: reg,
+                paths_total: total,
+                attachment,
+            };
+            if prev.as_ref() != Some(&st.phase) {
+                changed = Some(st.clone());
+            }
+            all.insert(st.volume.clone(), st);
+            self.metrics.set_volumes(&all);
+        }
+        if let Some(st) = changed {
+            let _ = self.changes.send(st);
+        }
+    }
+}
+
+type Done = Result<Outcome, (&'static str, String)>;
+
+fn flatten(r: Result<Result<Outcome, FenceError>, tokio::task::JoinError>) -> Done {
+    match r {
+        Ok(r) => r.map_err(|e| (e.kind(), e.to_string())),
+        Err(join) => Err(("panic", format!("engine task failed: {join}"))),
+    }
+}
+
+fn phase_of(op: &Op, o: &Outcome) -> Phase {
+    match (op, o.state) {
+        (_, VolumeState::Held) => Phase::Held,
+        (_, VolumeState::Registered) => Phase::Registered,
+        (_, VolumeState::Fenced) => Phase::Fenced,
+        (Op::Release { .. }, VolumeState::NotRegistered) => Phase::Released,
+        (_, VolumeState::NotRegistered) => Phase::Error,
+        (_, VolumeState::Refused) => Phase::Error,
+    }
+}
+
+fn summary(o: &Outcome) -> String {
+    if let Some(r) = &o.refusal {
+        return r.to_string();
+    }
+    let reg = o.paths.iter().filter(|p| p.registered).count();
+    let mut s = format!("{:?}: {reg}/{} paths registered", o.state, o.paths.len());
+    if !o.preempted.is_empty() {
+        let who: Vec<String> = o
+            .preempted
+            .iter()
+            .map(|k| k.node.clone().unwrap_or_else(|| k.key.to_string()))
+            .collect();
+        s.push_str(&format!(", preempted {}", who.join(", ")));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fence::engine::{Outcome, PathReport};
+    use crate::fence::state::AttachmentId;
+    use crate::source::Attachment;
+
+    fn att(volume: &str, node: &str, id: &str) -> Attachment {
+        Attachment {
+            volume: volume.into(),
+            wwid: "naa.6001405000000001".parse().unwrap(),
+            node: node.into(),
+            access: AccessMode::SingleNode,
+            id: AttachmentId(id.into()),
+        }
+    }
+
+    fn status(volume: &str, phase: Phase, att: Option<&str>) -> VolumeStatus {
+        VolumeStatus {
+            volume: volume.into(),
+            wwid: "naa.6001405000000001".into(),
+            phase,
+            message: String::new(),
+            paths_registered: 2,
+            paths_total: 2,
+            last_transition: 0,
+            attachment: att.map(str::to_string),
+        }
+    }
+
+    fn kinds(ops: &[Op]) -> Vec<String> {
+        ops.iter()
+            .map(|o| format!("{} {}", o.kind(), o.volume()))
+            .collect()
+    }
+
+    fn plan_for(snap: Vec<Attachment>, st: Vec<VolumeStatus>, monitor: bool) -> Vec<String> {
+        let statuses = st.into_iter().map(|s| (s.volume.clone(), s)).collect();
+        kinds(&plan(
+            "node-a",
+            &Attachments::new(snap),
+            &statuses,
+            &Policy::default(),
+            monitor,
+            SystemTime::now(),
+        ))
+    }
+
+    #[test]
+    fn plan_table() {
+        use Phase::*;
+        // New attachment: acquire. Other nodes' attachments: nothing.
+        assert_eq!(
+            plan_for(
+                vec![att("v1", "node-a", "g1"), att("v2", "node-b", "g1")],
+                vec![],
+                false
+            ),
+            vec!["acquire v1"]
+        );
+        // Held under the same attachment: nothing, or a check when the monitor is due.
+        let held = || vec![status("v1", Held, Some("g1"))];
+        assert!(plan_for(vec![att("v1", "node-a", "g1")], held(), false).is_empty());
+        assert_eq!(
+            plan_for(vec![att("v1", "node-a", "g1")], held(), true),
+            vec!["check v1"]
+        );
+        // A new attachment identity: acquire again.
+        assert_eq!(
+            plan_for(vec![att("v1", "node-a", "g2")], held(), false),
+            vec!["acquire v1"]
+        );
+        // Fenced under the same attachment: only monitored, never re-acquired (I1).
+        assert!(plan_for(
+            vec![att("v1", "node-a", "g1")],
+            vec![status("v1", Fenced, Some("g1"))],
+            false
+        )
+        .is_empty());
+        // Gone from the source while held: release (a confirmed detach).
+        assert_eq!(plan_for(vec![], held(), false), vec!["release v1"]);
+        // Errors retry; released and fenced volumes no longer listed are left alone.
+        assert_eq!(
+            plan_for(
+                vec![att("v1", "node-a", "g1")],
+                vec![status("v1", Error, Some("g1"))],
+                false
+            ),
+            vec!["acquire v1"]
+        );
+        assert!(plan_for(
+            vec![],
+            vec![
+                status("v1", Fenced, Some("g1")),
+                status("v2", Released, None)
+            ],
+            true
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn restart_is_not_release() {
+        // A fresh daemon knows no statuses: the source's attachments are acquired
+        // (idempotent on the LUN), nothing is released.
+        assert_eq!(
+            plan_for(vec![att("v1", "node-a", "g1")], vec![], true),
+            vec!["acquire v1"]
+        );
+        assert!(plan_for(vec![], vec![], true).is_empty());
+    }
+
+    /// Holds volumes named "hung*" forever (like SG_IO stuck in the kernel).
+    struct Fake;
+
+    fn held_outcome(vol: &Volume) -> Outcome {
+        Outcome {
+            volume: vol.name.clone(),
+            wwid: vol.wwid.to_string(),
+            device: "/dev/dm-0".into(),
+            key: crate::scsi::ReservationKey(1),
+            state: VolumeState::Held,
+            refusal: None,
+            steps: vec![],
+            dry_run: false,
+            preempted: vec![],
+            keys: Default::default(),
+            paths: Vec::<PathReport>::new(),
+            generation: (1, 1),
+            unit_attentions: vec![],
+            raced: false,
+        }
+    }
+
+    impl Fencer for Fake {
+        fn acquire(
+            &self,
+            vol: &Volume,
+            _: &Authorization,
+            _: &BTreeSet<String>,
+        ) -> Result<Outcome, FenceError> {
+            if vol.name.starts_with("hung") {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            Ok(held_outcome(vol))
+        }
+        fn release(&self, vol: &Volume) -> Result<Outcome, FenceError> {
+            Ok(Outcome {
+                state: VolumeState::NotRegistered,
+                ..held_outcome(vol)
+            })
+        }
+        fn check(&self, vol: &Volume, _: &BTreeSet<String>) -> Result<Outcome, FenceError> {
+            Ok(held_outcome(vol))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_volume_does_not_delay_another_and_times_out() {
+        let r = Reconciler::new(
+            Arc::new(Fake),
+            Arc::new(Metrics::new()),
+            4,
+            Duration::from_millis(300),
+        );
+        let snap = Attachments::new(vec![
+            att("hung-1", "node-a", "g1"),
+            att("fast-1", "node-a", "g1"),
+        ]);
+        let ops = plan(
+            "node-a",
+            &snap,
+            &r.statuses(),
+            &Policy::default(),
+            false,
+            SystemTime::now(),
+        );
+        assert_eq!(r.dispatch(ops.clone()), 2);
+        // While hung-1 is in flight, it is not started twice.
+        assert_eq!(r.dispatch(ops), 0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            r.statuses().get("fast-1").map(|s| s.phase.clone()),
+            Some(Phase::Held)
+        );
+        assert!(r.statuses().get("hung-1").is_none());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let hung = r
+            .statuses()
+            .get("hung-1")
+            .cloned()
+            .expect("reported after the timeout");
+        assert_eq!(hung.phase, Phase::Error);
+        assert!(hung.message.contains("did not finish"), "{}", hung.message);
+        // When the stuck call finally returns, its real result is recorded.
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        assert_eq!(
+            r.statuses().get("hung-1").map(|s| s.phase.clone()),
+            Some(Phase::Held)
+        );
+    }
+}
