@@ -573,7 +573,7 @@ mod tests {
             r.statuses().get("fast-1").map(|s| s.phase.clone()),
             Some(Phase::Held)
         );
-        assert!(r.statuses().get("hung-1").is_none());
+        assert!(!r.statuses().contains_key("hung-1"));
         tokio::time::sleep(Duration::from_millis(400)).await;
         let hung = r
             .statuses()
