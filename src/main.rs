@@ -29,6 +29,7 @@ fn main() {
         Command::Acquire(a) => cli::fence::run(cli::fence::Op::Acquire, a, &cli.global),
         Command::Release(a) => cli::fence::run(cli::fence::Op::Release, a, &cli.global),
         Command::Check(a) => cli::fence::run(cli::fence::Op::Check, a, &cli.global),
+        Command::Run(a) => cli::run::run(a),
     };
     let code = match result {
         Ok(code) => code,

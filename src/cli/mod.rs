@@ -6,6 +6,7 @@ pub mod inspect;
 pub mod key;
 pub mod pr;
 pub mod render;
+pub mod run;
 pub mod target;
 
 use std::time::Duration;
@@ -66,4 +67,6 @@ pub enum Command {
     Release(fence::FenceArgs),
     /// Is this node still registered (and on every path), or fenced?
     Check(fence::FenceArgs),
+    /// Run the node daemon: follow attachments, keep reservations in step, serve metrics.
+    Run(run::RunArgs),
 }

@@ -1,0 +1,272 @@
+//! The daemon's main loop: the source watcher, the monitor and resync
+//! tickers, the HTTP endpoints, and a clean stop that releases nothing (I4).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+
+use super::config::Config;
+use super::metrics::{Metered, Metrics};
+use super::reconcile::{plan, Fencer, Reconciler};
+use crate::device::{Resolver, Sysfs};
+use crate::fence::engine::{Engine, EngineConfig};
+use crate::fence::policy::Policy;
+use crate::fence::state::StateStore;
+use crate::source::{file, Attachments, SourceError};
+use crate::transport::sgio::SgIo;
+
+/// Where attachments come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// A YAML file, re-read when it changes.
+    File(PathBuf),
+}
+
+/// Everything `csi-fencer run` needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// This node.
+    pub node: String,
+    /// The validated configuration.
+    pub config: Config,
+    /// The attachment source.
+    pub source: SourceSpec,
+    /// The engine's fenced-state directory.
+    pub state_dir: PathBuf,
+    /// Where to serve /metrics, /healthz, /readyz.
+    pub http: Option<SocketAddr>,
+    /// Send no PR OUT.
+    pub dry_run: bool,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state store could not be opened.
+    #[error(transparent)]
+    State(#[from] crate::fence::state::StateError),
+    /// The HTTP endpoint could not be bound.
+    #[error("cannot listen on {addr} for --http-endpoint")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// How often the file source is looked at for changes.
+const SOURCE_POLL: Duration = Duration::from_millis(250);
+
+/// Runs until SIGTERM or SIGINT; never releases anything on the way out (I4).
+pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    let metrics = Arc::new(Metrics::new());
+    let engine = Arc::new(build_engine(&opts, metrics.clone())?);
+    let rec = Reconciler::new(
+        engine,
+        metrics.clone(),
+        opts.config.max_concurrent_volumes,
+        opts.config.operation_timeout,
+    );
+    // /readyz: the attachment source is readable and valid right now.
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = opts.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Listen { addr, source })?;
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        tokio::spawn(serve(listener, metrics.clone(), ready.clone()));
+    }
+    tokio::select! {
+        _ = drive(&opts, rec, metrics, ready) => {}
+        _ = stop_signal() => tracing::info!("stopping: no reservation is released on the way out"),
+    }
+    Ok(())
+}
+
+fn build_engine(
+    opts: &Options,
+    metrics: Arc<Metrics>,
+) -> Result<Engine<Metered<SgIo>>, DaemonError> {
+    let c = &opts.config;
+    let mut cfg = EngineConfig::new(opts.node.clone(), c.tag);
+    cfg.command_timeout = c.command_timeout;
+    cfg.device_wait = c.device_wait;
+    cfg.known_nodes = c.known_nodes.clone();
+    cfg.dry_run = opts.dry_run;
+    let state = StateStore::open(&opts.state_dir)?;
+    let resolver = Resolver::new(Sysfs::default(), c.map_uuid_prefix.clone());
+    Ok(Engine::new(
+        cfg,
+        Metered::new(SgIo, metrics),
+        resolver,
+        state,
+    ))
+}
+
+fn policy(c: &Config) -> Policy {
+    Policy {
+        reservation_type: None,
+        preempt: c.preempt,
+        all_tg_pt: c.all_tg_pt,
+        aptpl: c.aptpl,
+        remove_foreign_keys: c.remove_foreign_keys,
+    }
+}
+
+/// The source watcher and the tickers.
+async fn drive<F: Fencer>(
+    opts: &Options,
+    rec: Arc<Reconciler<F>>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) {
+    let SourceSpec::File(path) = &opts.source;
+    let mut watcher = FileWatcher::new(path.clone());
+    let mut snapshot = Attachments::default();
+    let mut read_at = SystemTime::now();
+    let mut monitor = tokio::time::interval(opts.config.monitor_interval);
+    let mut resync = tokio::time::interval(opts.config.resync_interval);
+    let mut poll = tokio::time::interval(SOURCE_POLL);
+    let pol = policy(&opts.config);
+    let mut loaded = false;
+    loop {
+        let check = tokio::select! {
+            _ = poll.tick() => {
+                match watcher.poll() {
+                    Poll::Unchanged => {
+                        // Unchanged as of now: what it says is fresh (I1).
+                        read_at = SystemTime::now();
+                        continue;
+                    }
+                    Poll::Unavailable => continue,
+                    Poll::Changed(Ok(s)) => {
+                        tracing::info!(source = %path.display(), attachments = s.all().len(), "attachments changed");
+                        (snapshot, read_at) = (s, SystemTime::now());
+                        loaded = true;
+                        ready.store(true, Ordering::Relaxed);
+                    }
+                    Poll::Changed(Err(e)) => {
+                        metrics.source_errors.inc();
+                        ready.store(false, Ordering::Relaxed);
+                        tracing::error!(error = %e, "attachment source unusable; keeping the last good snapshot");
+                        continue;
+                    }
+                }
+                false
+            }
+            _ = monitor.tick() => true,
+            _ = resync.tick() => false,
+        };
+        // Until the source was read once there is nothing to reconcile; after
+        // that the monitor goes on even while the source is broken (I7).
+        if !loaded {
+            continue;
+        }
+        // The file was last confirmed unchanged at read_at: that is its freshness.
+        let ops = plan(&opts.node, &snapshot, &rec.statuses(), &pol, check, read_at);
+        rec.dispatch(ops);
+    }
+}
+
+/// What a look at the file found.
+enum Poll {
+    /// Same length and modification time as last time.
+    Unchanged,
+    /// Re-read: the new snapshot, or why it is unusable (reported once).
+    Changed(Result<Attachments, SourceError>),
+    /// Still unreadable or invalid since the last report: not fresh.
+    Unavailable,
+}
+
+/// Re-reads a file when its length or modification time changes.
+struct FileWatcher {
+    path: PathBuf,
+    seen: Option<(u64, SystemTime)>,
+    good: bool,
+}
+
+impl FileWatcher {
+    fn new(path: PathBuf) -> Self {
+        FileWatcher {
+            path,
+            seen: None,
+            good: false,
+        }
+    }
+
+    fn poll(&mut self) -> Poll {
+        let origin = self.path.display().to_string();
+        let stamp = std::fs::metadata(&self.path).and_then(|m| Ok((m.len(), m.modified()?)));
+        let stamp = match stamp {
+            Ok(s) => s,
+            Err(source) => {
+                let first = self.seen != Some((u64::MAX, SystemTime::UNIX_EPOCH));
+                self.seen = Some((u64::MAX, SystemTime::UNIX_EPOCH));
+                self.good = false;
+                return if first {
+                    Poll::Changed(Err(SourceError::Unreadable { origin, source }))
+                } else {
+                    Poll::Unavailable
+                };
+            }
+        };
+        if self.seen == Some(stamp) {
+            return if self.good {
+                Poll::Unchanged
+            } else {
+                Poll::Unavailable
+            };
+        }
+        self.seen = Some(stamp);
+        let r = match std::fs::read_to_string(&self.path) {
+            Ok(text) => file::parse(&origin, &text),
+            Err(source) => Err(SourceError::Unreadable { origin, source }),
+        };
+        self.good = r.is_ok();
+        Poll::Changed(r)
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    let app = Router::new()
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "attachment source not loaded yet\n",
+                    )
+                }
+            }),
+        );
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "HTTP endpoint stopped");
+    }
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

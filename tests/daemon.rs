@@ -1,0 +1,225 @@
+//! `csi-fencer run` on the host: the plumbing around the engine (source
+//! watching, HTTP endpoints, metrics, readiness, stopping). There is no SAN
+//! here, so every acquire fails to find its LUN: that failure is what the
+//! metrics must show. The fencing itself is tested in the VM rig.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const ATTACHMENTS: &str = "- {volume: pv-1, wwid: naa.6001405000000001, node: node-a, accessMode: ReadWriteOnce, generation: 1}\n";
+
+fn start(tag: &str) -> Daemon {
+    let dir = std::env::temp_dir().join(format!("csi-fencer-daemon-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.yaml"), "clusterName: test\ndeviceWaitSeconds: 0\nmonitorIntervalSeconds: 1\nresyncIntervalSeconds: 1\n").unwrap();
+    std::fs::write(dir.join("att.yaml"), ATTACHMENTS).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_csi-fencer"))
+        .args(["run", "--node-name", "node-a", "--config"])
+        .arg(dir.join("config.yaml"))
+        .arg("--source")
+        .arg(format!("file:{}", dir.join("att.yaml").display()))
+        .args([
+            "--http-endpoint",
+            &format!("127.0.0.1:{port}"),
+            "--state-dir",
+        ])
+        .arg(dir.join("state"))
+        .spawn()
+        .expect("start csi-fencer run");
+    Daemon { child, port, dir }
+}
+
+/// (status code, body) of GET path, or None while nothing listens.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of a sample line `name{labels} value`, if present.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+fn assert_prometheus_text(text: &str) {
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (name_labels, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        assert!(
+            value.parse::<f64>().is_ok() || value == "+Inf",
+            "bad value in {line}"
+        );
+        let name = name_labels.split('{').next().unwrap_or("");
+        assert!(name.starts_with("csi_fencer_"), "unprefixed metric {name}");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad name {name}"
+        );
+        if let Some(l) = name_labels.strip_prefix(name) {
+            assert!(
+                l.is_empty() || (l.starts_with('{') && l.ends_with('}')),
+                "bad labels in {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn serves_health_metrics_and_counts_failed_acquires() {
+    let d = start("metrics");
+    wait_for("/healthz", || {
+        get(d.port, "/healthz").is_some_and(|(c, _)| c == 200)
+    });
+    wait_for("/readyz", || {
+        get(d.port, "/readyz").is_some_and(|(c, _)| c == 200)
+    });
+    let failed = "csi_fencer_operations_total{operation=\"acquire\",outcome=\"error\"}";
+    wait_for("a failed acquire", || {
+        get(d.port, "/metrics")
+            .and_then(|(_, m)| sample(&m, failed))
+            .is_some_and(|v| v >= 1.0)
+    });
+    let (code, m) = get(d.port, "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    assert_prometheus_text(&m);
+    assert_eq!(
+        sample(&m, "csi_fencer_volumes{state=\"error\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "csi_fencer_reconcile_errors_total{kind=\"device_not_found\"}"
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
+    // The failed volume is retried on resync: the counter keeps moving.
+    let before = sample(&m, failed).unwrap_or(0.0);
+    wait_for("a retry", || {
+        get(d.port, "/metrics")
+            .and_then(|(_, m)| sample(&m, failed))
+            .is_some_and(|v| v > before)
+    });
+}
+
+#[test]
+fn a_broken_source_makes_it_unready_and_sigterm_stops_it_cleanly() {
+    let mut d = start("broken");
+    wait_for("/readyz", || {
+        get(d.port, "/readyz").is_some_and(|(c, _)| c == 200)
+    });
+    std::fs::write(
+        d.dir.join("att.yaml"),
+        "- {volume: pv-1, wwid: naa.zz, node: node-a}\n",
+    )
+    .unwrap();
+    wait_for("unready", || {
+        get(d.port, "/readyz").is_some_and(|(c, _)| c == 503)
+    });
+    let (_, m) = get(d.port, "/metrics").expect("metrics");
+    assert!(
+        sample(&m, "csi_fencer_source_errors_total").is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
+    std::fs::write(d.dir.join("att.yaml"), ATTACHMENTS).unwrap();
+    wait_for("ready again", || {
+        get(d.port, "/readyz").is_some_and(|(c, _)| c == 200)
+    });
+    let pid = nix::unistd::Pid::from_raw(d.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = d.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn bad_configuration_is_refused_at_start_naming_the_field() {
+    let dir = std::env::temp_dir().join(format!("csi-fencer-daemon-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("c.yaml"),
+        "clusterName: x\nmonitorIntervalSeconds: 0\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_csi-fencer"))
+        .args([
+            "run",
+            "--node-name",
+            "n",
+            "--source",
+            "file:/nonexistent",
+            "--config",
+        ])
+        .arg(dir.join("c.yaml"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("monitorIntervalSeconds: 0 is out of range"),
+        "{err}"
+    );
+}
