@@ -345,6 +345,17 @@ impl<F: Fencer> Reconciler<F> {
             all.insert(st.volume.clone(), st);
             self.metrics.set_volumes(&all);
         }
+        match (&r, &changed) {
+            (Err((kind, msg)), _) => {
+                tracing::warn!(volume = op.volume(), operation = op.kind(), kind, "{msg}")
+            }
+            (Ok(_), Some(st)) => {
+                tracing::info!(volume = op.volume(), operation = op.kind(), phase = ?st.phase, "{}", st.message)
+            }
+            (Ok(_), None) => {
+                tracing::debug!(volume = op.volume(), operation = op.kind(), "no change")
+            }
+        }
         if let Some(st) = changed {
             let _ = self.changes.send(st);
         }
