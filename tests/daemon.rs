@@ -45,6 +45,8 @@ fn start(tag: &str) -> Daemon {
             "--state-dir",
         ])
         .arg(dir.join("state"))
+        .arg("--grpc-socket")
+        .arg(dir.join("fencer.sock"))
         .spawn()
         .expect("start csi-fencer run");
     Daemon { child, port, dir }
@@ -220,6 +222,95 @@ fn bad_configuration_is_refused_at_start_naming_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("monitorIntervalSeconds: 0 is out of range"),
+        "{err}"
+    );
+}
+
+fn ctl(d: &Daemon, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_csi-fencer"))
+        .arg("ctl")
+        .arg("--socket")
+        .arg(d.dir.join("fencer.sock"))
+        .args(args)
+        .output()
+        .expect("run ctl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn grpc_api_over_the_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = start("grpc");
+    wait_for("a status for pv-1", || {
+        ctl(&d, &["list", "--json"]).1.contains("pv-1")
+    });
+    let mode = std::fs::metadata(d.dir.join("fencer.sock"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the socket is for root only");
+    let (code, text) = ctl(&d, &["list", "--json"]);
+    assert_eq!(code, 0, "{text}");
+    let v: serde_json::Value = serde_json::from_str(text.trim()).expect("JSON list");
+    assert_eq!(v[0]["volume"], "pv-1");
+    assert_eq!(v[0]["phase"], "error", "no SAN on the host: {v}");
+    assert!(
+        v[0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no device for WWID"),
+        "{v}"
+    );
+    assert_eq!(ctl(&d, &["get", "pv-1"]).0, 0);
+    let (code, text) = ctl(&d, &["get", "pv-9"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("NotFound"), "{text}");
+    // Acquire of an attached volume reconciles now and reports why it failed.
+    let (code, text) = ctl(&d, &["acquire", "pv-1", "--timeout-seconds", "10"]);
+    assert_eq!(code, 11, "{text}");
+    assert!(
+        text.contains("FailedPrecondition") && text.contains("no device for WWID"),
+        "{text}"
+    );
+    // Acquire of a volume the source does not attach here is refused.
+    let (code, text) = ctl(&d, &["acquire", "pv-9"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("not attached to node node-a"), "{text}");
+    // Watch starts with the current statuses.
+    let mut w = Command::new(env!("CARGO_BIN_EXE_csi-fencer"))
+        .args(["ctl", "--socket"])
+        .arg(d.dir.join("fencer.sock"))
+        .arg("watch")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut out = std::io::BufReader::new(w.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    let _ = w.kill();
+    assert!(
+        first.starts_with("pv-1") && first.contains("error"),
+        "{first}"
+    );
+}
+
+#[test]
+fn ctl_without_a_daemon_names_the_socket() {
+    let out = Command::new(env!("CARGO_BIN_EXE_csi-fencer"))
+        .args(["ctl", "--socket", "/tmp/csi-fencer-no-such.sock", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(15));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/tmp/csi-fencer-no-such.sock")
+            && err.contains("csi-fencer run --grpc-socket"),
         "{err}"
     );
 }

@@ -1,5 +1,6 @@
 //! The `csi-fencer` command line: one clap struct, one module per subcommand.
 
+pub mod ctl;
 pub mod exit;
 pub mod fence;
 pub mod inspect;
@@ -69,4 +70,6 @@ pub enum Command {
     Check(fence::FenceArgs),
     /// Run the node daemon: follow attachments, keep reservations in step, serve metrics.
     Run(run::RunArgs),
+    /// Ask a running daemon over its gRPC socket (get, list, watch, acquire, release).
+    Ctl(ctl::CtlArgs),
 }

@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Serve /metrics, /healthz and /readyz on this address (":9808" = every interface).
     #[arg(long, value_name = "ADDR")]
     pub http_endpoint: Option<String>,
+    /// Serve the gRPC node API (Acquire, Release, GetVolume, ListVolumes,
+    /// WatchVolumes) on this unix socket, mode 0600.
+    #[arg(long, value_name = "PATH")]
+    pub grpc_socket: Option<PathBuf>,
     /// The engine's fenced-state directory (must survive restarts).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/csi-fencer")]
     pub state_dir: PathBuf,
@@ -119,6 +123,7 @@ pub fn run(a: &RunArgs) -> Result<i32, Failure> {
         state_dir: a.state_dir.clone(),
         http: a.http_endpoint.as_deref().map(endpoint).transpose()?,
         dry_run: a.dry_run,
+        grpc_socket: a.grpc_socket.clone(),
     };
     init_logging(a);
     let rt = tokio::runtime::Builder::new_multi_thread()

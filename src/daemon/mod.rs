@@ -3,6 +3,7 @@
 //! health.
 
 pub mod config;
+pub mod grpc;
 pub mod metrics;
 pub mod reconcile;
 pub mod run;

@@ -198,7 +198,16 @@ pub struct Reconciler<F: Fencer> {
     busy: Mutex<BTreeSet<String>>,
     permits: Arc<Semaphore>,
     timeout: Duration,
-    changes: tokio::sync::broadcast::Sender<VolumeStatus>,
+    changes: tokio::sync::broadcast::Sender<Update>,
+}
+
+/// One volume's status after an operation.
+#[derive(Debug, Clone)]
+pub struct Update {
+    /// The new status.
+    pub status: VolumeStatus,
+    /// True when the phase changed.
+    pub changed: bool,
 }
 
 fn now_secs() -> u64 {
@@ -232,8 +241,8 @@ impl<F: Fencer> Reconciler<F> {
         self.statuses.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// A stream of status changes.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<VolumeStatus> {
+    /// Every status update from now on (`changed` marks phase changes).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Update> {
         self.changes.subscribe()
     }
 
@@ -320,7 +329,7 @@ impl<F: Fencer> Reconciler<F> {
                 vol.wwid.to_string()
             }
         };
-        let mut changed = None;
+        let mut update = None;
         if let Ok(mut all) = self.statuses.lock() {
             let prev = all.get(op.volume()).map(|s| s.phase.clone());
             let st = VolumeStatus {
@@ -339,25 +348,27 @@ impl<F: Fencer> Reconciler<F> {
                 paths_total: total,
                 attachment,
             };
-            if prev.as_ref() != Some(&st.phase) {
-                changed = Some(st.clone());
-            }
+            update = Some(Update {
+                changed: prev.as_ref() != Some(&st.phase),
+                status: st.clone(),
+            });
             all.insert(st.volume.clone(), st);
             self.metrics.set_volumes(&all);
         }
-        match (&r, &changed) {
+        match (&r, &update) {
             (Err((kind, msg)), _) => {
                 tracing::warn!(volume = op.volume(), operation = op.kind(), kind, "{msg}")
             }
-            (Ok(_), Some(st)) => {
+            (Ok(_), Some(u)) if u.changed => {
+                let st = &u.status;
                 tracing::info!(volume = op.volume(), operation = op.kind(), phase = ?st.phase, "{}", st.message)
             }
-            (Ok(_), None) => {
+            (Ok(_), _) => {
                 tracing::debug!(volume = op.volume(), operation = op.kind(), "no change")
             }
         }
-        if let Some(st) = changed {
-            let _ = self.changes.send(st);
+        if let Some(u) = update {
+            let _ = self.changes.send(u);
         }
     }
 }

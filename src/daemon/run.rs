@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::http::StatusCode;
@@ -12,6 +12,7 @@ use axum::routing::get;
 use axum::Router;
 
 use super::config::Config;
+use super::grpc::{Api, World};
 use super::metrics::{Metered, Metrics};
 use super::reconcile::{plan, Fencer, Reconciler};
 use crate::device::{Resolver, Sysfs};
@@ -43,6 +44,8 @@ pub struct Options {
     pub http: Option<SocketAddr>,
     /// Send no PR OUT.
     pub dry_run: bool,
+    /// Where to serve the gRPC node API (a unix socket, 0600).
+    pub grpc_socket: Option<PathBuf>,
 }
 
 /// Why the daemon could not start.
@@ -51,6 +54,9 @@ pub enum DaemonError {
     /// The state store could not be opened.
     #[error(transparent)]
     State(#[from] crate::fence::state::StateError),
+    /// The gRPC socket could not be served.
+    #[error(transparent)]
+    Grpc(#[from] super::grpc::SocketError),
     /// The HTTP endpoint could not be bound.
     #[error("cannot listen on {addr} for --http-endpoint")]
     Listen {
@@ -83,10 +89,36 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
         tokio::spawn(serve(listener, metrics.clone(), ready.clone()));
     }
+    let world = World {
+        node: opts.node.clone(),
+        policy: policy(&opts.config),
+        snapshot: Arc::new(Mutex::new((Attachments::default(), SystemTime::now()))),
+    };
+    let grpc = serve_grpc(&opts, &rec, &world);
     tokio::select! {
-        _ = drive(&opts, rec, metrics, ready) => {}
+        _ = drive(&opts, Arc::clone(&rec), metrics, ready, world.clone()) => {}
+        r = grpc => r?,
         _ = stop_signal() => tracing::info!("stopping: no reservation is released on the way out"),
     }
+    Ok(())
+}
+
+/// The gRPC API, or a future that never ends when no socket is configured.
+async fn serve_grpc<F: Fencer>(
+    opts: &Options,
+    rec: &Arc<Reconciler<F>>,
+    world: &World,
+) -> Result<(), DaemonError> {
+    let Some(path) = &opts.grpc_socket else {
+        return std::future::pending().await;
+    };
+    tracing::info!(socket = %path.display(), "serving the gRPC node API");
+    let api = Api::new(
+        Arc::clone(rec),
+        world.clone(),
+        opts.config.operation_timeout,
+    );
+    super::grpc::serve(path, api).await?;
     Ok(())
 }
 
@@ -126,6 +158,7 @@ async fn drive<F: Fencer>(
     rec: Arc<Reconciler<F>>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    world: World,
 ) {
     let SourceSpec::File(path) = &opts.source;
     let mut watcher = FileWatcher::new(path.clone());
@@ -143,6 +176,9 @@ async fn drive<F: Fencer>(
                     Poll::Unchanged => {
                         // Unchanged as of now: what it says is fresh (I1).
                         read_at = SystemTime::now();
+                        if let Ok(mut w) = world.snapshot.lock() {
+                            w.1 = read_at;
+                        }
                         continue;
                     }
                     Poll::Unavailable => continue,
@@ -168,6 +204,9 @@ async fn drive<F: Fencer>(
         // that the monitor goes on even while the source is broken (I7).
         if !loaded {
             continue;
+        }
+        if let Ok(mut w) = world.snapshot.lock() {
+            *w = (snapshot.clone(), read_at);
         }
         // The file was last confirmed unchanged at read_at: that is its freshness.
         let ops = plan(&opts.node, &snapshot, &rec.statuses(), &pol, check, read_at);
