@@ -294,6 +294,7 @@ fn grpc_api_over_the_unix_socket() {
     let mut out = std::io::BufReader::new(w.stdout.take().unwrap());
     std::io::BufRead::read_line(&mut out, &mut first).unwrap();
     let _ = w.kill();
+    let _ = w.wait();
     assert!(
         first.starts_with("pv-1") && first.contains("error"),
         "{first}"
