@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::reconcile::{self, plan, Fencer, Op, Reconciler, VolumeStatus};
+use super::reconcile::{self, Fencer, Op, Reconciler, VolumeStatus};
 use crate::fence::engine::Volume;
 use crate::fence::policy::{AccessMode, Policy};
 use crate::source::Attachments;
@@ -117,35 +117,45 @@ impl<F: Fencer> FencerApi for Api<F> {
             .lock()
             .map(|s| s.clone())
             .map_err(|_| Status::internal("state lock"))?;
-        let ops = plan(
-            &self.world.node,
-            &snap,
-            &self.rec.statuses(),
-            &self.world.policy,
-            false,
-            read_at,
-        );
-        let attached = snap
+        let a = snap
             .for_node(&self.world.node)
-            .any(|a| a.volume == r.volume);
-        if !attached {
-            return Err(Status::not_found(format!(
-                "volume {} is not attached to node {} in the attachment source",
-                r.volume, self.world.node
-            )));
-        }
-        let status = match ops.into_iter().find(|o| o.volume() == r.volume) {
-            Some(op) => {
+            .find(|a| a.volume == r.volume)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "volume {} is not attached to node {} in the attachment source",
+                    r.volume, self.world.node
+                ))
+            })?;
+        let current = self.rec.statuses().get(&r.volume).cloned();
+        let held = current.as_ref().is_some_and(|s| {
+            s.attachment.as_deref() == Some(a.id.0.as_str())
+                && matches!(
+                    s.phase,
+                    reconcile::Phase::Held | reconcile::Phase::Registered
+                )
+        });
+        // An explicit request: acquire now unless already held under this
+        // attachment (the engine still refuses a fenced one, I1).
+        let status = match (held, current) {
+            (true, Some(s)) => s,
+            _ => {
+                let op = Op::Acquire {
+                    vol: Volume {
+                        name: a.volume.clone(),
+                        wwid: a.wwid.clone(),
+                        device: None,
+                        access: a.access,
+                        policy: self.world.policy.clone(),
+                    },
+                    auth: crate::fence::engine::Authorization {
+                        attachment: a.id.clone(),
+                        read_at,
+                    },
+                    live: snap.nodes_of(&a.volume),
+                };
                 self.run_and_wait(op, self.timeout(r.timeout_seconds))
                     .await?
             }
-            // Already settled under this attachment.
-            None => self
-                .rec
-                .statuses()
-                .get(&r.volume)
-                .cloned()
-                .ok_or_else(|| Status::not_found("no status yet"))?,
         };
         match status.phase {
             reconcile::Phase::Held | reconcile::Phase::Registered => {

@@ -160,7 +160,7 @@ pub fn plan(
         let settled = same
             && matches!(
                 st.map(|s| &s.phase),
-                Some(Phase::Held | Phase::Registered | Phase::Fenced)
+                Some(Phase::Held | Phase::Registered | Phase::Fenced | Phase::Released)
             );
         if !settled {
             let auth = Authorization {
@@ -168,7 +168,7 @@ pub fn plan(
                 read_at,
             };
             ops.push(Op::Acquire { vol, auth, live });
-        } else if monitor {
+        } else if monitor && st.is_some_and(|s| s.phase != Phase::Released) {
             ops.push(Op::Check { vol, live });
         }
     }
@@ -316,10 +316,24 @@ impl<F: Fencer> Reconciler<F> {
         if let Ok(o) = &r {
             self.metrics.preemptions.inc_by(o.preempted.len() as u64);
         }
+        // From the source read that authorised the acquire to the LUN saying so.
+        if let (Op::Acquire { auth, .. }, Ok(o)) = (op, &r) {
+            let newly = self.statuses().get(op.volume()).map(|s| &s.phase) != Some(&Phase::Held);
+            if newly && o.state == VolumeState::Held {
+                let took = SystemTime::now()
+                    .duration_since(auth.read_at)
+                    .unwrap_or_default();
+                self.metrics
+                    .attach_to_held_seconds
+                    .with_label_values(&["file"])
+                    .observe(took.as_secs_f64());
+            }
+        }
         let attachment = match op {
             Op::Acquire { auth, .. } => Some(auth.attachment.0.clone()),
-            Op::Release { .. } => None,
-            Op::Check { .. } => self
+            // Kept: an explicit release under an attachment is not undone
+            // by the next resync; only a new attachment acquires again.
+            Op::Release { .. } | Op::Check { .. } => self
                 .statuses()
                 .get(op.volume())
                 .and_then(|s| s.attachment.clone()),
@@ -509,6 +523,16 @@ mod tests {
             true
         )
         .is_empty());
+    }
+
+    #[test]
+    fn an_explicit_release_is_not_undone_by_the_next_resync() {
+        let released = vec![status("v1", Phase::Released, Some("g1"))];
+        assert!(plan_for(vec![att("v1", "node-a", "g1")], released.clone(), true).is_empty());
+        assert_eq!(
+            plan_for(vec![att("v1", "node-a", "g2")], released, false),
+            vec!["acquire v1"]
+        );
     }
 
     #[test]
