@@ -24,9 +24,9 @@ test-vm:
 demo:
 	tests/vm/run.sh script tests/vm/scripts/demo.sh
 
-## bench-vm: failover latency in the rig (release build): engine vs raw SG_IO vs sg_persist.
+## bench-vm: failover latency (engine vs raw SG_IO vs sg_persist) and a 64-LUN bulk failover, in the rig.
 bench-vm:
-	tests/vm/run.sh script tests/vm/scripts/bench.sh
+	RIG_EXTRA_LUNS=$${RIG_EXTRA_LUNS:-64} tests/vm/run.sh script tests/vm/scripts/bench.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
