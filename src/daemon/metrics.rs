@@ -106,9 +106,12 @@ impl Metrics {
             ),
             attach_to_held_seconds: hist_vec(
                 "csi_fencer_attachment_to_held_seconds",
-                "Time from an attachment change to the reservation being held.",
+                "Time from reading an attachment change to the reservation being held.",
                 &["source"],
-                slow,
+                vec![
+                    0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
+                    0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ],
             ),
             preemptions: counter(
                 "csi_fencer_preemptions_total",
