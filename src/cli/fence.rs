@@ -12,7 +12,6 @@ use csi_fencer::fence::decide::PathRegistration;
 use csi_fencer::fence::engine::{
     Authorization, Engine, EngineConfig, FenceError, Outcome, Volume, VolumeState,
 };
-use csi_fencer::fence::keys::ClusterTag;
 use csi_fencer::fence::policy::{AccessMode, Policy, PreemptMode};
 use csi_fencer::fence::state::{AttachmentId, StateStore};
 use csi_fencer::scsi::{ReservationType, Wwid};
@@ -90,17 +89,9 @@ pub struct FenceArgs {
     /// This node's name (its key is derived from it).
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     pub node: String,
-    /// Cluster tag (1-4 hex digits).
-    #[arg(
-        long,
-        value_name = "HEX",
-        conflicts_with = "cluster_name",
-        required_unless_present = "cluster_name"
-    )]
-    pub cluster_tag: Option<String>,
-    /// Derive the cluster tag from this name.
-    #[arg(long, value_name = "NAME")]
-    pub cluster_name: Option<String>,
+    /// The cluster (its tag is the first 16 bits of every key).
+    #[command(flatten)]
+    pub cluster: super::key::ClusterArgs,
     /// The attachment that authorises holding the volume (a VolumeAttachment
     /// UID, a generation). After a fence, only a different one allows acquiring again.
     #[arg(long, value_name = "ID")]
@@ -147,15 +138,6 @@ pub struct FenceArgs {
     pub test_interrupt_after_register: bool,
 }
 
-fn tag(a: &FenceArgs) -> Result<ClusterTag, Failure> {
-    match (&a.cluster_tag, &a.cluster_name) {
-        (Some(t), _) => t.parse(),
-        (None, Some(n)) => ClusterTag::from_cluster_name(n),
-        (None, None) => return Err(Failure::usage("give --cluster-tag or --cluster-name")),
-    }
-    .map_err(Failure::usage)
-}
-
 fn volume(
     a: &FenceArgs,
     t: &dyn csi_fencer::transport::Transport,
@@ -194,7 +176,7 @@ fn volume(
 }
 
 fn engine(a: &FenceArgs, g: &GlobalArgs) -> Result<Engine<SgIo>, Failure> {
-    let mut cfg = EngineConfig::new(a.node.clone(), tag(a)?);
+    let mut cfg = EngineConfig::new(a.node.clone(), a.cluster.tag()?);
     cfg.command_timeout = g.timeout();
     cfg.device_wait = Duration::from_secs(a.device_wait);
     cfg.dry_run = a.dry_run;

@@ -22,6 +22,14 @@ pub struct KeyArgs {
     /// The Kubernetes node name.
     #[arg(long, value_name = "NAME")]
     pub node: String,
+    /// The cluster the key belongs to.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// How a command names its cluster (shared by every command that derives keys).
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
     /// The cluster tag, 1 to 4 hex digits, not zero.
     #[arg(
         long,
@@ -35,6 +43,18 @@ pub struct KeyArgs {
     pub cluster_name: Option<String>,
 }
 
+impl ClusterArgs {
+    /// The tag, or a usage error naming what is wrong.
+    pub fn tag(&self) -> Result<ClusterTag, Failure> {
+        match (&self.cluster_tag, &self.cluster_name) {
+            (Some(t), _) => t.parse::<ClusterTag>(),
+            (None, Some(n)) => ClusterTag::from_cluster_name(n),
+            (None, None) => return Err(Failure::usage("give --cluster-tag or --cluster-name")),
+        }
+        .map_err(Failure::usage)
+    }
+}
+
 #[derive(Serialize)]
 struct KeyReport<'a> {
     node: &'a str,
@@ -44,12 +64,7 @@ struct KeyReport<'a> {
 
 /// Runs `csi-fencer key`.
 pub fn run(args: &KeyArgs, json: bool) -> Result<i32, Failure> {
-    let tag = match (&args.cluster_tag, &args.cluster_name) {
-        (Some(t), _) => t.parse::<ClusterTag>(),
-        (None, Some(n)) => ClusterTag::from_cluster_name(n),
-        (None, None) => return Err(Failure::usage("give --cluster-tag or --cluster-name")),
-    }
-    .map_err(Failure::usage)?;
+    let tag = args.cluster.tag()?;
     if args.node.is_empty() {
         return Err(Failure::usage("--node must not be empty"));
     }

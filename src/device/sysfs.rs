@@ -151,15 +151,7 @@ impl Sysfs {
 
     /// The devices under a dm map (`slaves/`), sorted by name.
     pub fn slaves(&self, name: &str) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.block(name).join("slaves"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        sorted_names(&self.block(name).join("slaves"))
     }
 
     /// What sysfs says about a path device.
@@ -195,15 +187,7 @@ impl Sysfs {
 
     /// Every block device name (`/sys/class/block`), sorted.
     pub fn block_devices(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.root.join("class/block"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        sorted_names(&self.root.join("class/block"))
     }
 
     /// The kernel's own reading of a SCSI device's VPD 83h identity
@@ -256,6 +240,19 @@ impl Sysfs {
 fn open_iscsi_isid(session: &str) -> Option<String> {
     let n: u32 = session.strip_prefix("session")?.parse().ok()?;
     (n < 1 << 24).then(|| format!("00023d{n:06x}"))
+}
+
+/// The entries of a directory, sorted; none when it cannot be read.
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 fn read_trimmed(p: &Path) -> Option<String> {
