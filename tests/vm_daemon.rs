@@ -47,6 +47,10 @@ impl Daemon {
     }
 
     fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    fn start_with(&mut self, extra: &[String]) {
         let bin = std::env::var("CSI_FENCER_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_csi-fencer").into());
         let log = std::fs::File::create(self.dir.join("log")).expect("log");
@@ -60,6 +64,7 @@ impl Daemon {
             .arg("--grpc-socket")
             .arg(self.dir.join("sock"))
             .args(["--http-endpoint", &format!("127.0.0.1:{}", self.port)])
+            .args(extra)
             .stderr(log)
             .spawn()
             .expect("start the daemon");
@@ -76,14 +81,12 @@ impl Daemon {
 
     /// The daemon's view of pv-0 through `csi-fencer ctl get --json`.
     fn phase(&self) -> Option<String> {
-        let out = fencer(&[
-            "ctl",
-            "--socket",
-            &self.dir.join("sock").to_string_lossy(),
-            "get",
-            "pv-0",
-            "--json",
-        ]);
+        self.phase_of("pv-0")
+    }
+
+    fn phase_of(&self, volume: &str) -> Option<String> {
+        let sock = self.dir.join("sock").to_string_lossy().into_owned();
+        let out = fencer(&["ctl", "--socket", &sock, "get", volume, "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         v[0]["phase"].as_str().map(str::to_string)
     }
@@ -274,4 +277,72 @@ fn grpc_acquire_waits_for_the_reservation_and_release_gives_it_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(sg_read_keys(&VOL0.sd("B1")).is_empty(), "released");
+}
+
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn a_hung_path_does_not_delay_another_volume() {
+    const VOL1: Lun = Lun("VOL1");
+    reset_lun(VOL0);
+    reset_lun(VOL1);
+    let mut a = Daemon::new("node-a", "mpath-", 9804);
+    let cfg = a.dir.join("config.yaml");
+    let mut text = std::fs::read_to_string(&cfg).expect("config");
+    text.push_str("operationTimeoutSeconds: 3\n");
+    std::fs::write(&cfg, text).expect("config");
+    let entry = |v: &str, lun: Lun| {
+        format!(
+            "- {{volume: {v}, wwid: {}, node: node-a, accessMode: ReadWriteOnce, generation: 1}}\n",
+            lun.wwid()
+        )
+    };
+    std::fs::write(
+        a.dir.join("att.yaml"),
+        entry("pv-1", VOL1) + &entry("pv-0", VOL0),
+    )
+    .expect("attachments");
+    // Every command to VOL1's paths blocks, as SG_IO does on a path that stopped answering.
+    let hang: Vec<String> = ["A1", "A2"]
+        .iter()
+        .flat_map(|p| {
+            [
+                "--test-hang-device".to_string(),
+                VOL1.sd(p).to_string_lossy().into_owned(),
+            ]
+        })
+        .collect();
+    let t0 = Instant::now();
+    a.start_with(&hang);
+    let wait = |vol: &str, want: &str, within: Duration| loop {
+        if a.phase_of(vol).as_deref() == Some(want) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < within,
+            "{vol} not {want} after {within:?}: {:?}",
+            a.phase_of(vol)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let held = wait("pv-0", "held", Duration::from_secs(10));
+    let timed_out = wait("pv-1", "error", Duration::from_secs(15));
+    println!("pv-0 held after {held:?}; pv-1 reported hung after {timed_out:?}");
+    assert!(held < timed_out, "pv-0 did not wait for pv-1");
+    assert_eq!(sg_read_keys(&VOL0.sd("B1")), vec![key_a().0, key_a().0]);
+    assert!(
+        sg_read_keys(&VOL1.sd("B1")).is_empty(),
+        "nothing reached the hung LUN"
+    );
+    let out = fencer(&[
+        "ctl",
+        "--socket",
+        &a.dir.join("sock").to_string_lossy(),
+        "get",
+        "pv-1",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("did not finish"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

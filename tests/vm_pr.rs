@@ -432,19 +432,32 @@ fn preempt_and_abort_aborts_the_victims_queued_writes_over_iscsi() {
     let writers: Vec<_> = (0..4)
         .map(|i| writer(a1.clone(), i * 65536, 0xaa))
         .collect();
-    thread::sleep(Duration::from_millis(800));
     let sd_name = a1
         .file_name()
         .and_then(|n| n.to_str())
         .expect("sd name")
         .to_string();
-    let inflight =
-        std::fs::read_to_string(format!("/sys/block/{sd_name}/inflight")).expect("inflight");
-    let writes_in_flight: u64 = inflight
-        .split_whitespace()
-        .nth(1)
-        .and_then(|w| w.parse().ok())
-        .unwrap_or(0);
+    // Sample until the writers have I/O queued (each write sits 200 ms in dm-delay).
+    let in_flight = || -> (u64, String) {
+        let text =
+            std::fs::read_to_string(format!("/sys/block/{sd_name}/inflight")).unwrap_or_default();
+        let w = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        (w, text)
+    };
+    let t0 = Instant::now();
+    let (mut writes_in_flight, mut inflight) = in_flight();
+    while writes_in_flight == 0 && t0.elapsed() < Duration::from_secs(5) {
+        assert!(
+            writers.iter().all(|w| !w.is_finished()),
+            "a writer of A ended before the preempt"
+        );
+        thread::sleep(Duration::from_millis(50));
+        (writes_in_flight, inflight) = in_flight();
+    }
     assert!(
         writes_in_flight > 0,
         "A should have writes in flight before the preempt: {inflight}"

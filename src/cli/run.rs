@@ -48,6 +48,9 @@ pub struct RunArgs {
     /// WatchVolumes) on this unix socket, mode 0600.
     #[arg(long, value_name = "PATH")]
     pub grpc_socket: Option<PathBuf>,
+    /// Test hook: commands to this device never return (a hung path).
+    #[arg(long, hide = true, value_name = "DEV")]
+    pub test_hang_device: Vec<PathBuf>,
     /// The engine's fenced-state directory (must survive restarts).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/csi-fencer")]
     pub state_dir: PathBuf,
@@ -124,13 +127,17 @@ pub fn run(a: &RunArgs) -> Result<i32, Failure> {
         http: a.http_endpoint.as_deref().map(endpoint).transpose()?,
         dry_run: a.dry_run,
         grpc_socket: a.grpc_socket.clone(),
+        hang_devices: a.test_hang_device.clone(),
     };
     init_logging(a);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::new(99, e))?;
-    rt.block_on(daemon::run(opts))
-        .map_err(|e| Failure::new(1, e))?;
+    let r = rt.block_on(daemon::run(opts));
+    // A call stuck in SG_IO never returns; dropping the runtime would wait for
+    // it forever. Leave it behind so SIGTERM always stops the daemon.
+    rt.shutdown_background();
+    r.map_err(|e| Failure::new(1, e))?;
     Ok(0)
 }

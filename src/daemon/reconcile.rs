@@ -173,7 +173,9 @@ pub fn plan(
         }
     }
     for (name, st) in statuses {
-        let held = matches!(st.phase, Phase::Held | Phase::Registered);
+        // A fenced volume the source detached ends as released too (a no-op on
+        // the LUN; the fenced record stays).
+        let held = matches!(st.phase, Phase::Held | Phase::Registered | Phase::Fenced);
         if held && !mine.contains(name) {
             if let Ok(wwid) = st.wwid.parse() {
                 let vol = Volume {
@@ -505,7 +507,7 @@ mod tests {
         .is_empty());
         // Gone from the source while held: release (a confirmed detach).
         assert_eq!(plan_for(vec![], held(), false), vec!["release v1"]);
-        // Errors retry; released and fenced volumes no longer listed are left alone.
+        // Errors retry; a fenced volume no longer listed is released (a no-op on the LUN).
         assert_eq!(
             plan_for(
                 vec![att("v1", "node-a", "g1")],
@@ -514,15 +516,17 @@ mod tests {
             ),
             vec!["acquire v1"]
         );
-        assert!(plan_for(
-            vec![],
-            vec![
-                status("v1", Fenced, Some("g1")),
-                status("v2", Released, None)
-            ],
-            true
-        )
-        .is_empty());
+        assert_eq!(
+            plan_for(
+                vec![],
+                vec![
+                    status("v1", Fenced, Some("g1")),
+                    status("v2", Released, None)
+                ],
+                true
+            ),
+            vec!["release v1"]
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::fence::engine::{Engine, EngineConfig};
 use crate::fence::policy::Policy;
 use crate::fence::state::StateStore;
 use crate::source::{file, Attachments, SourceError};
+use crate::transport::hang::Hanging;
 use crate::transport::sgio::SgIo;
 
 /// Where attachments come from.
@@ -46,6 +47,8 @@ pub struct Options {
     pub dry_run: bool,
     /// Where to serve the gRPC node API (a unix socket, 0600).
     pub grpc_socket: Option<PathBuf>,
+    /// Test hook: device nodes whose commands never return.
+    pub hang_devices: Vec<PathBuf>,
 }
 
 /// Why the daemon could not start.
@@ -125,7 +128,7 @@ async fn serve_grpc<F: Fencer>(
 fn build_engine(
     opts: &Options,
     metrics: Arc<Metrics>,
-) -> Result<Engine<Metered<SgIo>>, DaemonError> {
+) -> Result<Engine<Metered<Hanging<SgIo>>>, DaemonError> {
     let c = &opts.config;
     let mut cfg = EngineConfig::new(opts.node.clone(), c.tag);
     cfg.command_timeout = c.command_timeout;
@@ -136,7 +139,7 @@ fn build_engine(
     let resolver = Resolver::new(Sysfs::default(), c.map_uuid_prefix.clone());
     Ok(Engine::new(
         cfg,
-        Metered::new(SgIo, metrics),
+        Metered::new(Hanging::new(SgIo, opts.hang_devices.clone()), metrics),
         resolver,
         state,
     ))

@@ -5,6 +5,7 @@
 //! [`ScsiError`]s that name the device, the command and the decoded sense.
 
 mod error;
+pub mod hang;
 mod path;
 pub mod scripted;
 pub mod sgio;
