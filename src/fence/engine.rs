@@ -449,22 +449,19 @@ impl<T: Transport> Engine<T> {
         out: &mut Outcome,
         rec: Option<&Record>,
     ) -> Result<(), FenceError> {
-        let undo: Vec<Step> = steps
-            .iter()
-            .filter_map(|s| match s {
-                Step::Register {
-                    path, all_tg_pt, ..
-                } => Some(Step::Unregister {
+        for s in steps {
+            if let Step::Register {
+                path, all_tg_pt, ..
+            } = s
+            {
+                let undo = Step::Unregister {
                     path: path.clone(),
                     all_tg_pt: *all_tg_pt,
                     ignore_existing: true,
-                }),
-                _ => None,
-            })
-            .collect();
-        for s in &undo {
-            self.path(step_path(s)).prout(&self.prout_of(s))?;
-            out.steps.push(s.clone());
+                };
+                self.path(path).prout(&self.prout_of(&undo))?;
+                out.steps.push(undo);
+            }
         }
         self.finish(loc, out, obs, &[])?;
         out.raced = true;
@@ -579,13 +576,6 @@ fn preempted_under(rec: &Record, obs: &Observed, ours: ReservationKey) -> bool {
 /// How far ahead of this node's clock an authorization may be read.
 const CLOCK_SKEW: Duration = Duration::from_secs(5);
 
-fn step_path(s: &Step) -> &Path {
-    match s {
-        Step::Register { path, .. } | Step::Unregister { path, .. } => path,
-        _ => Path::new(""),
-    }
-}
-
 fn registered_paths(obs: &Observed) -> Vec<PathBuf> {
     obs.paths
         .iter()
@@ -660,5 +650,174 @@ mod tests {
         };
         let r = fenced(&a);
         assert!(r.to_string().contains("uid-7"), "{r}");
+    }
+}
+
+/// The engine end to end over a sysfs fixture and a scripted transport: the
+/// race that only the PR generation reveals (I1/I5).
+#[cfg(test)]
+mod race_tests {
+    use super::*;
+    use crate::device::Sysfs;
+    use crate::scsi::{Capabilities, ReservationType, TransportId};
+    use crate::testutil::TempDir;
+    use crate::transport::scripted::Scripted;
+    use crate::transport::Completion;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    const NAA: [u8; 8] = [0x60, 0x01, 0x40, 0x50, 0, 0, 0, 1];
+    const A: &str = "iqn.2025-01.test.rig:nodea";
+
+    /// dm-0 (uuid mpath-3<naa>) over sdc (session1, port 1) and sdd (session2, port 2).
+    fn fixture() -> TempDir {
+        let d = TempDir::new("race");
+        let r = d.path();
+        fs::create_dir_all(r.join("class/block/dm-0/dm")).unwrap();
+        fs::write(
+            r.join("class/block/dm-0/dm/uuid"),
+            "mpath-36001405000000001",
+        )
+        .unwrap();
+        for (sd, n) in [("sdc", 1), ("sdd", 2)] {
+            let dev = r.join(format!(
+                "devices/platform/host{n}/session{n}/target{n}:0:0/{n}:0:0:0"
+            ));
+            fs::create_dir_all(&dev).unwrap();
+            fs::write(dev.join("state"), "running\n").unwrap();
+            fs::create_dir_all(r.join(format!("class/block/dm-0/slaves/{sd}"))).unwrap();
+            fs::create_dir_all(r.join(format!("class/block/{sd}"))).unwrap();
+            symlink(&dev, r.join(format!("class/block/{sd}/device"))).unwrap();
+            let sess = r.join(format!("class/iscsi_session/session{n}"));
+            fs::create_dir_all(&sess).unwrap();
+            fs::write(sess.join("initiatorname"), A).unwrap();
+        }
+        d
+    }
+
+    fn vpd83(rtpi: u8) -> Completion {
+        let mut body = vec![0x01, 0x03, 0x00, 0x08];
+        body.extend_from_slice(&NAA);
+        body.extend_from_slice(&[0x51, 0x94, 0x00, 0x04, 0, 0, 0, rtpi]);
+        let mut b = vec![0x00, 0x83, 0x00, body.len() as u8];
+        b.extend(body);
+        Completion::good(b)
+    }
+
+    fn header(generation: u32, body: Vec<u8>) -> Completion {
+        let mut b = generation.to_be_bytes().to_vec();
+        b.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        b.extend(body);
+        Completion::good(b)
+    }
+
+    /// READ KEYS, READ RESERVATION, REPORT CAPABILITIES, READ FULL STATUS, all at `g`.
+    fn state(g: u32, regs: &[(ReservationKey, u8)], holder: ReservationKey) -> Vec<Completion> {
+        let keys = regs.iter().flat_map(|(k, _)| k.to_bytes()).collect();
+        let mut res = holder.to_bytes().to_vec();
+        res.extend_from_slice(&[0, 0, 0, 0, 0, 0x05, 0, 0]);
+        let mut fs = Vec::new();
+        for (k, sess) in regs {
+            let tid = TransportId::Iscsi {
+                name: A.into(),
+                isid: Some(format!("00023d00000{sess}")),
+            }
+            .encode();
+            fs.extend_from_slice(&k.to_bytes());
+            fs.extend_from_slice(&[
+                0,
+                0,
+                0,
+                0,
+                u8::from(*k == holder),
+                if *k == holder { 5 } else { 0 },
+                0,
+                0,
+                0,
+                0,
+                0,
+                *sess,
+            ]);
+            fs.extend_from_slice(&(tid.len() as u32).to_be_bytes());
+            fs.extend(tid);
+        }
+        let caps = Capabilities {
+            type_mask_valid: true,
+            types: ReservationType::ALL.to_vec(),
+            ..Default::default()
+        };
+        vec![
+            header(g, keys),
+            header(g, res),
+            Completion::good(caps.encode()),
+            header(g, fs),
+        ]
+    }
+
+    #[test]
+    fn a_check_that_raced_with_a_preemption_takes_its_new_registration_back() {
+        let d = fixture();
+        let tag = ClusterTag::new(0x7e57).unwrap();
+        let (ours, theirs) = (tag.key_for("node-a"), tag.key_for("node-b"));
+        let mut answers = vec![vpd83(1), vpd83(2)];
+        // Before: our key on sdc only, we hold the reservation (generation 5).
+        answers.extend(state(5, &[(ours, 1)], ours));
+        answers.push(Completion::good(vec![])); // REGISTER on sdd
+                                                // After: generation 8, not 6: node-b preempted us meanwhile; only our
+                                                // new sdd registration (made after the preemption) is left.
+        answers.extend(state(8, &[(theirs, 3), (ours, 2)], theirs));
+        answers.push(Completion::good(vec![])); // the undo on sdd
+        answers.extend(state(9, &[(theirs, 3)], theirs));
+        let t = Scripted::new(answers);
+        let state_dir = d.path().join("state");
+        let store = StateStore::open(&state_dir).unwrap();
+        let wwid = Wwid::Naa(NAA.to_vec());
+        store
+            .set(
+                &wwid.to_string(),
+                Some(Record::now("pv", Phase::Held, &AttachmentId("g1".into()))),
+            )
+            .unwrap();
+        let e = Engine::new(
+            EngineConfig::new("node-a", tag),
+            &t,
+            Resolver::new(Sysfs::new(d.path(), "/dev"), "mpath-"),
+            store,
+        );
+        let vol = Volume {
+            name: "pv".into(),
+            wwid: wwid.clone(),
+            device: None,
+            access: AccessMode::SingleNode,
+            policy: Policy::default(),
+        };
+        let out = e.check(&vol, &BTreeSet::new()).unwrap();
+        assert!(out.raced, "the generation moved by more than our REGISTER");
+        assert_eq!(out.state, VolumeState::Fenced);
+        let kinds: Vec<_> = out
+            .steps
+            .iter()
+            .map(|s| serde_json::to_value(s).unwrap()["step"].clone())
+            .collect();
+        assert_eq!(kinds, vec!["register", "unregister"]);
+        let sent = t.sent();
+        let undo = &sent[sent.len() - 5];
+        assert_eq!(undo.device, PathBuf::from("/dev/sdd"));
+        assert_eq!(
+            undo.cdb.as_bytes()[1],
+            6,
+            "REGISTER AND IGNORE EXISTING KEY"
+        );
+        assert_eq!(&undo.data_out[8..16], &[0u8; 8], "with SARK 0: unregister");
+        let rec = StateStore::open(&state_dir)
+            .unwrap()
+            .get(&wwid.to_string())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            rec.phase,
+            Phase::Fenced,
+            "remembered: never re-registered under g1"
+        );
     }
 }

@@ -9,8 +9,6 @@
 //!   generation: 3               # a new attachment gets a new generation (I1)
 //! ```
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 
 use super::{Attachment, Attachments, SourceError};
@@ -119,18 +117,19 @@ fn check_consistent(
     Ok(())
 }
 
-/// The file's entries by volume, for quick lookups in tests.
-pub fn by_volume(a: &Attachments) -> BTreeMap<&str, Vec<&Attachment>> {
-    let mut m: BTreeMap<&str, Vec<&Attachment>> = BTreeMap::new();
-    for x in a.all() {
-        m.entry(x.volume.as_str()).or_default().push(x);
-    }
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// The file's entries by volume, for quick lookups in tests.
+    fn by_volume(a: &Attachments) -> BTreeMap<&str, Vec<&Attachment>> {
+        let mut m: BTreeMap<&str, Vec<&Attachment>> = BTreeMap::new();
+        for x in a.all() {
+            m.entry(x.volume.as_str()).or_default().push(x);
+        }
+        m
+    }
 
     const GOOD: &str = "
 - volume: pv-0
