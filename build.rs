@@ -1,10 +1,15 @@
-//! Compiles proto/csifencer/v1/fencer.proto with protox (a protobuf compiler
-//! in Rust), so a clean checkout builds without a system `protoc`.
+//! Compiles the protos (our node API, and the CSI Identity subset) with protox
+//! (a protobuf compiler in Rust), so a clean checkout builds without `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/csifencer/v1/fencer.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let fds = protox::compile([proto], ["proto"])?;
+    let protos = [
+        "proto/csifencer/v1/fencer.proto",
+        "proto/csi/v1/identity.proto",
+    ];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -13,6 +13,7 @@
 pub mod daemon;
 pub mod device;
 pub mod fence;
+pub mod k8s;
 pub mod scsi;
 pub mod source;
 pub mod transport;

@@ -29,7 +29,8 @@ fn main() {
         Command::Acquire(a) => cli::fence::run(cli::fence::Op::Acquire, a, &cli.global),
         Command::Release(a) => cli::fence::run(cli::fence::Op::Release, a, &cli.global),
         Command::Check(a) => cli::fence::run(cli::fence::Op::Check, a, &cli.global),
-        Command::Run(a) => cli::run::run(a),
+        Command::Run(a) => cli::run::run(a, &cli.global),
+        Command::Crd => cli::crd::run(),
         Command::Ctl(a) => cli::ctl::run(a, cli.global.json),
     };
     let code = match result {

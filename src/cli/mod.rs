@@ -1,5 +1,6 @@
 //! The `csi-fencer` command line: one clap struct, one module per subcommand.
 
+pub mod crd;
 pub mod ctl;
 pub mod exit;
 pub mod fence;
@@ -41,7 +42,9 @@ pub struct GlobalArgs {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Seconds to wait for each SCSI command before giving up on it.
+    /// Seconds to wait for each SCSI command before giving up on it. For
+    /// `run`: for each Kubernetes API and CSI call (the daemon's SCSI commands
+    /// use commandTimeoutSeconds of its config).
     #[arg(long, global = true, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
 }
@@ -72,4 +75,6 @@ pub enum Command {
     Run(run::RunArgs),
     /// Ask a running daemon over its gRPC socket (get, list, watch, acquire, release).
     Ctl(ctl::CtlArgs),
+    /// Print the VolumeReservation CustomResourceDefinition (YAML) the chart installs.
+    Crd,
 }

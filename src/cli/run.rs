@@ -9,6 +9,8 @@ use csi_fencer::daemon::config::Config;
 use csi_fencer::daemon::run::{self as daemon, Options, SourceSpec};
 
 use super::exit::Failure;
+use super::GlobalArgs;
+use csi_fencer::k8s::daemon::KubeSpec;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -27,10 +29,20 @@ acquires what is attached to this node, releases what was detached, checks held 
 every monitorIntervalSeconds, and serves Prometheus metrics and health. Stopping it \
 releases nothing.
 
+With --source kubernetes (the default) it watches every VolumeAttachment of the configured \
+drivers, GETs this node's attachment fresh from the API server before any registration, \
+and publishes each volume's state in its VolumeReservation status and as Events on the PV. \
+While the API server cannot be reached nothing is registered or preempted; held \
+reservations stay as they are.
+
 Examples:
-  csi-fencer run --node-name node-a --config /etc/csi-fencer/config.yaml \\
-      --source file:/etc/csi-fencer/attachments.yaml --http-endpoint :9808
-  NODE_NAME=node-b csi-fencer run --config c.yaml --source file:att.yaml --dry-run -v")]
+  # in a DaemonSet (in-cluster credentials, NODE_NAME from the Downward API)
+  csi-fencer run --config /etc/csi-fencer/config.yaml --http-endpoint :9816 \\
+      --grpc-socket /csi-fencer/fencer.sock --csi-address /csi/csi.sock --timeout 15
+  # out of cluster, against a kubeconfig
+  csi-fencer run --node-name node-a --config c.yaml --kubeconfig ~/.kube/config --dry-run -v
+  # without Kubernetes: attachments from a YAML file
+  csi-fencer run --node-name node-a --config c.yaml --source file:/etc/csi-fencer/attachments.yaml")]
 pub struct RunArgs {
     /// This node's name (Kubernetes: from the Downward API).
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
@@ -38,9 +50,22 @@ pub struct RunArgs {
     /// The configuration file (YAML; see the README's configuration reference).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
-    /// Where attachments come from: file:PATH (a YAML list), or kubernetes (not yet).
-    #[arg(long, value_name = "SOURCE")]
+    /// Where attachments come from: kubernetes (VolumeAttachments), or file:PATH (a YAML list).
+    #[arg(long, value_name = "SOURCE", default_value = "kubernetes")]
     pub source: String,
+    /// A kubeconfig file, for running out of cluster (default: in-cluster credentials, or $KUBECONFIG).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Sustained Kubernetes API requests per second (client-side rate limit).
+    #[arg(long, value_name = "QPS", default_value_t = 5.0)]
+    pub kube_api_qps: f64,
+    /// Kubernetes API requests allowed in a burst.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub kube_api_burst: u32,
+    /// The CSI driver's socket: its Identity service names the driver whose
+    /// volumes this instance fences (sidecar mode). A path or unix://PATH.
+    #[arg(long, value_name = "PATH")]
+    pub csi_address: Option<PathBuf>,
     /// Serve /metrics, /healthz and /readyz on this address (":9808" = every interface).
     #[arg(long, value_name = "ADDR")]
     pub http_endpoint: Option<String>,
@@ -65,18 +90,27 @@ pub struct RunArgs {
     pub verbose: u8,
 }
 
-fn source(s: &str) -> Result<SourceSpec, Failure> {
+fn source(a: &RunArgs, g: &GlobalArgs) -> Result<SourceSpec, Failure> {
+    let s = a.source.as_str();
     if let Some(p) = s.strip_prefix("file:").filter(|p| !p.is_empty()) {
         return Ok(SourceSpec::File(PathBuf::from(p)));
     }
-    if s == "kubernetes" {
+    if s != "kubernetes" {
+        return Err(Failure::usage(format!(
+            "--source {s:?}: use kubernetes or file:PATH"
+        )));
+    }
+    if !(a.kube_api_qps > 0.0 && a.kube_api_qps.is_finite()) || a.kube_api_burst == 0 {
         return Err(Failure::usage(
-            "--source kubernetes is not implemented yet; use file:PATH",
+            "--kube-api-qps must be > 0 and --kube-api-burst >= 1",
         ));
     }
-    Err(Failure::usage(format!(
-        "--source {s:?}: use file:PATH (or kubernetes, later)"
-    )))
+    Ok(SourceSpec::Kubernetes(KubeSpec {
+        kubeconfig: a.kubeconfig.clone(),
+        limits: (a.kube_api_qps, a.kube_api_burst),
+        timeout: g.timeout(),
+        csi_address: a.csi_address.clone(),
+    }))
 }
 
 fn endpoint(s: &str) -> Result<SocketAddr, Failure> {
@@ -109,7 +143,7 @@ fn init_logging(a: &RunArgs) {
 }
 
 /// Runs the daemon until SIGTERM.
-pub fn run(a: &RunArgs) -> Result<i32, Failure> {
+pub fn run(a: &RunArgs, g: &GlobalArgs) -> Result<i32, Failure> {
     if a.node_name.is_empty() {
         return Err(Failure::usage(
             "--node-name (or NODE_NAME) must not be empty",
@@ -122,7 +156,7 @@ pub fn run(a: &RunArgs) -> Result<i32, Failure> {
     let opts = Options {
         node: a.node_name.clone(),
         config,
-        source: source(&a.source)?,
+        source: source(a, g)?,
         state_dir: a.state_dir.clone(),
         http: a.http_endpoint.as_deref().map(endpoint).transpose()?,
         dry_run: a.dry_run,

@@ -16,6 +16,12 @@
 //! commandTimeoutSeconds: 20     # one SCSI command
 //! deviceWaitSeconds: 30         # how long to wait for a LUN to appear
 //! knownNodes: [node-a, node-b]  # optional: names stale keys in reports
+//! drivers:                      # --source kubernetes: the CSI drivers whose volumes are fenced
+//!   - name: block.csi.example.com
+//!     volumeHandleRegex: '^(?P<wwid>3[0-9a-f]{32})$'   # WWID from spec.csi.volumeHandle
+//!     # or: volumeAttribute: wwn (+ optional volumeAttributeRegex)
+//!     reservationType: write-exclusive-registrants-only   # optional
+//!     preempt: preempt                                    # optional
 //! ```
 
 use std::collections::BTreeSet;
@@ -25,6 +31,8 @@ use serde::Deserialize;
 
 use crate::fence::keys::ClusterTag;
 use crate::fence::policy::PreemptMode;
+use crate::scsi::ReservationType;
+use crate::source::rules::{self, DriverRule, WwidFrom};
 
 /// The file as written.
 #[derive(Debug, Deserialize, Default)]
@@ -43,6 +51,19 @@ struct Raw {
     device_wait_seconds: Option<u64>,
     #[serde(default)]
     known_nodes: Vec<String>,
+    #[serde(default)]
+    drivers: Vec<RawDriver>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDriver {
+    name: String,
+    volume_handle_regex: Option<String>,
+    volume_attribute: Option<String>,
+    volume_attribute_regex: Option<String>,
+    reservation_type: Option<String>,
+    preempt: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -83,6 +104,8 @@ pub struct Config {
     pub device_wait: Duration,
     /// Node names for naming stale keys.
     pub known_nodes: BTreeSet<String>,
+    /// The CSI drivers whose volumes are fenced (Kubernetes source).
+    pub drivers: Vec<DriverRule>,
 }
 
 /// Why the configuration was refused.
@@ -139,16 +162,18 @@ impl Config {
                 ))
             }
         };
-        let preempt = match raw.policy.preempt.as_deref() {
-            None | Some("preempt-and-abort") => PreemptMode::PreemptAndAbort,
-            Some("preempt") => PreemptMode::Preempt,
-            Some(o) => {
-                return Err(err(
-                    "policy.preempt",
-                    format!("{o:?}: allowed preempt-and-abort, preempt"),
-                ))
-            }
-        };
+        let preempt = preempt_mode(raw.policy.preempt.as_deref())
+            .map_err(|why| err("policy.preempt", why))?
+            .unwrap_or_default();
+        let drivers = raw
+            .drivers
+            .iter()
+            .enumerate()
+            .map(|(i, d)| driver(i, d).map_err(|(f, why)| err(&f, why)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(dup) = duplicate(drivers.iter().map(|d| d.name.as_str())) {
+            return Err(err("drivers", format!("{dup:?} is listed twice")));
+        }
         let prefix = raw.map_uuid_prefix.unwrap_or_else(|| "mpath-".into());
         if prefix.is_empty() || prefix.contains('/') {
             return Err(err(
@@ -211,8 +236,65 @@ impl Config {
                 .into_iter()
                 .filter(|n| !n.is_empty())
                 .collect(),
+            drivers,
         })
     }
+}
+
+fn preempt_mode(v: Option<&str>) -> Result<Option<PreemptMode>, String> {
+    match v {
+        None => Ok(None),
+        Some("preempt-and-abort") => Ok(Some(PreemptMode::PreemptAndAbort)),
+        Some("preempt") => Ok(Some(PreemptMode::Preempt)),
+        Some(o) => Err(format!("{o:?}: allowed preempt-and-abort, preempt")),
+    }
+}
+
+fn duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut seen = BTreeSet::new();
+    names.into_iter().find(|n| !seen.insert(*n))
+}
+
+/// One `drivers[i]` entry; errors name the field.
+fn driver(i: usize, d: &RawDriver) -> Result<DriverRule, (String, String)> {
+    let field = |f: &str| format!("drivers[{i}].{f}");
+    if d.name.trim().is_empty() {
+        return Err((field("name"), "must not be empty".into()));
+    }
+    let regex = |f: &str, p: &str| rules::compile(p).map_err(|why| (field(f), why));
+    let wwid = match (&d.volume_handle_regex, &d.volume_attribute) {
+        (Some(p), None) if d.volume_attribute_regex.is_none() => {
+            WwidFrom::VolumeHandle(regex("volumeHandleRegex", p)?)
+        }
+        (None, Some(key)) if !key.is_empty() => WwidFrom::VolumeAttribute {
+            key: key.clone(),
+            regex: match &d.volume_attribute_regex {
+                Some(p) => Some(regex("volumeAttributeRegex", p)?),
+                None => None,
+            },
+        },
+        _ => {
+            return Err((
+                field("volumeHandleRegex"),
+                "give exactly one of volumeHandleRegex or volumeAttribute \
+                 (volumeAttributeRegex only with volumeAttribute)"
+                    .into(),
+            ))
+        }
+    };
+    let reservation_type = match &d.reservation_type {
+        Some(t) => Some(
+            t.parse::<ReservationType>()
+                .map_err(|e| (field("reservationType"), e.to_string()))?,
+        ),
+        None => None,
+    };
+    Ok(DriverRule {
+        name: d.name.clone(),
+        wwid,
+        reservation_type,
+        preempt: preempt_mode(d.preempt.as_deref()).map_err(|why| (field("preempt"), why))?,
+    })
 }
 
 #[cfg(test)]
@@ -274,6 +356,26 @@ mod tests {
             (
                 "clusterName: a\nmapUuidPrefix: ''\n",
                 "mapUuidPrefix: \"\": must be non-empty",
+            ),
+            (
+                "clusterName: a\ndrivers: [{name: d, volumeHandleRegex: '(['}]\n",
+                "drivers[0].volumeHandleRegex: \"([\" is not a valid regex",
+            ),
+            (
+                "clusterName: a\ndrivers: [{name: d}]\n",
+                "drivers[0].volumeHandleRegex: give exactly one of",
+            ),
+            (
+                "clusterName: a\ndrivers: [{name: d, volumeAttribute: w, preempt: later}]\n",
+                "drivers[0].preempt: \"later\": allowed",
+            ),
+            (
+                "clusterName: a\ndrivers: [{name: d, volumeAttribute: w, reservationType: nine}]\n",
+                "drivers[0].reservationType:",
+            ),
+            (
+                "clusterName: a\ndrivers: [{name: d, volumeAttribute: w}, {name: d, volumeAttribute: v}]\n",
+                "drivers: \"d\" is listed twice",
             ),
         ];
         for (text, want) in cases {

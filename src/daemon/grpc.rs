@@ -145,7 +145,7 @@ impl<F: Fencer> FencerApi for Api<F> {
                         wwid: a.wwid.clone(),
                         device: None,
                         access: a.access,
-                        policy: self.world.policy.clone(),
+                        policy: a.overrides.apply(&self.world.policy),
                     },
                     auth: crate::fence::engine::Authorization {
                         attachment: a.id.clone(),
@@ -278,12 +278,27 @@ pub async fn serve<F: Fencer>(path: &Path, api: Api<F>) -> Result<(), SocketErro
 pub async fn connect(
     path: &Path,
 ) -> Result<pb::fencer_client::FencerClient<tonic::transport::Channel>, SocketError> {
+    let channel = channel(path, Duration::from_secs(10))
+        .await
+        .map_err(|e| SocketError {
+            path: e.path,
+            what: format!("{} (is `csi-fencer run --grpc-socket` running?)", e.what),
+        })?;
+    Ok(pb::fencer_client::FencerClient::new(channel))
+}
+
+/// A gRPC channel over the unix socket at `path`.
+pub async fn channel(
+    path: &Path,
+    timeout: Duration,
+) -> Result<tonic::transport::Channel, SocketError> {
     let p = path.to_path_buf();
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")
+    tonic::transport::Endpoint::try_from("http://localhost")
         .map_err(|e| SocketError {
             path: p.clone(),
             what: e.to_string(),
         })?
+        .connect_timeout(timeout)
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let p = p.clone();
             async move {
@@ -295,7 +310,6 @@ pub async fn connect(
         .await
         .map_err(|e| SocketError {
             path: path.to_path_buf(),
-            what: format!("connect: {e} (is `csi-fencer run --grpc-socket` running?)"),
-        })?;
-    Ok(pb::fencer_client::FencerClient::new(channel))
+            what: format!("connect: {e}"),
+        })
 }

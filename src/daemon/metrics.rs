@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use super::reconcile::{Phase, VolumeStatus};
@@ -40,6 +40,14 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     /// The attachment source could not be read or was invalid.
     pub source_errors: IntCounter,
+    /// 1 while the API server answers, 0 while it cannot be reached.
+    pub kube_api_up: IntGauge,
+    /// API requests by verb, resource and HTTP code (`error` without one).
+    pub kube_requests: IntCounterVec,
+    /// VolumeAttachment watch events by type.
+    pub kube_watch_events: IntCounterVec,
+    /// VolumeAttachments in the compact cache.
+    pub volumeattachments: IntGauge,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -136,8 +144,29 @@ impl Metrics {
                 "csi_fencer_source_errors_total",
                 "Attachment source reads that failed or were invalid.",
             ),
+            kube_api_up: must(IntGauge::new(
+                "csi_fencer_kube_api_up",
+                "1 while the Kubernetes API server answers, 0 while it cannot be reached.",
+            )),
+            kube_requests: counter_vec(
+                "csi_fencer_kube_requests_total",
+                "Kubernetes API requests by verb, resource and HTTP status code.",
+                &["verb", "resource", "code"],
+            ),
+            kube_watch_events: counter_vec(
+                "csi_fencer_kube_watch_events_total",
+                "VolumeAttachment watch events by type.",
+                &["type"],
+            ),
+            volumeattachments: must(IntGauge::new(
+                "csi_fencer_volumeattachments",
+                "VolumeAttachments of the configured drivers in the compact cache.",
+            )),
             registry,
         };
+        must(m.registry.register(Box::new(m.kube_api_up.clone())));
+        must(m.registry.register(Box::new(m.volumeattachments.clone())));
+        m.kube_api_up.set(1);
         let info = must(IntGaugeVec::new(
             Opts::new("csi_fencer_build_info", "Build information."),
             &["version"],

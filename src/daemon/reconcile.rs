@@ -49,6 +49,43 @@ impl<T: crate::transport::Transport + 'static> Fencer for crate::fence::engine::
     }
 }
 
+/// Why [`Authority::confirm`] stopped an operation.
+#[derive(Debug, Clone)]
+pub struct Denied {
+    /// A short label for metrics and logs (`api-unreachable`, `not-attached`, ...).
+    pub kind: &'static str,
+    /// What was found, in words.
+    pub message: String,
+    /// The phase to report, or `None` to leave the volume's status alone.
+    pub phase: Option<Phase>,
+}
+
+/// A boxed future, so [`Authority`] can be a trait object.
+pub type Confirming<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Op, Denied>> + Send + 'a>>;
+
+/// The attachment source's last word before an operation runs: a fresh read
+/// authorises an acquire (I1) and names the live nodes (I2), and a release
+/// goes ahead only on a confirmed detach (I4).
+pub trait Authority: Send + Sync + 'static {
+    /// The operation to run (its authorization and live set refreshed), or why not.
+    fn confirm(&self, op: Op) -> Confirming<'_>;
+    /// The `source` label of `csi_fencer_attachment_to_held_seconds`.
+    fn source(&self) -> &'static str;
+}
+
+/// For sources whose snapshot is itself the fresh read (the file source).
+pub struct Snapshot;
+
+impl Authority for Snapshot {
+    fn confirm(&self, op: Op) -> Confirming<'_> {
+        Box::pin(std::future::ready(Ok(op)))
+    }
+    fn source(&self) -> &'static str {
+        "file"
+    }
+}
+
 /// What the daemon reports about one volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -122,7 +159,15 @@ impl Op {
         }
     }
 
-    fn kind(&self) -> &'static str {
+    /// The volume's WWID.
+    pub fn wwid(&self) -> &crate::scsi::Wwid {
+        match self {
+            Op::Acquire { vol, .. } | Op::Release { vol } | Op::Check { vol, .. } => &vol.wwid,
+        }
+    }
+
+    /// `acquire`, `release` or `check`.
+    pub fn kind(&self) -> &'static str {
         match self {
             Op::Acquire { .. } => "acquire",
             Op::Release { .. } => "release",
@@ -152,7 +197,7 @@ pub fn plan(
             wwid: a.wwid.clone(),
             device: None,
             access: a.access,
-            policy: policy.clone(),
+            policy: a.overrides.apply(policy),
         };
         let live = snapshot.nodes_of(&a.volume);
         let st = statuses.get(&a.volume);
@@ -195,6 +240,7 @@ pub fn plan(
 /// Shared state of the reconciler.
 pub struct Reconciler<F: Fencer> {
     fencer: Arc<F>,
+    authority: Box<dyn Authority>,
     metrics: Arc<Metrics>,
     statuses: Mutex<BTreeMap<String, VolumeStatus>>,
     busy: Mutex<BTreeSet<String>>,
@@ -208,8 +254,14 @@ pub struct Reconciler<F: Fencer> {
 pub struct Update {
     /// The new status.
     pub status: VolumeStatus,
-    /// True when the phase changed.
+    /// True when the phase (or an error's message) changed.
     pub changed: bool,
+    /// What the engine found and did, when it ran.
+    pub outcome: Option<Arc<Outcome>>,
+    /// The reservation type the operation asked for (acquire).
+    pub reservation_type: Option<crate::scsi::ReservationType>,
+    /// The error's label, when it failed (`identity_mismatch`, `unsupported`, ...).
+    pub error_kind: Option<&'static str>,
 }
 
 fn now_secs() -> u64 {
@@ -227,8 +279,20 @@ impl<F: Fencer> Reconciler<F> {
         concurrency: usize,
         timeout: Duration,
     ) -> Arc<Self> {
+        Self::with_authority(fencer, metrics, concurrency, timeout, Box::new(Snapshot))
+    }
+
+    /// Like [`Reconciler::new`], with every operation confirmed by `authority` first.
+    pub fn with_authority(
+        fencer: Arc<F>,
+        metrics: Arc<Metrics>,
+        concurrency: usize,
+        timeout: Duration,
+        authority: Box<dyn Authority>,
+    ) -> Arc<Self> {
         Arc::new(Reconciler {
             fencer,
+            authority,
             metrics,
             statuses: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(BTreeSet::new()),
@@ -272,6 +336,16 @@ impl<F: Fencer> Reconciler<F> {
             return;
         };
         let started = Instant::now();
+        let op = match self.authority.confirm(op.clone()).await {
+            Ok(op) => op,
+            Err(d) => {
+                self.denied(&op, d);
+                if let Ok(mut b) = self.busy.lock() {
+                    b.remove(&name);
+                }
+                return;
+            }
+        };
         let fencer = Arc::clone(&self.fencer);
         let job = op.clone();
         let mut handle = tokio::task::spawn_blocking(move || match &job {
@@ -298,6 +372,66 @@ impl<F: Fencer> Reconciler<F> {
         if let Ok(mut b) = self.busy.lock() {
             b.remove(&name);
         }
+    }
+
+    /// Reports an operation its source did not confirm; nothing was sent.
+    fn denied(&self, op: &Op, d: Denied) {
+        tracing::warn!(
+            volume = op.volume(),
+            operation = op.kind(),
+            kind = d.kind,
+            "not confirmed: {}",
+            d.message
+        );
+        self.set_error(op.volume(), &op.wwid().to_string(), d);
+    }
+
+    /// Reports a problem found before any operation could be planned (an
+    /// attachment whose volume cannot be resolved); nothing is sent.
+    pub fn report(&self, volume: &str, wwid: &str, kind: &'static str, message: String) {
+        tracing::warn!(volume, kind, "{message}");
+        let d = Denied {
+            kind,
+            message,
+            phase: Some(Phase::Error),
+        };
+        self.set_error(volume, wwid, d);
+    }
+
+    fn set_error(&self, volume: &str, wwid: &str, d: Denied) {
+        self.metrics
+            .reconcile_errors
+            .with_label_values(&[d.kind])
+            .inc();
+        let Some(phase) = d.phase else { return };
+        let Ok(mut all) = self.statuses.lock() else {
+            return;
+        };
+        let prev = all.get(volume).cloned();
+        let changed = prev.as_ref().map(|s| &s.phase) != Some(&phase)
+            || prev.as_ref().map(|s| &s.message) != Some(&d.message);
+        let st = VolumeStatus {
+            volume: volume.to_string(),
+            wwid: wwid.to_string(),
+            last_transition: match &prev {
+                Some(p) if !changed => p.last_transition,
+                _ => now_secs(),
+            },
+            phase,
+            message: d.message,
+            paths_registered: prev.as_ref().map_or(0, |p| p.paths_registered),
+            paths_total: prev.as_ref().map_or(0, |p| p.paths_total),
+            attachment: prev.and_then(|p| p.attachment),
+        };
+        all.insert(st.volume.clone(), st.clone());
+        self.metrics.set_volumes(&all);
+        let _ = self.changes.send(Update {
+            status: st,
+            changed,
+            outcome: None,
+            reservation_type: None,
+            error_kind: Some(d.kind),
+        });
     }
 
     fn update(&self, op: &Op, r: Done, started: Instant) {
@@ -327,7 +461,7 @@ impl<F: Fencer> Reconciler<F> {
                     .unwrap_or_default();
                 self.metrics
                     .attach_to_held_seconds
-                    .with_label_values(&["file"])
+                    .with_label_values(&[self.authority.source()])
                     .observe(took.as_secs_f64());
             }
         }
@@ -365,6 +499,12 @@ impl<F: Fencer> Reconciler<F> {
                 attachment,
             };
             update = Some(Update {
+                outcome: r.as_ref().ok().map(|o| Arc::new(o.clone())),
+                reservation_type: match op {
+                    Op::Acquire { vol, .. } => Some(vol.policy.reservation_type(vol.access)),
+                    _ => None,
+                },
+                error_kind: r.as_ref().err().map(|e| e.0),
                 changed: prev.as_ref() != Some(&st.phase),
                 status: st.clone(),
             });
@@ -440,6 +580,7 @@ mod tests {
             node: node.into(),
             access: AccessMode::SingleNode,
             id: AttachmentId(id.into()),
+            overrides: Default::default(),
         }
     }
 

@@ -19,15 +19,22 @@ use crate::device::{Resolver, Sysfs};
 use crate::fence::engine::{Engine, EngineConfig};
 use crate::fence::policy::Policy;
 use crate::fence::state::StateStore;
+use crate::k8s;
+use crate::k8s::authority::ApiAuthority;
+use crate::k8s::cluster::Cluster;
+use crate::k8s::daemon::{KubeSpec, StartError};
+use crate::k8s::source::Tick;
 use crate::source::{file, Attachments, SourceError};
 use crate::transport::hang::Hanging;
 use crate::transport::sgio::SgIo;
 
 /// Where attachments come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SourceSpec {
     /// A YAML file, re-read when it changes.
     File(PathBuf),
+    /// VolumeAttachments from the API server.
+    Kubernetes(KubeSpec),
 }
 
 /// Everything `csi-fencer run` needs.
@@ -60,6 +67,9 @@ pub enum DaemonError {
     /// The gRPC socket could not be served.
     #[error(transparent)]
     Grpc(#[from] super::grpc::SocketError),
+    /// The Kubernetes source could not start.
+    #[error(transparent)]
+    Kubernetes(#[from] StartError),
     /// The HTTP endpoint could not be bound.
     #[error("cannot listen on {addr} for --http-endpoint")]
     Listen {
@@ -76,13 +86,6 @@ const SOURCE_POLL: Duration = Duration::from_millis(250);
 /// Runs until SIGTERM or SIGINT; never releases anything on the way out (I4).
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new());
-    let engine = Arc::new(build_engine(&opts, metrics.clone())?);
-    let rec = Reconciler::new(
-        engine,
-        metrics.clone(),
-        opts.config.max_concurrent_volumes,
-        opts.config.operation_timeout,
-    );
     // /readyz: the attachment source is readable and valid right now.
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = opts.http {
@@ -97,11 +100,62 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         policy: policy(&opts.config),
         snapshot: Arc::new(Mutex::new((Attachments::default(), SystemTime::now()))),
     };
-    let grpc = serve_grpc(&opts, &rec, &world);
     tokio::select! {
-        _ = drive(&opts, Arc::clone(&rec), metrics, ready, world.clone()) => {}
-        r = grpc => r?,
+        r = run_source(&opts, metrics, ready, world) => r?,
         _ = stop_signal() => tracing::info!("stopping: no reservation is released on the way out"),
+    }
+    Ok(())
+}
+
+/// The source, the reconciler and the gRPC API, until one of them ends.
+async fn run_source(
+    opts: &Options,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    world: World,
+) -> Result<(), DaemonError> {
+    let (c, conc, op_timeout) = (
+        &opts.config,
+        opts.config.max_concurrent_volumes,
+        opts.config.operation_timeout,
+    );
+    match &opts.source {
+        SourceSpec::File(_) => {
+            let engine = Arc::new(build_engine(opts, metrics.clone(), &[])?);
+            let rec = Reconciler::new(engine, metrics.clone(), conc, op_timeout);
+            tokio::select! {
+                _ = drive(opts, Arc::clone(&rec), metrics, ready, world.clone()) => {}
+                r = serve_grpc(opts, &rec, &world) => r?,
+            }
+        }
+        SourceSpec::Kubernetes(spec) => {
+            let client = k8s::daemon::client(spec, metrics.clone()).await?;
+            let rules = k8s::daemon::driver_rules(spec, c.drivers.clone()).await?;
+            let cluster = Arc::new(Cluster::new(client, opts.node.clone(), spec.timeout, rules));
+            let nodes = k8s::daemon::check_nodes(&cluster, c.tag).await?;
+            let engine = Arc::new(build_engine(opts, metrics.clone(), &nodes)?);
+            let authority = Box::new(ApiAuthority(Arc::clone(&cluster)));
+            let rec =
+                Reconciler::with_authority(engine, metrics.clone(), conc, op_timeout, authority);
+            let tick = Tick {
+                monitor: c.monitor_interval,
+                resync: c.resync_interval,
+                policy: policy(c),
+            };
+            let run = k8s::daemon::run(
+                cluster,
+                Arc::clone(&rec),
+                metrics,
+                ready,
+                world.clone(),
+                tick,
+                c.tag,
+            );
+            tokio::select! {
+                _ = run => {}
+                r = serve_grpc(opts, &rec, &world) => r?,
+            }
+        }
     }
     Ok(())
 }
@@ -128,12 +182,15 @@ async fn serve_grpc<F: Fencer>(
 fn build_engine(
     opts: &Options,
     metrics: Arc<Metrics>,
+    nodes: &[String],
 ) -> Result<Engine<Metered<Hanging<SgIo>>>, DaemonError> {
     let c = &opts.config;
     let mut cfg = EngineConfig::new(opts.node.clone(), c.tag);
     cfg.command_timeout = c.command_timeout;
     cfg.device_wait = c.device_wait;
     cfg.known_nodes = c.known_nodes.clone();
+    // Names the stale keys of nodes in reports; liveness comes from the source.
+    cfg.known_nodes.extend(nodes.iter().cloned());
     cfg.dry_run = opts.dry_run;
     let state = StateStore::open(&opts.state_dir)?;
     let resolver = Resolver::new(Sysfs::default(), c.map_uuid_prefix.clone());
@@ -163,7 +220,9 @@ async fn drive<F: Fencer>(
     ready: Arc<AtomicBool>,
     world: World,
 ) {
-    let SourceSpec::File(path) = &opts.source;
+    let SourceSpec::File(path) = &opts.source else {
+        return;
+    };
     let mut watcher = FileWatcher::new(path.clone());
     let mut snapshot = Attachments::default();
     let mut read_at = SystemTime::now();
@@ -288,7 +347,7 @@ async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, ready: 
                 } else {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "attachment source not loaded yet\n",
+                        "attachment source not loaded yet, or the API server is unreachable\n",
                     )
                 }
             }),

@@ -71,7 +71,7 @@ pub fn parse_read_keys(b: &[u8]) -> Result<ReadKeys, ParseError> {
     const WHAT: &str = "READ KEYS";
     need(WHAT, b, 8)?;
     let len = be32(b, 4) as usize;
-    if len % 8 != 0 {
+    if !len.is_multiple_of(8) {
         return Err(ParseError::InvalidField {
             what: WHAT,
             field: "ADDITIONAL LENGTH",

@@ -282,7 +282,7 @@ fn encode_iscsi(name: &str, isid: Option<&str>) -> Vec<u8> {
 
 /// Decodes lower- or upper-case hex without separators.
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

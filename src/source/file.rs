@@ -80,6 +80,7 @@ fn entry(origin: &str, i: usize, e: Entry) -> Result<Attachment, SourceError> {
         node: e.node,
         access,
         id: AttachmentId(format!("generation-{}", e.generation)),
+        overrides: Default::default(),
     })
 }
 

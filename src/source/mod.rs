@@ -3,12 +3,13 @@
 //! engine never sees where they came from.
 
 pub mod file;
+pub mod rules;
 
 use serde::Serialize;
 
-use crate::fence::policy::AccessMode;
+use crate::fence::policy::{AccessMode, Policy, PreemptMode};
 use crate::fence::state::AttachmentId;
-use crate::scsi::Wwid;
+use crate::scsi::{ReservationType, Wwid};
 
 /// One live attachment of a volume to a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,6 +24,31 @@ pub struct Attachment {
     pub access: AccessMode,
     /// The attachment's identity (a VolumeAttachment UID, a file generation).
     pub id: AttachmentId,
+    /// Per-volume policy overrides (driver rules, StorageClass, PV annotations).
+    pub overrides: Overrides,
+}
+
+/// Policy settings one volume overrides; unset ones come from the config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Overrides {
+    /// The reservation type.
+    pub reservation_type: Option<ReservationType>,
+    /// PREEMPT or PREEMPT AND ABORT.
+    pub preempt: Option<PreemptMode>,
+}
+
+impl Overrides {
+    /// `base` with these overrides applied.
+    pub fn apply(&self, base: &Policy) -> Policy {
+        let mut p = base.clone();
+        if let Some(t) = self.reservation_type {
+            p.reservation_type = Some(t);
+        }
+        if let Some(m) = self.preempt {
+            p.preempt = m;
+        }
+        p
+    }
 }
 
 /// A consistent snapshot of every live attachment.

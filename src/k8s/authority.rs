@@ -1,0 +1,151 @@
+//! The API server's last word before any PR OUT. An acquire needs a fresh GET
+//! of this node's VolumeAttachment (not the watch cache) and a fresh list for
+//! the live nodes; a release needs a fresh list without this node's
+//! attachment. When the API server cannot be asked, nothing is registered,
+//! preempted or released.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::cluster::Cluster;
+use super::store::SlimVa;
+use crate::daemon::reconcile::{Authority, Confirming, Denied, Op, Phase};
+use crate::fence::engine::{Authorization, Volume};
+
+/// [`Authority`] backed by the API server.
+pub struct ApiAuthority(pub Arc<Cluster>);
+
+fn deny(kind: &'static str, message: String, phase: Option<Phase>) -> Denied {
+    Denied {
+        kind,
+        message,
+        phase,
+    }
+}
+
+/// Why `va` does not authorise this node to register `vol`, if it does not.
+fn refuse(va: &SlimVa, node: &str, vol: &str, uid: &str) -> Option<String> {
+    let m = &va.metadata;
+    let name = m.name.as_deref().unwrap_or("?");
+    let pv = va.spec.source.persistent_volume_name.as_deref();
+    if m.uid.as_deref() != Some(uid) {
+        return Some(format!(
+            "VolumeAttachment {name} was replaced (UID {} instead of {uid})",
+            m.uid.as_deref().unwrap_or("none")
+        ));
+    }
+    if va.spec.node_name != node || pv != Some(vol) {
+        return Some(format!(
+            "VolumeAttachment {name} is for PV {} on node {}, not {vol} on {node}",
+            pv.unwrap_or("-"),
+            va.spec.node_name
+        ));
+    }
+    if m.deletion_timestamp.is_some() {
+        return Some(format!("VolumeAttachment {name} is being deleted"));
+    }
+    if !va.status.as_ref().is_some_and(|s| s.attached) {
+        return Some(format!("VolumeAttachment {name} is not attached yet"));
+    }
+    None
+}
+
+impl ApiAuthority {
+    async fn acquire(&self, vol: Volume, auth: Authorization) -> Result<Op, Denied> {
+        let c = &self.0;
+        let uid = auth.attachment.0.clone();
+        let name = c
+            .store
+            .lock()
+            .ok()
+            .and_then(|s| s.name_of_uid(&uid).map(str::to_string));
+        let Some(name) = name else {
+            return Err(deny(
+                "not-attached",
+                format!("attachment {uid} left the cache"),
+                None,
+            ));
+        };
+        let read_at = SystemTime::now();
+        let nothing = "nothing registered or preempted";
+        let va = match c.get_va(&name).await {
+            Ok(Some(va)) => va,
+            Ok(None) => {
+                let why = format!("fresh GET: VolumeAttachment {name} not found (404); {nothing}");
+                return Err(deny("not-attached", why, Some(Phase::Pending)));
+            }
+            Err(e) => {
+                return Err(deny(
+                    e.kind(),
+                    format!("{e}; {nothing}"),
+                    Some(Phase::Error),
+                ))
+            }
+        };
+        if let Some(why) = refuse(&va, &c.node, &vol.name, &uid) {
+            return Err(deny(
+                "not-attached",
+                format!("fresh GET: {why}; {nothing}"),
+                Some(Phase::Pending),
+            ));
+        }
+        let fresh = c
+            .fresh_attachments(&vol.name)
+            .await
+            .map_err(|e| deny(e.kind(), format!("{e}; {nothing}"), Some(Phase::Error)))?;
+        let live = fresh
+            .into_iter()
+            .filter(|f| !f.deleting)
+            .map(|f| f.node)
+            .chain([c.node.clone()])
+            .collect();
+        let auth = Authorization {
+            attachment: auth.attachment,
+            read_at,
+        };
+        Ok(Op::Acquire { vol, auth, live })
+    }
+
+    async fn release(&self, vol: Volume) -> Result<Op, Denied> {
+        let c = &self.0;
+        let fresh = c.fresh_attachments(&vol.name).await.map_err(|e| {
+            deny(
+                e.kind(),
+                format!("{e}; not released until the detach is confirmed"),
+                None,
+            )
+        })?;
+        if let Some(mine) = fresh.iter().find(|f| f.node == c.node) {
+            let how = if mine.deleting {
+                "is still being detached"
+            } else {
+                "still exists"
+            };
+            return Err(deny(
+                "not-detached",
+                format!(
+                    "VolumeAttachment {} {how} (fresh list): not released yet",
+                    mine.name
+                ),
+                None,
+            ));
+        }
+        Ok(Op::Release { vol })
+    }
+}
+
+impl Authority for ApiAuthority {
+    fn confirm(&self, op: Op) -> Confirming<'_> {
+        Box::pin(async move {
+            match op {
+                Op::Acquire { vol, auth, .. } => self.acquire(vol, auth).await,
+                Op::Release { vol } => self.release(vol).await,
+                check @ Op::Check { .. } => Ok(check),
+            }
+        })
+    }
+
+    fn source(&self) -> &'static str {
+        "kubernetes"
+    }
+}

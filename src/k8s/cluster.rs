@@ -1,0 +1,235 @@
+//! The API server as the daemon uses it: fresh reads for authority (I1, I2),
+//! the PV lookup with a small cache, the Node list, all bounded by
+//! `--timeout` and recorded in [`ApiHealth`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::PersistentVolume;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, ListParams};
+use kube::Client;
+
+use super::api::{call, ApiHealth, Call, KubeError};
+use super::store::{SlimVa, VaStore};
+use super::volume::{storage_class, volume_info, VolumeInfo};
+use crate::source::rules::DriverRule;
+
+/// How long a PV's reading is reused (its CSI source is immutable; only
+/// annotations and the StorageClass can change).
+const VOLUME_TTL: Duration = Duration::from_secs(30);
+
+/// One live attachment from a fresh list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fresh {
+    /// The VolumeAttachment's name.
+    pub name: String,
+    /// Its UID.
+    pub uid: String,
+    /// Its node.
+    pub node: String,
+    /// Being detached (deletionTimestamp set).
+    pub deleting: bool,
+    /// `status.attached`.
+    pub attached: bool,
+}
+
+/// Why a volume could not be read.
+#[derive(Debug, Clone)]
+pub enum VolumeError {
+    /// The API call failed.
+    Api(Arc<KubeError>),
+    /// The PV is missing or does not say which LUN it is.
+    Invalid(String),
+}
+
+impl std::fmt::Display for VolumeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VolumeError::Api(e) => write!(f, "{e}"),
+            VolumeError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A PV's reading and when it was made.
+type Cached = (Instant, Result<VolumeInfo, VolumeError>);
+
+/// Shared Kubernetes state of the daemon.
+pub struct Cluster {
+    /// The client.
+    pub client: Client,
+    /// This node.
+    pub node: String,
+    /// Bound of one API call (`--timeout`).
+    pub timeout: Duration,
+    /// Reachability.
+    pub health: Arc<ApiHealth>,
+    /// The drivers fenced.
+    pub rules: Vec<DriverRule>,
+    /// The compact watch cache.
+    pub store: Mutex<VaStore>,
+    volumes: tokio::sync::Mutex<HashMap<String, Cached>>,
+}
+
+impl Cluster {
+    /// A cluster view for `node`, fencing volumes of `rules`.
+    pub fn new(client: Client, node: String, timeout: Duration, rules: Vec<DriverRule>) -> Self {
+        let store = VaStore::new(rules.iter().map(|r| r.name.clone()));
+        Cluster {
+            client,
+            node,
+            timeout,
+            health: Arc::new(ApiHealth::default()),
+            rules,
+            store: Mutex::new(store),
+            volumes: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn drivers(&self) -> BTreeSet<&str> {
+        self.rules.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    /// A fresh GET of one VolumeAttachment; `None` on 404.
+    pub async fn get_va(&self, name: &str) -> Result<Option<SlimVa>, KubeError> {
+        let api: Api<SlimVa> = Api::all(self.client.clone());
+        call(
+            &self.health,
+            self.timeout,
+            Call::GetVolumeAttachment,
+            api.get_opt(name),
+        )
+        .await
+    }
+
+    /// Every attachment of `pv` by the fenced drivers, from a fresh
+    /// (quorum, paginated) list: the live set of I2.
+    pub async fn fresh_attachments(&self, pv: &str) -> Result<Vec<Fresh>, KubeError> {
+        let api: Api<SlimVa> = Api::all(self.client.clone());
+        let drivers = self.drivers();
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut lp = ListParams::default().limit(500);
+            if let Some(t) = &token {
+                lp = lp.continue_token(t);
+            }
+            let page = call(
+                &self.health,
+                self.timeout,
+                Call::ListVolumeAttachments,
+                api.list(&lp),
+            )
+            .await?;
+            for va in &page.items {
+                let s = &va.spec;
+                if s.source.persistent_volume_name.as_deref() != Some(pv)
+                    || !drivers.contains(s.attacher.as_str())
+                {
+                    continue;
+                }
+                out.push(Fresh {
+                    name: va.metadata.name.clone().unwrap_or_default(),
+                    uid: va.metadata.uid.clone().unwrap_or_default(),
+                    node: s.node_name.clone(),
+                    deleting: va.metadata.deletion_timestamp.is_some(),
+                    attached: va.status.as_ref().is_some_and(|x| x.attached),
+                });
+            }
+            token = page.metadata.continue_.filter(|t| !t.is_empty());
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The volume behind PV `name`, cached for a while.
+    pub async fn volume(&self, name: &str) -> Result<VolumeInfo, VolumeError> {
+        let mut cache = self.volumes.lock().await;
+        if let Some((at, v)) = cache.get(name) {
+            if at.elapsed() < VOLUME_TTL {
+                return v.clone();
+            }
+        }
+        let v = self.read_volume(name).await;
+        // An unreachable API server is not an answer: never cache it.
+        if !matches!(&v, Err(VolumeError::Api(e)) if e.unreachable()) {
+            cache.insert(name.to_string(), (Instant::now(), v.clone()));
+        }
+        v
+    }
+
+    async fn read_volume(&self, name: &str) -> Result<VolumeInfo, VolumeError> {
+        let api = |e| VolumeError::Api(Arc::new(e));
+        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
+        let pv = call(
+            &self.health,
+            self.timeout,
+            Call::GetPersistentVolume,
+            pvs.get_opt(name),
+        )
+        .await
+        .map_err(api)?
+        .ok_or_else(|| VolumeError::Invalid(format!("PersistentVolume {name} not found")))?;
+        let params = match storage_class(&pv) {
+            Some(sc) => {
+                let scs: Api<StorageClass> = Api::all(self.client.clone());
+                call(
+                    &self.health,
+                    self.timeout,
+                    Call::GetStorageClass,
+                    scs.get_opt(&sc),
+                )
+                .await
+                .map_err(api)?
+                .and_then(|c| c.parameters)
+            }
+            None => None,
+        };
+        volume_info(&pv, params.as_ref(), &self.rules)
+            .map_err(|why| VolumeError::Invalid(format!("PersistentVolume {name}: {why}")))
+    }
+
+    /// Every Node's name (metadata only, paginated).
+    pub async fn node_names(&self) -> Result<Vec<String>, KubeError> {
+        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut lp = ListParams::default().limit(500);
+            if let Some(t) = &token {
+                lp = lp.continue_token(t);
+            }
+            let page = call(
+                &self.health,
+                self.timeout,
+                Call::ListNodes,
+                api.list_metadata(&lp),
+            )
+            .await?;
+            names.extend(page.items.into_iter().filter_map(|n| n.metadata.name));
+            token = page.metadata.continue_.filter(|t| !t.is_empty());
+            if token.is_none() {
+                return Ok(names);
+            }
+        }
+    }
+}
+
+/// Two node names whose keys collide, if any (DESIGN §4: refuse to run).
+pub fn key_collision(
+    tag: crate::fence::keys::ClusterTag,
+    nodes: &[String],
+) -> Option<(String, String)> {
+    let mut seen: BTreeMap<crate::scsi::ReservationKey, &String> = BTreeMap::new();
+    for n in nodes {
+        if let Some(other) = seen.insert(tag.key_for(n), n) {
+            if other != n {
+                return Some((other.clone(), n.clone()));
+            }
+        }
+    }
+    None
+}

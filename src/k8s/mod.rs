@@ -1,0 +1,15 @@
+//! The Kubernetes side: the VolumeAttachment source, the `VolumeReservation`
+//! status and Events, the CSI Identity probe. The only module that knows
+//! Kubernetes types; the engine never sees them.
+
+pub mod api;
+pub mod authority;
+pub mod cluster;
+pub mod crd;
+pub mod csi;
+pub mod daemon;
+pub mod gate;
+pub mod report;
+pub mod source;
+pub mod store;
+pub mod volume;

@@ -1,0 +1,318 @@
+//! Publishes what the reconciler did: server-side apply of this node's entry
+//! in the volume's `VolumeReservation` status (and the volume-wide fields
+//! while this node holds the reservation), and Events on the PV.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use serde_json::{json, Value};
+
+use super::api::{call, Call, KubeError};
+use super::cluster::Cluster;
+use super::crd::{NodeState, VolumeReservation};
+use crate::daemon::reconcile::{Phase, Update};
+use crate::fence::engine::Outcome;
+use crate::scsi::{ReservationKey, ReservationType};
+
+/// The field manager of this node: it owns only what this node applies.
+pub fn field_manager(node: &str) -> String {
+    format!("csi-fencer/{node}")
+}
+
+/// Memory of what was published per volume.
+#[derive(Default)]
+struct Seen {
+    created: bool,
+    rtype: Option<ReservationType>,
+    since: String,
+}
+
+/// The reporter of one node.
+pub struct Publisher {
+    cluster: Arc<Cluster>,
+    key: ReservationKey,
+    recorder: Recorder,
+    seen: HashMap<String, Seen>,
+}
+
+fn rfc3339(secs: u64) -> String {
+    let t = k8s_openapi::jiff::Timestamp::from_second(secs as i64).unwrap_or_default();
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn node_state(p: &Phase) -> NodeState {
+    match p {
+        Phase::Pending => NodeState::Pending,
+        Phase::Held => NodeState::Holder,
+        Phase::Registered => NodeState::Registered,
+        Phase::Fenced => NodeState::Fenced,
+        Phase::Released => NodeState::Released,
+        Phase::Error => NodeState::Error,
+    }
+}
+
+impl Publisher {
+    /// A publisher for this node of `cluster`, whose key is `key`.
+    pub fn new(cluster: Arc<Cluster>, key: ReservationKey) -> Self {
+        let reporter = Reporter {
+            controller: "csi-fencer".into(),
+            instance: Some(cluster.node.clone()),
+        };
+        Publisher {
+            recorder: Recorder::new(cluster.client.clone(), reporter),
+            cluster,
+            key,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Publishes every update until the reconciler stops.
+    pub async fn run(mut self, mut rx: tokio::sync::broadcast::Receiver<Update>) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match rx.recv().await {
+                Ok(u) => {
+                    if let Err(e) = self.publish(&u).await {
+                        tracing::warn!(volume = %u.status.volume, error = %e, "status not published");
+                    }
+                }
+                Err(RecvError::Lagged(n)) => tracing::warn!("{n} status updates skipped"),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Applies the status and emits the Events of one update.
+    pub async fn publish(&mut self, u: &Update) -> Result<(), KubeError> {
+        let pv = u.status.volume.clone();
+        let info = self.cluster.volume(&pv).await.ok();
+        let seen = self.seen.entry(pv.clone()).or_default();
+        if u.reservation_type.is_some() {
+            seen.rtype = u.reservation_type;
+        }
+        if u.changed || seen.since.is_empty() {
+            seen.since = rfc3339(u.status.last_transition);
+        }
+        let manager = field_manager(&self.cluster.node);
+        let params = PatchParams::apply(&manager).force();
+        let api: Api<VolumeReservation> = Api::all(self.cluster.client.clone());
+        let (health, timeout) = (&self.cluster.health, self.cluster.timeout);
+        if !seen.created {
+            let mut meta = json!({ "name": pv });
+            if let Some(i) = info.as_ref().filter(|i| !i.uid.is_empty()) {
+                meta["ownerReferences"] = json!([{
+                    "apiVersion": "v1", "kind": "PersistentVolume", "name": pv, "uid": i.uid,
+                }]);
+            }
+            let body = json!({
+                "apiVersion": "csi-fencer.io/v1alpha1", "kind": "VolumeReservation",
+                "metadata": meta, "spec": { "persistentVolumeName": pv },
+            });
+            let patch = Patch::Apply(&body);
+            let fut = api.patch(&pv, &params, &patch);
+            call(health, timeout, Call::ApplyVolumeReservation, fut).await?;
+            seen.created = true;
+        }
+        let body = status_body(
+            &pv,
+            &self.cluster.node,
+            self.key,
+            u,
+            seen.rtype,
+            &seen.since,
+        );
+        let patch = Patch::Apply(&body);
+        let fut = api.patch_status(&pv, &params, &patch);
+        call(health, timeout, Call::ApplyVolumeReservationStatus, fut).await?;
+        let uid = info.map(|i| i.uid).unwrap_or_default();
+        for ev in events(u, &self.cluster.node) {
+            self.event(&pv, &uid, ev).await?;
+        }
+        Ok(())
+    }
+
+    async fn event(&self, pv: &str, uid: &str, ev: Event) -> Result<(), KubeError> {
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("PersistentVolume".into()),
+            name: Some(pv.to_string()),
+            uid: (!uid.is_empty()).then(|| uid.to_string()),
+            ..Default::default()
+        };
+        let (health, timeout) = (&self.cluster.health, self.cluster.timeout);
+        call(
+            health,
+            timeout,
+            Call::CreateEvent,
+            self.recorder.publish(&ev, &reference),
+        )
+        .await
+    }
+}
+
+/// The status apply body: this node's entry, plus the volume-wide fields
+/// when this node holds the reservation.
+pub fn status_body(
+    pv: &str,
+    node: &str,
+    key: ReservationKey,
+    u: &Update,
+    rtype: Option<ReservationType>,
+    since: &str,
+) -> Value {
+    let s = &u.status;
+    let mut entry = json!({
+        "node": node,
+        "key": key.to_string(),
+        "state": node_state(&s.phase),
+        "registeredPaths": s.paths_registered,
+        "totalPaths": s.paths_total,
+        "lastTransitionTime": since,
+    });
+    if let Some(a) = &s.attachment {
+        entry["attachment"] = json!(a);
+    }
+    if !s.message.is_empty() {
+        entry["message"] = json!(s.message);
+    }
+    let mut status = json!({ "nodes": [entry] });
+    if let (Phase::Held, Some(o)) = (&s.phase, &u.outcome) {
+        holder_fields(&mut status, node, key, o, rtype, since);
+    }
+    json!({
+        "apiVersion": "csi-fencer.io/v1alpha1", "kind": "VolumeReservation",
+        "metadata": { "name": pv }, "status": status,
+    })
+}
+
+fn holder_fields(
+    status: &mut Value,
+    node: &str,
+    key: ReservationKey,
+    o: &Outcome,
+    rtype: Option<ReservationType>,
+    since: &str,
+) {
+    let all = o.paths.iter().all(|p| p.registered);
+    let owner = |k: ReservationKey, n: Option<&str>| match n {
+        Some(n) => json!({ "key": k.to_string(), "node": n }),
+        None => json!({ "key": k.to_string() }),
+    };
+    let mut keys = vec![owner(key, Some(node))];
+    for k in o.keys.live.iter().chain(&o.keys.foreign) {
+        keys.push(owner(k.key, k.node.as_deref()));
+    }
+    let cond = |t: &str, ok: bool, reason: &str, msg: String| {
+        json!({ "type": t, "status": if ok { "True" } else { "False" }, "reason": reason,
+                "message": msg, "lastTransitionTime": since })
+    };
+    let reg = o.paths.iter().filter(|p| p.registered).count();
+    status["wwid"] = json!(o.wwid);
+    if let Some(t) = rtype {
+        status["reservationType"] = json!(t.long_name());
+    }
+    status["state"] = json!(if all { "Reserved" } else { "Degraded" });
+    status["holder"] = owner(key, Some(node));
+    status["registeredKeys"] = Value::Array(keys);
+    status["conditions"] = json!([
+        cond(
+            "Reserved",
+            true,
+            "HeldByNode",
+            format!("{node} holds the reservation")
+        ),
+        cond(
+            "AllPathsRegistered",
+            all,
+            if all { "AllPaths" } else { "MissingPaths" },
+            format!("{reg}/{} paths carry the holder's key", o.paths.len())
+        ),
+        cond(
+            "ForeignKeys",
+            !o.keys.foreign.is_empty(),
+            "Observed",
+            format!("{} keys of other clusters on the LUN", o.keys.foreign.len())
+        ),
+    ]);
+}
+
+fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    }
+}
+
+/// The Events one update calls for.
+pub fn events(u: &Update, node: &str) -> Vec<Event> {
+    use EventType::{Normal, Warning};
+    let s = &u.status;
+    let mut out = Vec::new();
+    match u.error_kind {
+        Some("identity_mismatch") => out.push(event(
+            Warning,
+            "IdentityMismatch",
+            "Verify",
+            format!("{node}: {}", s.message),
+        )),
+        Some("unsupported") => out.push(event(
+            Warning,
+            "Unsupported",
+            "Acquire",
+            format!("{node}: {}", s.message),
+        )),
+        _ => {}
+    }
+    if let Some(o) = &u.outcome {
+        let victims: Vec<String> = o
+            .preempted
+            .iter()
+            .map(|k| match &k.node {
+                Some(n) => format!("{n} (key {})", k.key),
+                None => format!("key {}", k.key),
+            })
+            .collect();
+        if !victims.is_empty() {
+            out.push(event(
+                Normal,
+                "Preempted",
+                "Preempt",
+                format!(
+                    "{node} preempted {}: it can no longer write to {}",
+                    victims.join(", "),
+                    o.wwid
+                ),
+            ));
+        }
+        if u.changed && !o.keys.foreign.is_empty() {
+            let f: Vec<String> = o.keys.foreign.iter().map(|k| k.key.to_string()).collect();
+            out.push(event(
+                Warning,
+                "ForeignKey",
+                "Inspect",
+                format!(
+                    "keys of another cluster on {}: {} (left alone)",
+                    o.wwid,
+                    f.join(", ")
+                ),
+            ));
+        }
+    }
+    if u.changed {
+        let reg = format!("{}/{} paths", s.paths_registered, s.paths_total);
+        match s.phase {
+            Phase::Held => out.push(event(Normal, "Reserved", "Acquire", format!("{node} holds the reservation of {} ({reg})", s.wwid))),
+            Phase::Registered => out.push(event(Normal, "Registered", "Acquire", format!("{node} registered on {} ({reg})", s.wwid))),
+            Phase::Fenced => out.push(event(Warning, "Fenced", "Check", format!("{node}'s key was preempted on {} while attached: its writes now fail with RESERVATION CONFLICT", s.wwid))),
+            Phase::Released => out.push(event(Normal, "Released", "Release", format!("{node} released {} after the detach", s.wwid))),
+            _ => {}
+        }
+    }
+    out
+}

@@ -1,0 +1,239 @@
+//! The Kubernetes attachment source: a cluster-wide VolumeAttachment watch
+//! into the compact cache, and on every change that concerns this node (or a
+//! PV it has) a snapshot of this node's attachments for the reconciler. A
+//! relist after 410 Gone replaces the cache and reports what vanished, so a
+//! delete missed during the gap still ends in a (confirmed) release.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use kube::api::Api;
+use kube::runtime::{watcher, WatchStreamExt};
+
+use super::api::{Call, KubeError};
+use super::cluster::{Cluster, VolumeError};
+use super::store::{SlimVa, Touched, VaStore};
+use crate::daemon::grpc::World;
+use crate::daemon::metrics::Metrics;
+use crate::daemon::reconcile::{plan, Fencer, Reconciler};
+use crate::fence::policy::Policy;
+use crate::fence::state::AttachmentId;
+use crate::source::{Attachment, Attachments};
+
+/// Settings of the loop.
+#[derive(Debug, Clone)]
+pub struct Tick {
+    /// How often held volumes are checked.
+    pub monitor: Duration,
+    /// Full reconcile period.
+    pub resync: Duration,
+    /// The base policy.
+    pub policy: Policy,
+}
+
+/// Follows VolumeAttachments until the stream ends (never, normally).
+pub async fn drive<F: Fencer>(
+    cluster: Arc<Cluster>,
+    rec: Arc<Reconciler<F>>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    world: World,
+    tick: Tick,
+) {
+    let api: Api<SlimVa> = Api::all(cluster.client.clone());
+    let cfg = watcher::Config::default().page_size(500);
+    let mut stream = watcher(api, cfg).default_backoff().boxed();
+    let mut monitor = tokio::time::interval(tick.monitor);
+    let mut resync = tokio::time::interval(tick.resync);
+    let mut relist: Option<VaStore> = None;
+    let mut loaded = false;
+    let mut mine: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let check = tokio::select! {
+            ev = stream.next() => {
+                let Some(ev) = ev else { return };
+                let touched = match ev {
+                    Ok(ev) => on_event(&cluster, &metrics, &mut relist, &mut loaded, ev),
+                    Err(e) => {
+                        on_error(&cluster, &metrics, e);
+                        Vec::new()
+                    }
+                };
+                let relevant = touched
+                    .iter()
+                    .any(|t| *t.node == cluster.node || mine.contains(&*t.pv));
+                if !relevant || !loaded {
+                    publish_health(&cluster, &metrics, &ready, loaded);
+                    continue;
+                }
+                false
+            }
+            _ = monitor.tick() => true,
+            _ = resync.tick() => false,
+        };
+        publish_health(&cluster, &metrics, &ready, loaded);
+        if !loaded {
+            continue;
+        }
+        let snap = snapshot(&cluster, &rec).await;
+        mine = snap
+            .for_node(&cluster.node)
+            .map(|a| a.volume.clone())
+            .collect();
+        if let Ok(mut w) = world.snapshot.lock() {
+            *w = (snap.clone(), SystemTime::now());
+        }
+        let now = SystemTime::now();
+        let ops = plan(
+            &cluster.node,
+            &snap,
+            &rec.statuses(),
+            &tick.policy,
+            check,
+            now,
+        );
+        rec.dispatch(ops);
+    }
+}
+
+fn publish_health(cluster: &Cluster, metrics: &Metrics, ready: &AtomicBool, loaded: bool) {
+    let up = !cluster.health.is_down();
+    metrics.kube_api_up.set(i64::from(up));
+    ready.store(loaded && up, Ordering::Relaxed);
+}
+
+/// Applies one watch event to the cache; what it touched.
+fn on_event(
+    cluster: &Cluster,
+    metrics: &Metrics,
+    relist: &mut Option<VaStore>,
+    loaded: &mut bool,
+    ev: watcher::Event<SlimVa>,
+) -> Vec<Touched> {
+    use watcher::Event as E;
+    let label = match &ev {
+        E::Apply(_) => "apply",
+        E::Delete(_) => "delete",
+        E::Init => "init",
+        E::InitApply(_) => "init-apply",
+        E::InitDone => "init-done",
+    };
+    metrics.kube_watch_events.with_label_values(&[label]).inc();
+    cluster.health.observe(Ok(()));
+    let Ok(mut store) = cluster.store.lock() else {
+        return Vec::new();
+    };
+    let touched = match ev {
+        E::Apply(va) => store.apply(&va).into_iter().collect(),
+        E::Delete(va) => store.remove(&va).into_iter().collect(),
+        E::Init => {
+            *relist = Some(store.empty_like());
+            Vec::new()
+        }
+        E::InitApply(va) => {
+            if let Some(r) = relist.as_mut() {
+                r.apply(&va);
+            }
+            Vec::new()
+        }
+        E::InitDone => {
+            let fresh = relist.take().unwrap_or_else(|| store.empty_like());
+            let t = store.replace(fresh);
+            if !*loaded {
+                tracing::info!(cached = store.len(), "VolumeAttachments listed");
+            }
+            *loaded = true;
+            // Everything of this node is worth a look after a relist.
+            let mut t = t;
+            t.push(Touched {
+                pv: "".into(),
+                node: Arc::from(cluster.node.as_str()),
+            });
+            t
+        }
+    };
+    metrics.volumeattachments.set(store.len() as i64);
+    touched
+}
+
+fn on_error(cluster: &Cluster, metrics: &Metrics, e: watcher::Error) {
+    metrics.source_errors.inc();
+    let (kube, call) = match e {
+        watcher::Error::InitialListFailed(k) => (k, Call::ListVolumeAttachments),
+        watcher::Error::WatchStartFailed(k) | watcher::Error::WatchFailed(k) => {
+            (k, Call::WatchVolumeAttachments)
+        }
+        watcher::Error::WatchError(s) if s.code == 410 => {
+            tracing::info!("watch expired (410 Gone): relisting VolumeAttachments");
+            return;
+        }
+        watcher::Error::WatchError(s) => (kube::Error::Api(s), Call::WatchVolumeAttachments),
+        watcher::Error::NoResourceVersion => {
+            tracing::error!("VolumeAttachment list without a resourceVersion: cannot watch");
+            return;
+        }
+    };
+    let e = KubeError::from_kube(call, kube);
+    cluster.health.observe(Err(&e));
+    tracing::error!(error = %e, kind = e.kind(), "VolumeAttachment watch failed; retrying with backoff");
+}
+
+/// This node's attachments (attached, not being deleted) with their volumes
+/// resolved, and the other nodes' attachments of the same PVs (cached).
+async fn snapshot<F: Fencer>(cluster: &Cluster, rec: &Reconciler<F>) -> Attachments {
+    let (mine, others) = {
+        let Ok(store) = cluster.store.lock() else {
+            return Attachments::default();
+        };
+        let mine: Vec<(String, String)> = store
+            .of_node(&cluster.node)
+            .filter(|(_, c)| c.attached && c.live())
+            .map(|(_, c)| (c.pv.to_string(), c.uid.to_string()))
+            .collect();
+        let others: Vec<(String, BTreeSet<String>)> = mine
+            .iter()
+            .map(|(pv, _)| (pv.clone(), store.nodes_of(pv)))
+            .collect();
+        (mine, others)
+    };
+    let mut all = Vec::new();
+    for ((pv, uid), (_, nodes)) in mine.into_iter().zip(others) {
+        let info = match cluster.volume(&pv).await {
+            Ok(i) => i,
+            Err(e) => {
+                let kind = match &e {
+                    VolumeError::Api(k) => k.kind(),
+                    VolumeError::Invalid(_) => "volume-unresolved",
+                };
+                let known = rec
+                    .statuses()
+                    .get(&pv)
+                    .map(|s| s.wwid.clone())
+                    .unwrap_or_default();
+                rec.report(&pv, &known, kind, format!("{e}: not fenced"));
+                continue;
+            }
+        };
+        let mut nodes = nodes;
+        nodes.insert(cluster.node.clone());
+        for node in nodes {
+            let id = if node == cluster.node {
+                uid.clone()
+            } else {
+                String::new()
+            };
+            all.push(Attachment {
+                volume: pv.clone(),
+                wwid: info.wwid.clone(),
+                node,
+                access: info.access,
+                id: AttachmentId(id),
+                overrides: info.overrides.clone(),
+            });
+        }
+    }
+    Attachments::new(all)
+}
