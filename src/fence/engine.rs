@@ -663,36 +663,12 @@ mod race_tests {
     use crate::testutil::TempDir;
     use crate::transport::scripted::Scripted;
     use crate::transport::Completion;
-    use std::fs;
-    use std::os::unix::fs::symlink;
 
     const NAA: [u8; 8] = [0x60, 0x01, 0x40, 0x50, 0, 0, 0, 1];
     const A: &str = "iqn.2025-01.test.rig:nodea";
 
-    /// dm-0 (uuid mpath-3<naa>) over sdc (session1, port 1) and sdd (session2, port 2).
     fn fixture() -> TempDir {
-        let d = TempDir::new("race");
-        let r = d.path();
-        fs::create_dir_all(r.join("class/block/dm-0/dm")).unwrap();
-        fs::write(
-            r.join("class/block/dm-0/dm/uuid"),
-            "mpath-36001405000000001",
-        )
-        .unwrap();
-        for (sd, n) in [("sdc", 1), ("sdd", 2)] {
-            let dev = r.join(format!(
-                "devices/platform/host{n}/session{n}/target{n}:0:0/{n}:0:0:0"
-            ));
-            fs::create_dir_all(&dev).unwrap();
-            fs::write(dev.join("state"), "running\n").unwrap();
-            fs::create_dir_all(r.join(format!("class/block/dm-0/slaves/{sd}"))).unwrap();
-            fs::create_dir_all(r.join(format!("class/block/{sd}"))).unwrap();
-            symlink(&dev, r.join(format!("class/block/{sd}/device"))).unwrap();
-            let sess = r.join(format!("class/iscsi_session/session{n}"));
-            fs::create_dir_all(&sess).unwrap();
-            fs::write(sess.join("initiatorname"), A).unwrap();
-        }
-        d
+        crate::testutil::iscsi_fixture(A)
     }
 
     fn vpd83(rtpi: u8) -> Completion {

@@ -13,3 +13,6 @@ pub mod report;
 pub mod source;
 pub mod store;
 pub mod volume;
+
+#[cfg(test)]
+mod tests;

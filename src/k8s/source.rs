@@ -96,6 +96,7 @@ pub async fn drive<F: Fencer>(
             now,
         );
         rec.dispatch(ops);
+        publish_health(&cluster, &metrics, &ready, loaded);
     }
 }
 

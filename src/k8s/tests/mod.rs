@@ -1,0 +1,493 @@
+//! The Kubernetes source against a mock API server, with the real engine
+//! over a simulated LUN: what reaches the LUN, and what reaches the API.
+
+mod lun;
+mod mock;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use self::lun::{SimLun, INITIATOR_A};
+use self::mock::{pv, va, MockApi};
+use super::authority::ApiAuthority;
+use super::cluster::Cluster;
+use super::source::Tick;
+use crate::daemon::grpc::World;
+use crate::daemon::metrics::Metrics;
+use crate::daemon::reconcile::{Phase, Reconciler};
+use crate::device::{Resolver, Sysfs};
+use crate::fence::engine::{Engine, EngineConfig};
+use crate::fence::keys::ClusterTag;
+use crate::fence::policy::Policy;
+use crate::fence::state::StateStore;
+use crate::scsi::prout::PrOut;
+use crate::source::rules::{compile, DriverRule, WwidFrom};
+use crate::testutil::TempDir;
+
+const VA: &str = "csi-0a1b";
+const UID: &str = "5f0c2a51-0000-4000-8000-000000000001";
+
+fn tag() -> ClusterTag {
+    ClusterTag::new(0x7e57).unwrap()
+}
+
+struct Rig {
+    api: MockApi,
+    lun: Arc<SimLun>,
+    rec: Arc<Reconciler<Engine<Arc<SimLun>>>>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    cluster: Arc<Cluster>,
+    _dirs: (TempDir, TempDir),
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn rules() -> Vec<DriverRule> {
+    vec![DriverRule {
+        name: "block.csi.example.com".into(),
+        wwid: WwidFrom::VolumeHandle(compile("^(?P<wwid>3[0-9a-f]+)$").unwrap()),
+        reservation_type: None,
+        preempt: None,
+    }]
+}
+
+/// node-a's daemon against `api`, its LUN in `lun`.
+async fn start(api: MockApi, lun: SimLun) -> Rig {
+    let sys = crate::testutil::iscsi_fixture(INITIATOR_A);
+    let state = TempDir::new("k8s-state");
+    let lun = Arc::new(lun);
+    // As `run` does: the Node list names other nodes' keys in reports.
+    let mut cfg = EngineConfig::new("node-a", tag());
+    cfg.known_nodes = ["node-a".to_string(), "node-b".to_string()].into();
+    let engine = Engine::new(
+        cfg,
+        Arc::clone(&lun),
+        Resolver::new(Sysfs::new(sys.path(), "/dev"), "mpath-"),
+        StateStore::open(state.path()).unwrap(),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let cluster = Arc::new(Cluster::new(
+        api.client(),
+        "node-a".into(),
+        Duration::from_secs(2),
+        rules(),
+    ));
+    let auth = Box::new(ApiAuthority(Arc::clone(&cluster)));
+    let rec = Reconciler::with_authority(
+        Arc::new(engine),
+        metrics.clone(),
+        4,
+        Duration::from_secs(10),
+        auth,
+    );
+    let ready = Arc::new(AtomicBool::new(false));
+    let world = World {
+        node: "node-a".into(),
+        policy: Policy::default(),
+        snapshot: Arc::new(std::sync::Mutex::new((
+            Default::default(),
+            std::time::SystemTime::now(),
+        ))),
+    };
+    let tick = Tick {
+        monitor: Duration::from_secs(3600),
+        resync: Duration::from_millis(500),
+        policy: Policy::default(),
+    };
+    let task = tokio::spawn(super::daemon::run(
+        Arc::clone(&cluster),
+        Arc::clone(&rec),
+        metrics.clone(),
+        ready.clone(),
+        world,
+        tick,
+        tag(),
+    ));
+    Rig {
+        api,
+        lun,
+        rec,
+        metrics,
+        ready,
+        cluster,
+        _dirs: (sys, state),
+        task,
+    }
+}
+
+impl Rig {
+    async fn until(&self, what: &str, f: impl Fn(&Rig) -> bool) {
+        for _ in 0..400 {
+            if f(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "timed out waiting for: {what}\nstatuses: {:?}\nrequests: {:?}",
+            self.rec.statuses(),
+            self.api
+                .seen()
+                .iter()
+                .map(|s| format!("{} {}?{}", s.method, s.path, s.query))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    fn phase(&self) -> Option<Phase> {
+        self.rec.statuses().get("pv-1").map(|s| s.phase.clone())
+    }
+
+    fn message(&self) -> String {
+        self.rec
+            .statuses()
+            .get("pv-1")
+            .map(|s| s.message.clone())
+            .unwrap_or_default()
+    }
+
+    fn gets_of(&self, name: &str) -> usize {
+        let p = format!("/apis/storage.k8s.io/v1/volumeattachments/{name}");
+        self.api
+            .seen()
+            .iter()
+            .filter(|s| s.method == "GET" && s.path == p)
+            .count()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn api() -> MockApi {
+    let api = MockApi::new(&["node-a", "node-b"]);
+    api.put_pv(pv("pv-1", &["ReadWriteOnce"]));
+    api
+}
+
+fn registered(lun: &SimLun) -> bool {
+    lun.pr_out()
+        .iter()
+        .any(|(_, o)| matches!(o, PrOut::RegisterAndIgnore(_) | PrOut::Register(_)))
+}
+
+#[tokio::test]
+async fn attach_for_this_node_is_confirmed_fresh_then_acquired_preempting_the_stale_holder() {
+    let lun = SimLun::new();
+    let b = tag().key_for("node-b");
+    lun.register_other("iqn.2025-01.test.rig:nodeb", b, true);
+    let rig = start(api(), lun).await;
+    rig.until("cache loaded", |r| {
+        r.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
+    rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
+    // The fresh GET happened, and the engine acted under that VolumeAttachment's UID.
+    assert_eq!(rig.gets_of(VA), 1);
+    assert_eq!(rig.rec.statuses()["pv-1"].attachment.as_deref(), Some(UID));
+    let (keys, holder) = rig.lun.keys();
+    let a = tag().key_for("node-a");
+    assert_eq!(holder, Some(a));
+    assert!(
+        !keys.contains(&b),
+        "node-b's stale key was preempted: {keys:?}"
+    );
+    assert_eq!(
+        keys.iter().filter(|k| **k == a).count(),
+        2,
+        "registered on both paths"
+    );
+    // A fresh list (not the cache) named the live nodes before the preemption.
+    let seen = rig.api.seen();
+    let get = seen.iter().position(|s| s.path.ends_with(VA)).unwrap();
+    assert!(
+        seen[get..]
+            .iter()
+            .any(|s| s.path.ends_with("/volumeattachments") && !s.query.contains("watch")),
+        "{:?}",
+        seen.iter()
+            .map(|s| format!("{} {}?{}", s.method, s.path, s.query))
+            .collect::<Vec<_>>()
+    );
+    // Status applied by node-a's field manager with only its own entry.
+    rig.until("status applied", |r| {
+        r.api.seen().iter().any(|s| s.path.ends_with("/status"))
+    })
+    .await;
+    let st = rig
+        .api
+        .seen()
+        .into_iter()
+        .rfind(|s| s.path.ends_with("pv-1/status"))
+        .unwrap();
+    assert_eq!(st.content_type, "application/apply-patch+yaml");
+    assert!(
+        st.query.contains("fieldManager=csi-fencer%2Fnode-a") && st.query.contains("force=true"),
+        "{}",
+        st.query
+    );
+    let nodes = st.body["status"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["node"], "node-a");
+    assert_eq!(nodes[0]["state"], "Holder");
+    assert_eq!(st.body["status"]["holder"]["node"], "node-a");
+    // The object itself was applied first, owned by the PV.
+    let obj = rig
+        .api
+        .seen()
+        .into_iter()
+        .find(|s| s.path.ends_with("volumereservations/pv-1"))
+        .unwrap();
+    assert_eq!(
+        obj.body["metadata"]["ownerReferences"][0]["uid"],
+        "uid-pv-1"
+    );
+    // Events on the PV: Reserved, and Preempted naming node-b.
+    rig.until("events", |r| r.api.events().len() >= 2).await;
+    let ev = rig.api.events();
+    let reasons: Vec<&str> = ev.iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert!(
+        reasons.contains(&"Reserved") && reasons.contains(&"Preempted"),
+        "{reasons:?}"
+    );
+    let pre = ev.iter().find(|e| e["reason"] == "Preempted").unwrap();
+    assert!(pre["note"].as_str().unwrap().contains("node-b"), "{pre}");
+    assert_eq!(pre["regarding"]["kind"], "PersistentVolume");
+    assert_eq!(pre["regarding"]["name"], "pv-1");
+    // Detach: the VolumeAttachment is deleted, a fresh list confirms, the key goes.
+    rig.api.delete_va(VA);
+    rig.until("released", |r| r.phase() == Some(Phase::Released))
+        .await;
+    let (keys, holder) = rig.lun.keys();
+    assert!(keys.is_empty() && holder.is_none(), "{keys:?} {holder:?}");
+    rig.until("Released event", |r| {
+        r.api.events().iter().any(|e| e["reason"] == "Released")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn attachments_of_other_nodes_reach_neither_the_engine_nor_a_get() {
+    let rig = start(api(), SimLun::new()).await;
+    rig.until("cache loaded", |r| {
+        r.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    rig.api.put_va(va("csi-other", UID, "node-b", "pv-1", true));
+    rig.api.put_va(va(VA, "uid-2", "node-a", "pv-2", false));
+    rig.until("both cached", |r| {
+        r.cluster.store.lock().unwrap().len() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        rig.lun.pr_out().is_empty(),
+        "no PR OUT: {:?}",
+        rig.lun.pr_out()
+    );
+    assert_eq!(rig.gets_of("csi-other"), 0);
+    assert!(rig.rec.statuses().is_empty());
+}
+
+#[tokio::test]
+async fn a_fresh_get_that_says_404_or_another_node_registers_nothing() {
+    for how in ["404", "other-node"] {
+        let api = api();
+        match how {
+            "404" => api.hide_on_get(VA),
+            _ => api.get_shows_node(VA, "node-b"),
+        }
+        let rig = start(api, SimLun::new()).await;
+        rig.until("cache loaded", |r| {
+            r.ready.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .await;
+        rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
+        rig.until("refused", |r| r.phase() == Some(Phase::Pending))
+            .await;
+        assert!(
+            !registered(&rig.lun),
+            "{how}: nothing registered: {:?}",
+            rig.lun.pr_out()
+        );
+        let m = rig.message();
+        assert!(
+            m.contains("fresh GET") && m.contains("nothing registered"),
+            "{how}: {m}"
+        );
+        assert!(
+            m.contains(if how == "404" {
+                "not found (404)"
+            } else {
+                "on node node-b"
+            }),
+            "{how}: {m}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_api_server_means_nothing_registered_or_preempted() {
+    let lun = SimLun::new();
+    lun.register_other("iqn.2025-01.test.rig:nodeb", tag().key_for("node-b"), true);
+    let rig = start(api(), lun).await;
+    rig.until("cache loaded", |r| {
+        r.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    // The watch delivers the attachment, then the API server goes away
+    // before the fresh GET can be made.
+    rig.api.set_down(true);
+    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
+    rig.until("error reported", |r| r.phase() == Some(Phase::Error))
+        .await;
+    assert!(
+        rig.lun.pr_out().is_empty(),
+        "no PR OUT at all: {:?}",
+        rig.lun.pr_out()
+    );
+    assert!(rig.message().contains("unreachable"), "{}", rig.message());
+    assert!(rig.cluster.health.is_down());
+    rig.until("not ready", |r| {
+        !r.ready.load(std::sync::atomic::Ordering::Relaxed) || r.metrics.kube_api_up.get() == 0
+    })
+    .await;
+    let text = rig.metrics.render();
+    assert!(
+        text.contains("csi_fencer_reconcile_errors_total{kind=\"api-unreachable\"}"),
+        "{text}"
+    );
+    // Back again: the next resync acquires.
+    rig.api.set_down(false);
+    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
+    rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
+}
+
+#[tokio::test]
+async fn watch_410_gone_relists_and_a_delete_missed_meanwhile_still_releases() {
+    let rig = start(api(), SimLun::new()).await;
+    rig.until("cache loaded", |r| {
+        r.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
+    rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
+    let lists_before = rig
+        .api
+        .seen()
+        .iter()
+        .filter(|s| {
+            s.path.ends_with("/volumeattachments")
+                && s.query.contains("limit=500")
+                && !s.query.contains("watch")
+        })
+        .count();
+    // The delete event is lost to compaction; the watch ends and restarts with 410 Expired.
+    rig.api.delete_va_unseen_and_expire_watches();
+    rig.until("released after the relist", |r| {
+        r.phase() == Some(Phase::Released)
+    })
+    .await;
+    let lists_after = rig
+        .api
+        .seen()
+        .iter()
+        .filter(|s| {
+            s.path.ends_with("/volumeattachments")
+                && s.query.contains("limit=500")
+                && !s.query.contains("watch")
+        })
+        .count();
+    assert!(lists_after > lists_before, "relisted");
+    assert!(rig.lun.keys().0.is_empty());
+}
+
+#[tokio::test]
+async fn rbac_403_names_the_verb_and_resource() {
+    let api = api();
+    api.forbid("list", "nodes");
+    let cluster = Cluster::new(
+        api.client(),
+        "node-a".into(),
+        Duration::from_secs(2),
+        rules(),
+    );
+    let e = super::daemon::check_nodes(&cluster, tag())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("may not list nodes") && e.contains("ClusterRole"),
+        "{e}"
+    );
+    let api = api_forbidding_get();
+    let rig = start(api, SimLun::new()).await;
+    rig.until("cache loaded", |r| {
+        r.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
+    rig.until("error", |r| r.phase() == Some(Phase::Error))
+        .await;
+    let m = rig.message();
+    assert!(m.contains("may not get volumeattachments"), "{m}");
+    assert!(!registered(&rig.lun));
+}
+
+fn api_forbidding_get() -> MockApi {
+    let api = api();
+    api.forbid("get", "volumeattachments");
+    api
+}
+
+#[tokio::test]
+async fn every_request_is_covered_by_a_declared_rbac_rule() {
+    // Drive a full attach/detach, then check each request against Call::ALL.
+    let lun = SimLun::new();
+    lun.register_other("iqn.2025-01.test.rig:nodeb", tag().key_for("node-b"), true);
+    let rig = start(api(), lun).await;
+    super::daemon::check_nodes(&rig.cluster, tag())
+        .await
+        .unwrap();
+    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
+    rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
+    rig.api.delete_va(VA);
+    rig.until("released event", |r| {
+        r.api.events().iter().any(|e| e["reason"] == "Released")
+    })
+    .await;
+    let declared: BTreeSet<(String, String, String)> = super::api::Call::ALL
+        .iter()
+        .map(|c| {
+            let r = c.rule();
+            (
+                r.group.to_string(),
+                r.resource.to_string(),
+                r.verb.to_string(),
+            )
+        })
+        .collect();
+    let used: BTreeSet<(String, String, String)> = rig
+        .api
+        .seen()
+        .iter()
+        .filter_map(|s| super::api::classify(&s.method, &s.path, &s.query))
+        .collect();
+    let undeclared: Vec<_> = used.difference(&declared).collect();
+    assert!(
+        undeclared.is_empty(),
+        "requests without an RBAC rule in Call::ALL: {undeclared:?}"
+    );
+    // PatchEvent is only used for repeated events; everything else must have been exercised.
+    let unused: Vec<_> = declared
+        .difference(&used)
+        .filter(|r| r.1 != "events" || r.2 != "patch")
+        .collect();
+    assert!(unused.is_empty(), "rules never exercised here: {unused:?}");
+}
