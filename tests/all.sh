@@ -3,8 +3,10 @@
 #
 #  1. cargo fmt --check and cargo clippy -D warnings (installs the components if missing);
 #  2. cargo test: unit, property and CLI tests on the host (the vm_* tests show as ignored);
-#  3. the VM rig (tests/vm/run.sh test): the vm_* tests on a real LIO target in QEMU.
-# The last line sums both runs as "total: N passed, M failed"; any failure exits non-zero.
+#  3. the Helm chart (tests/chart/run.sh): rendered by a real Helm engine, linted strict,
+#     every object validated against Kubernetes 1.30 and the newest schemas (PyPI, in a venv);
+#  4. the VM rig (tests/vm/run.sh test): the vm_* tests on a real LIO target in QEMU.
+# The last line sums every run as "total: N passed, M failed"; any failure exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 host_only=false
@@ -38,6 +40,22 @@ host_failed=$(awk '/^test result:/{for(i=1;i<=NF;i++) if($i ~ /^failed;?$/) s+=$
 if [ "$rc" -ne 0 ] && [ "$host_failed" -eq 0 ]; then host_failed=1; fi   # build failure
 echo "host: $host_passed passed, $host_failed failed"
 if [ "$rc" -ne 0 ]; then
+    echo "total: $host_passed passed, $host_failed failed"
+    exit 1
+fi
+
+step "Helm chart: real Helm engine + kubernetes-validate (tests/chart/run.sh)"
+set +e
+tests/chart/run.sh 2>&1 | tee "$log"
+chart_rc=${PIPESTATUS[0]}
+set -e
+chart_line=$(grep -E '^chart: [0-9]+ passed, [0-9]+ failed$' "$log" | tail -1 || true)
+chart_passed=$(echo "${chart_line:-chart: 0 passed}" | awk '{print $2}')
+chart_failed=$(echo "${chart_line:-chart: 0 passed, 0 failed}" | awk '{print $4}')
+if [ "$chart_rc" -ne 0 ] && [ "${chart_failed:-0}" -eq 0 ]; then chart_failed=1; fi   # setup failed
+host_passed=$((host_passed + chart_passed))
+host_failed=$((host_failed + chart_failed))
+if [ "$chart_rc" -ne 0 ]; then
     echo "total: $host_passed passed, $host_failed failed"
     exit 1
 fi

@@ -19,9 +19,10 @@ Examples:
   csi-fencer ctl --socket /run/csi-fencer.sock acquire pv-data-0 --timeout-seconds 30
   csi-fencer ctl --socket /run/csi-fencer.sock watch --json")]
 pub struct CtlArgs {
-    /// The daemon's socket.
+    /// The daemon's socket (the chart sets CSI_FENCER_SOCKET in its container).
     #[arg(
         long,
+        env = "CSI_FENCER_SOCKET",
         value_name = "PATH",
         default_value = "/run/csi-fencer/fencer.sock"
     )]

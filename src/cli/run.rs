@@ -47,13 +47,14 @@ pub struct RunArgs {
     /// This node's name (Kubernetes: from the Downward API).
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     pub node_name: String,
-    /// The configuration file (YAML; see the README's configuration reference).
+    /// The configuration file (YAML; see docs/configuration.md).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// Where attachments come from: kubernetes (VolumeAttachments), or file:PATH (a YAML list).
     #[arg(long, value_name = "SOURCE", default_value = "kubernetes")]
     pub source: String,
-    /// A kubeconfig file, for running out of cluster (default: in-cluster credentials, or $KUBECONFIG).
+    /// A kubeconfig file, for running out of cluster (default: $KUBECONFIG or
+    /// ~/.kube/config when present, else the pod's in-cluster credentials).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Sustained Kubernetes API requests per second (client-side rate limit).
@@ -66,7 +67,7 @@ pub struct RunArgs {
     /// volumes this instance fences (sidecar mode). A path or unix://PATH.
     #[arg(long, value_name = "PATH")]
     pub csi_address: Option<PathBuf>,
-    /// Serve /metrics, /healthz and /readyz on this address (":9808" = every interface).
+    /// Serve /metrics, /healthz and /readyz on this address (":9816" = every interface).
     #[arg(long, value_name = "ADDR")]
     pub http_endpoint: Option<String>,
     /// Serve the gRPC node API (Acquire, Release, GetVolume, ListVolumes,

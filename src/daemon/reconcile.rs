@@ -403,34 +403,58 @@ impl<F: Fencer> Reconciler<F> {
             .reconcile_errors
             .with_label_values(&[d.kind])
             .inc();
-        let Some(phase) = d.phase else { return };
         let Ok(mut all) = self.statuses.lock() else {
             return;
         };
         let prev = all.get(volume).cloned();
+        let Some(phase) = d.phase else {
+            // Nothing changes, but whoever waits on this volume (a gRPC call)
+            // learns why now instead of at its deadline.
+            let phase = prev.as_ref().map_or(Phase::Pending, |p| p.phase.clone());
+            let st = self.status_after(volume, wwid, prev, phase, d.message);
+            drop(all);
+            self.send(st, false, d.kind);
+            return;
+        };
         let changed = prev.as_ref().map(|s| &s.phase) != Some(&phase)
             || prev.as_ref().map(|s| &s.message) != Some(&d.message);
-        let st = VolumeStatus {
+        let st = self.status_after(volume, wwid, prev, phase, d.message);
+        all.insert(st.volume.clone(), st.clone());
+        self.metrics.set_volumes(&all);
+        drop(all);
+        self.send(st, changed, d.kind);
+    }
+
+    fn status_after(
+        &self,
+        volume: &str,
+        wwid: &str,
+        prev: Option<VolumeStatus>,
+        phase: Phase,
+        message: String,
+    ) -> VolumeStatus {
+        VolumeStatus {
             volume: volume.to_string(),
             wwid: wwid.to_string(),
             last_transition: match &prev {
-                Some(p) if !changed => p.last_transition,
+                Some(p) if p.phase == phase => p.last_transition,
                 _ => now_secs(),
             },
             phase,
-            message: d.message,
+            message,
             paths_registered: prev.as_ref().map_or(0, |p| p.paths_registered),
             paths_total: prev.as_ref().map_or(0, |p| p.paths_total),
             attachment: prev.and_then(|p| p.attachment),
-        };
-        all.insert(st.volume.clone(), st.clone());
-        self.metrics.set_volumes(&all);
+        }
+    }
+
+    fn send(&self, status: VolumeStatus, changed: bool, kind: &'static str) {
         let _ = self.changes.send(Update {
-            status: st,
+            status,
             changed,
             outcome: None,
             reservation_type: None,
-            error_kind: Some(d.kind),
+            error_kind: Some(kind),
         });
     }
 

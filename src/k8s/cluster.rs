@@ -145,7 +145,9 @@ impl Cluster {
         }
     }
 
-    /// The volume behind PV `name`, cached for a while.
+    /// The volume behind PV `name`, cached for a while. While the API server
+    /// is unreachable the last good reading is used (a PV's LUN never
+    /// changes), so held volumes stay monitored (I7).
     pub async fn volume(&self, name: &str) -> Result<VolumeInfo, VolumeError> {
         let mut cache = self.volumes.lock().await;
         if let Some((at, v)) = cache.get(name) {
@@ -154,10 +156,13 @@ impl Cluster {
             }
         }
         let v = self.read_volume(name).await;
-        // An unreachable API server is not an answer: never cache it.
-        if !matches!(&v, Err(VolumeError::Api(e)) if e.unreachable()) {
-            cache.insert(name.to_string(), (Instant::now(), v.clone()));
+        if matches!(&v, Err(VolumeError::Api(e)) if e.unreachable()) {
+            if let Some((_, Ok(old))) = cache.get(name) {
+                return Ok(old.clone());
+            }
+            return v;
         }
+        cache.insert(name.to_string(), (Instant::now(), v.clone()));
         v
     }
 
@@ -223,13 +228,37 @@ pub fn key_collision(
     tag: crate::fence::keys::ClusterTag,
     nodes: &[String],
 ) -> Option<(String, String)> {
-    let mut seen: BTreeMap<crate::scsi::ReservationKey, &String> = BTreeMap::new();
+    first_collision(nodes, |n| tag.key_for(n))
+}
+
+fn first_collision<K: Ord>(nodes: &[String], key: impl Fn(&str) -> K) -> Option<(String, String)> {
+    let mut seen: BTreeMap<K, &String> = BTreeMap::new();
     for n in nodes {
-        if let Some(other) = seen.insert(tag.key_for(n), n) {
+        if let Some(other) = seen.insert(key(n), n) {
             if other != n {
                 return Some((other.clone(), n.clone()));
             }
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_collision_names_both_nodes_and_a_repeated_name_is_none() {
+        let names: Vec<String> = ["node-a", "node-b", "node-c"].map(String::from).to_vec();
+        // A key function that collides on the last letter's parity.
+        let parity = |n: &str| n.as_bytes()[n.len() - 1] % 2;
+        assert_eq!(
+            first_collision(&names, parity),
+            Some(("node-a".to_string(), "node-c".to_string()))
+        );
+        let tag = crate::fence::keys::ClusterTag::new(0x7e57).unwrap();
+        assert_eq!(key_collision(tag, &names), None);
+        let twice: Vec<String> = ["n", "n"].map(String::from).to_vec();
+        assert_eq!(key_collision(tag, &twice), None);
+    }
 }

@@ -126,7 +126,13 @@ impl Publisher {
         );
         let patch = Patch::Apply(&body);
         let fut = api.patch_status(&pv, &params, &patch);
-        call(health, timeout, Call::ApplyVolumeReservationStatus, fut).await?;
+        if let Err(e) = call(health, timeout, Call::ApplyVolumeReservationStatus, fut).await {
+            // Deleted behind our back: apply the object again next time.
+            if matches!(&e, KubeError::Api { code: 404, .. }) {
+                seen.created = false;
+            }
+            return Err(e);
+        }
         let uid = info.map(|i| i.uid).unwrap_or_default();
         for ev in events(u, &self.cluster.node) {
             self.event(&pv, &uid, ev).await?;

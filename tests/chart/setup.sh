@@ -23,7 +23,7 @@ fi
 mkdir -p target
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get install -y python3-venv
+        apt-get update -qq && apt-get install -y python3-venv
     else
         echo "setup.sh: python3 venv/ensurepip missing: install python3-venv" >&2
         exit 1

@@ -18,6 +18,10 @@ BAD = [
     ({"config": {"policy": {"bogus": True}}}, "'bogus'"),
     ({"config": {"policy": {"preempt": "sometimes"}}}, "/config/policy/preempt"),
     ({"config": {"maxConcurrentVolumes": 5000}}, "/config/maxConcurrentVolumes"),
+    # The daemon's limits, exactly: 257 and a zero tag would pass Helm and fail at start.
+    ({"config": {"maxConcurrentVolumes": 257}}, "/config/maxConcurrentVolumes"),
+    ({"config": {"clusterTag": "0x0000"}}, "/config/clusterTag"),
+    ({"config": {"clusterTag": "0x12345"}}, "/config/clusterTag"),
     ({"config": {"monitorIntervalSeconds": 0}}, "/config/monitorIntervalSeconds"),
     ({"config": {"deviceWaitSeconds": -1}}, "/config/deviceWaitSeconds"),
     ({"config": {"clusterTag": "xyz"}}, "/config/clusterTag"),
@@ -31,7 +35,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("over,key", BAD, ids=[k for _, k in BAD])
+@pytest.mark.parametrize("over,key", BAD, ids=[f"{i}-{k}" for i, (_, k) in enumerate(BAD)])
 def test_schema_rejects(over, key):
     v = cl.merge(cl.minimal_values(), over)
     with helm.Chart.load(str(cl.CHART)) as ch:

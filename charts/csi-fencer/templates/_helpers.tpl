@@ -138,6 +138,9 @@ env:
     valueFrom:
       fieldRef:
         fieldPath: spec.nodeName
+  # So that `kubectl exec ... -- csi-fencer ctl list` finds the socket.
+  - name: CSI_FENCER_SOCKET
+    value: {{ .grpcSocket | quote }}
 ports:
   - name: http-metrics
     containerPort: {{ $v.metrics.port }}

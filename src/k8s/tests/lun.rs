@@ -71,6 +71,17 @@ impl SimLun {
         }
     }
 
+    /// Another node takes the LUN: registers and PREEMPTs `victim` (as its daemon would).
+    pub fn taken_by(&self, initiator: &str, key: ReservationKey, victim: ReservationKey) {
+        self.register_other(initiator, key, false);
+        let mut s = self.state.lock().unwrap();
+        for n in s.nexus.iter_mut().filter(|n| n.key == Some(victim)) {
+            n.key = None;
+        }
+        s.holder = Some((key, ReservationType::WriteExclusiveRegistrantsOnly));
+        s.generation += 1;
+    }
+
     /// Every PR OUT received, in order.
     pub fn pr_out(&self) -> Vec<(PathBuf, PrOut)> {
         self.state.lock().unwrap().pr_out.clone()

@@ -92,7 +92,7 @@ async fn start(api: MockApi, lun: SimLun) -> Rig {
         ))),
     };
     let tick = Tick {
-        monitor: Duration::from_secs(3600),
+        monitor: Duration::from_millis(300),
         resync: Duration::from_millis(500),
         policy: Policy::default(),
     };
@@ -270,6 +270,124 @@ async fn attach_for_this_node_is_confirmed_fresh_then_acquired_preempting_the_st
         r.api.events().iter().any(|e| e["reason"] == "Released")
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_node_that_finds_its_key_preempted_reports_fenced_and_never_registers_again() {
+    let rig = start(api(), SimLun::new()).await;
+    rig.until("cache loaded", |r| {
+        r.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
+    rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
+    let sent = rig.lun.pr_out().len();
+    rig.lun.taken_by(
+        "iqn.2025-01.test.rig:nodeb",
+        tag().key_for("node-b"),
+        tag().key_for("node-a"),
+    );
+    rig.until("fenced", |r| r.phase() == Some(Phase::Fenced))
+        .await;
+    rig.until("Fenced event", |r| {
+        r.api
+            .events()
+            .iter()
+            .any(|e| e["reason"] == "Fenced" && e["type"] == "Warning")
+    })
+    .await;
+    let st = rig
+        .api
+        .seen()
+        .into_iter()
+        .rfind(|s| s.path.ends_with("pv-1/status"))
+        .unwrap();
+    assert_eq!(st.body["status"]["nodes"][0]["state"], "Fenced");
+    assert!(
+        st.body["status"].get("holder").is_none(),
+        "a fenced node claims nothing volume-wide"
+    );
+    // I1: the same attachment, seen again over several monitor and resync
+    // cycles, never registers again.
+    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        rig.lun.pr_out().len(),
+        sent,
+        "no PR OUT after the fence: {:?}",
+        &rig.lun.pr_out()[sent..]
+    );
+    assert_eq!(rig.phase(), Some(Phase::Fenced));
+}
+
+#[tokio::test]
+async fn csi_address_names_the_driver_whose_volumes_are_fenced() {
+    use super::csi::pb::identity_server::{Identity, IdentityServer};
+    use super::csi::pb::*;
+    struct Driver;
+    #[tonic::async_trait]
+    impl Identity for Driver {
+        async fn get_plugin_info(
+            &self,
+            _: tonic::Request<GetPluginInfoRequest>,
+        ) -> Result<tonic::Response<GetPluginInfoResponse>, tonic::Status> {
+            Ok(tonic::Response::new(GetPluginInfoResponse {
+                name: "block.csi.example.com".into(),
+                vendor_version: "1.2.3".into(),
+                manifest: Default::default(),
+            }))
+        }
+        async fn probe(
+            &self,
+            _: tonic::Request<ProbeRequest>,
+        ) -> Result<tonic::Response<ProbeResponse>, tonic::Status> {
+            Ok(tonic::Response::new(ProbeResponse { ready: None }))
+        }
+    }
+    let dir = TempDir::new("csi");
+    let sock = dir.path().join("csi.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IdentityServer::new(Driver))
+            .serve_with_incoming(incoming),
+    );
+    let info = super::csi::probe(&sock, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.name.as_str(), info.vendor_version.as_str(), info.ready),
+        ("block.csi.example.com", "1.2.3", true)
+    );
+    let spec = super::daemon::KubeSpec {
+        kubeconfig: None,
+        limits: (5.0, 10),
+        timeout: Duration::from_secs(2),
+        csi_address: Some(format!("unix://{}", sock.display()).into()),
+    };
+    let mut two = rules();
+    two.push(DriverRule {
+        name: "other.csi".into(),
+        ..rules().remove(0)
+    });
+    let mine = super::daemon::driver_rules(&spec, two).await.unwrap();
+    assert_eq!(
+        mine.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["block.csi.example.com"]
+    );
+    let only_other = vec![DriverRule {
+        name: "other.csi".into(),
+        ..rules().remove(0)
+    }];
+    let e = super::daemon::driver_rules(&spec, only_other)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"block.csi.example.com\" (from --csi-address) has no entry"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
