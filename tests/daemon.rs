@@ -226,6 +226,64 @@ fn bad_configuration_is_refused_at_start_naming_the_field() {
     );
 }
 
+fn run_once(dir: &std::path::Path, config: &str, extra: &[&str]) -> (Option<i32>, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("c.yaml"), config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_csi-fencer"))
+        .args(["run", "--node-name", "n", "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--config")
+        .arg(dir.join("c.yaml"))
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_multipathd_reservation_key_is_refused_at_start_naming_file_and_line() {
+    let dir = std::env::temp_dir().join(format!("csi-fencer-daemon-mp-{}", std::process::id()));
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("multipath.conf"),
+        "defaults {\n    user_friendly_names yes\n    reservation_key file\n}\n",
+    )
+    .unwrap();
+    let conf = format!(
+        "clusterName: x\nmultipathConfig: {}\n",
+        etc.join("multipath.conf").display()
+    );
+    let (code, err) = run_once(&dir, &conf, &["--source", "file:/nonexistent"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("one owner of registrations"), "{err}");
+    assert!(
+        err.contains("multipath.conf:3: reservation_key file for every map"),
+        "{err}"
+    );
+    // The check can be skipped explicitly; then it gets as far as the source.
+    let (code, err) = run_once(
+        &dir,
+        "clusterName: x\nmultipathConfig: ''\n",
+        &[
+            "--source",
+            "kubernetes",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--kubeconfig /nonexistent/kubeconfig"),
+        "{err}"
+    );
+    assert!(!err.contains("one owner"), "{err}");
+}
+
 fn ctl(d: &Daemon, args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_csi-fencer"))
         .arg("ctl")

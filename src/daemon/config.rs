@@ -4,6 +4,7 @@
 //! ```yaml
 //! clusterName: prod-eu-1        # or clusterTag: "0x1a2b" (one of the two is required)
 //! mapUuidPrefix: mpath-         # dm uuid prefix of multipath maps
+//! multipathConfig: /etc/multipath.conf  # checked for reservation_key at start ("" skips)
 //! policy:
 //!   preempt: preempt-and-abort  # or preempt
 //!   allTgPt: false
@@ -41,6 +42,7 @@ struct Raw {
     cluster_name: Option<String>,
     cluster_tag: Option<String>,
     map_uuid_prefix: Option<String>,
+    multipath_config: Option<String>,
     #[serde(default)]
     policy: RawPolicy,
     monitor_interval_seconds: Option<u64>,
@@ -82,6 +84,8 @@ pub struct Config {
     pub tag: ClusterTag,
     /// dm uuid prefix of multipath maps.
     pub map_uuid_prefix: String,
+    /// multipath.conf to check for the one-owner rule; `None` skips the check.
+    pub multipath_config: Option<std::path::PathBuf>,
     /// PREEMPT AND ABORT or PREEMPT.
     pub preempt: PreemptMode,
     /// ALL_TG_PT when supported.
@@ -191,6 +195,11 @@ impl Config {
         Ok(Config {
             tag,
             map_uuid_prefix: prefix,
+            multipath_config: match raw.multipath_config.as_deref() {
+                None => Some("/etc/multipath.conf".into()),
+                Some("") => None,
+                Some(p) => Some(p.into()),
+            },
             preempt,
             all_tg_pt: raw.policy.all_tg_pt.unwrap_or(false),
             aptpl: raw.policy.aptpl.unwrap_or(false),

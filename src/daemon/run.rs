@@ -67,6 +67,17 @@ pub enum DaemonError {
     /// The gRPC socket could not be served.
     #[error(transparent)]
     Grpc(#[from] super::grpc::SocketError),
+    /// multipathd owns registrations of these maps too (DESIGN §6).
+    #[error("one owner of registrations: multipathd is configured to register its own keys ({}); it would re-register a fenced node's paths behind csi-fencer's back. Remove reservation_key for the maps csi-fencer fences (and do not use mpathpersist or fence_mpath on them), or set multipathConfig: \"\" to skip this check", .0.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("; "))]
+    OneOwner(Vec<crate::device::multipath::Owner>),
+    /// multipath.conf could not be read.
+    #[error("multipathConfig {path}: cannot read")]
+    MultipathConfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The Kubernetes source could not start.
     #[error(transparent)]
     Kubernetes(#[from] StartError),
@@ -83,8 +94,26 @@ pub enum DaemonError {
 /// How often the file source is looked at for changes.
 const SOURCE_POLL: Duration = Duration::from_millis(250);
 
+/// Refuses to run beside a multipathd that registers keys itself.
+fn check_one_owner(c: &Config) -> Result<(), DaemonError> {
+    let Some(path) = &c.multipath_config else {
+        return Ok(());
+    };
+    let owners =
+        crate::device::multipath::owners(path).map_err(|source| DaemonError::MultipathConfig {
+            path: path.clone(),
+            source,
+        })?;
+    if owners.is_empty() {
+        Ok(())
+    } else {
+        Err(DaemonError::OneOwner(owners))
+    }
+}
+
 /// Runs until SIGTERM or SIGINT; never releases anything on the way out (I4).
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    check_one_owner(&opts.config)?;
     let metrics = Arc::new(Metrics::new());
     // /readyz: the attachment source is readable and valid right now.
     let ready = Arc::new(AtomicBool::new(false));

@@ -3,6 +3,7 @@
 //! All reading goes through [`Sysfs`] with a configurable root, so unit tests
 //! run on fixture trees.
 
+pub mod multipath;
 mod resolve;
 mod sysfs;
 

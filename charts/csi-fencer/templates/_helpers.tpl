@@ -183,6 +183,9 @@ volumeMounts:
   - name: csi-fencer-udev
     mountPath: /run/udev
     readOnly: true
+  - name: csi-fencer-host-etc
+    mountPath: /host/etc
+    readOnly: true
   - name: csi-fencer-state
     mountPath: /var/lib/csi-fencer
   - name: csi-fencer-config
@@ -211,6 +214,11 @@ directory). Takes a dict with root: the root context ($).
 - name: csi-fencer-udev
   hostPath:
     path: /run/udev
+    type: Directory
+# Read-only, for multipath.conf and its conf.d: the one-owner check at start.
+- name: csi-fencer-host-etc
+  hostPath:
+    path: /etc
     type: Directory
 # The fenced-state record ("fenced under attachment X", invariant I1) must
 # survive pod restarts: an emptyDir would forget it and let a preempted node
