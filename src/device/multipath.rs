@@ -73,13 +73,20 @@ fn words(line: &str) -> Vec<String> {
     out
 }
 
+/// A `multipath { }` entry being read.
+#[derive(Default)]
+struct Entry {
+    wwid: Option<String>,
+    keys: Vec<(usize, String)>,
+}
+
 /// Every `reservation_key` in one file's text, and its `config_dir`, if set.
 pub fn parse(file: &Path, text: &str) -> (Vec<Owner>, Option<String>) {
     let mut owners = Vec::new();
     let mut config_dir = None;
     let mut stack: Vec<String> = Vec::new();
-    // Per open `multipath { }` entry: its wwid and the keys awaiting it.
-    let mut entry: Option<(Option<String>, Vec<(usize, String)>)> = None;
+    // The open `multipath { }` entry: its wwid comes after its keys, maybe.
+    let mut entry: Option<Entry> = None;
     for (i, line) in text.lines().enumerate() {
         let w = words(line);
         let mut k = 0;
@@ -87,7 +94,7 @@ pub fn parse(file: &Path, text: &str) -> (Vec<Owner>, Option<String>) {
             match w[k].as_str() {
                 "}" => {
                     if stack.pop().as_deref() == Some("multipath") {
-                        if let Some((wwid, keys)) = entry.take() {
+                        if let Some(Entry { wwid, keys }) = entry.take() {
                             for (line, value) in keys {
                                 let scope = wwid.clone().map_or(Scope::AllMaps, Scope::Wwid);
                                 owners.push(Owner {
@@ -104,7 +111,7 @@ pub fn parse(file: &Path, text: &str) -> (Vec<Owner>, Option<String>) {
                 name if w.get(k + 1).map(String::as_str) == Some("{") => {
                     stack.push(name.to_string());
                     if name == "multipath" {
-                        entry = Some((None, Vec::new()));
+                        entry = Some(Entry::default());
                     }
                     k += 2;
                 }
@@ -114,12 +121,12 @@ pub fn parse(file: &Path, text: &str) -> (Vec<Owner>, Option<String>) {
                     match (key, top) {
                         ("reservation_key", Some("multipath")) => {
                             if let Some(e) = entry.as_mut() {
-                                e.1.push((i + 1, value));
+                                e.keys.push((i + 1, value));
                             }
                         }
                         ("wwid", Some("multipath")) => {
                             if let Some(e) = entry.as_mut() {
-                                e.0 = Some(value);
+                                e.wwid = Some(value);
                             }
                         }
                         ("reservation_key", Some(_)) => owners.push(Owner {
