@@ -1,7 +1,7 @@
 # csi-fencer: the two commands of the README, and their parts.
 #   make demo    the failover demo against a real SCSI target in a VM
 #   make test    every test: fmt, clippy, unit + property tests, then the VM rig
-.PHONY: test test-host test-vm demo bench-vm fuzz lint help
+.PHONY: test test-host test-vm demo bench-vm bench-kube fuzz lint help
 
 CARGO ?= cargo
 
@@ -27,6 +27,10 @@ demo:
 ## bench-vm: failover latency (engine vs raw SG_IO vs sg_persist) and a 64-LUN bulk failover, in the rig.
 bench-vm:
 	RIG_EXTRA_LUNS=$${RIG_EXTRA_LUNS:-64} tests/vm/run.sh script tests/vm/scripts/bench.sh
+
+## bench-kube: the daemon's watch cache against a mock API server: 100k VolumeAttachments, 10k+10k watch events, a relist; peak RSS and CPU (ROUNDS=3).
+bench-kube:
+	tests/bench/kube-bench.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

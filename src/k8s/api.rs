@@ -340,3 +340,30 @@ mod tests {
         assert!(t.contains("ClusterRole"), "{t}");
     }
 }
+
+#[cfg(test)]
+mod call_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_without_an_answer_ends_at_the_timeout_and_marks_the_api_down() {
+        let health = Arc::new(ApiHealth::default());
+        let never = std::future::pending::<Result<(), kube::Error>>();
+        let e = call(
+            &health,
+            Duration::from_secs(15),
+            Call::GetVolumeAttachment,
+            never,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("within 15s (--timeout)"), "{e}");
+        assert!(e.unreachable() && health.is_down());
+        call(&health, Duration::from_secs(1), Call::ListNodes, async {
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert!(!health.is_down());
+    }
+}

@@ -54,11 +54,7 @@ impl ApiAuthority {
     async fn acquire(&self, vol: Volume, auth: Authorization) -> Result<Op, Denied> {
         let c = &self.0;
         let uid = auth.attachment.0.clone();
-        let name = c
-            .store
-            .lock()
-            .ok()
-            .and_then(|s| s.name_of_uid(&uid).map(str::to_string));
+        let name = c.store.lock().ok().and_then(|s| s.name_of_uid(&uid));
         let Some(name) = name else {
             return Err(deny(
                 "not-attached",

@@ -71,6 +71,21 @@ pub struct Cluster {
     /// The compact watch cache.
     pub store: Mutex<VaStore>,
     volumes: tokio::sync::Mutex<HashMap<String, Cached>>,
+    fresh: FreshLists,
+}
+
+/// What a fresh list found, per PV asked for.
+type FreshByPv = HashMap<String, Vec<Fresh>>;
+
+/// Coalesces fresh lists: a list serves every caller that asked before it
+/// started (it is fresh for them), so a failover of many volumes at once
+/// costs one pass over the VolumeAttachments, not one per volume.
+#[derive(Default)]
+struct FreshLists {
+    /// The PVs callers are waiting for.
+    wanted: Mutex<BTreeSet<String>>,
+    /// The last list: when it started and what it found for the wanted PVs.
+    last: tokio::sync::Mutex<(Option<Instant>, FreshByPv)>,
 }
 
 impl Cluster {
@@ -85,6 +100,7 @@ impl Cluster {
             rules,
             store: Mutex::new(store),
             volumes: tokio::sync::Mutex::new(HashMap::new()),
+            fresh: FreshLists::default(),
         }
     }
 
@@ -105,42 +121,89 @@ impl Cluster {
     }
 
     /// Every attachment of `pv` by the fenced drivers, from a fresh
-    /// (quorum, paginated) list: the live set of I2.
+    /// (quorum, paginated) list that started after this call: the live set of I2.
     pub async fn fresh_attachments(&self, pv: &str) -> Result<Vec<Fresh>, KubeError> {
-        let api: Api<SlimVa> = Api::all(self.client.clone());
+        let asked = Instant::now();
+        if let Ok(mut w) = self.fresh.wanted.lock() {
+            w.insert(pv.to_string());
+        }
+        let mut last = self.fresh.last.lock().await;
+        if last.0.is_some_and(|started| started >= asked) {
+            if let Some(found) = last.1.get(pv) {
+                return Ok(found.clone());
+            }
+        }
+        let wanted = self
+            .fresh
+            .wanted
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        // Never answer for a PV the list did not look for: an empty answer
+        // would mean "no live node" and let a live key be preempted (I2).
+        let mut wanted = wanted;
+        wanted.insert(pv.to_string());
+        let started = Instant::now();
+        let found = self.list_attachments_of(&wanted).await?;
+        let mine = found.get(pv).cloned().unwrap_or_default();
+        *last = (Some(started), found);
+        Ok(mine)
+    }
+
+    /// One quorum list of every VolumeAttachment, keeping those of `pvs`.
+    async fn list_attachments_of(&self, pvs: &BTreeSet<String>) -> Result<FreshByPv, KubeError> {
+        let api: &Api<SlimVa> = &Api::all(self.client.clone());
         let drivers = self.drivers();
-        let mut out = Vec::new();
+        let mut out: FreshByPv = pvs.iter().map(|p| (p.clone(), Vec::new())).collect();
+        self.each_page(
+            Call::ListVolumeAttachments,
+            |lp| async move { api.list(&lp).await },
+            |page| {
+                for va in page.items {
+                    let s = &va.spec;
+                    let pv = s.source.persistent_volume_name.as_deref().unwrap_or("");
+                    let Some(list) = out.get_mut(pv) else {
+                        continue;
+                    };
+                    if !drivers.contains(s.attacher.as_str()) {
+                        continue;
+                    }
+                    list.push(Fresh {
+                        name: va.metadata.name.clone().unwrap_or_default(),
+                        uid: va.metadata.uid.clone().unwrap_or_default(),
+                        node: s.node_name.clone(),
+                        deleting: va.metadata.deletion_timestamp.is_some(),
+                        attached: va.status.as_ref().is_some_and(|x| x.attached),
+                    });
+                }
+            },
+        )
+        .await?;
+        Ok(out)
+    }
+
+    /// Walks a paginated list (500 per page, as client-go does), handing each page to `take`.
+    async fn each_page<K, Fut>(
+        &self,
+        which: Call,
+        list: impl Fn(ListParams) -> Fut,
+        mut take: impl FnMut(kube::core::ObjectList<K>),
+    ) -> Result<(), KubeError>
+    where
+        K: Clone,
+        Fut: std::future::Future<Output = Result<kube::core::ObjectList<K>, kube::Error>>,
+    {
         let mut token: Option<String> = None;
         loop {
             let mut lp = ListParams::default().limit(500);
             if let Some(t) = &token {
                 lp = lp.continue_token(t);
             }
-            let page = call(
-                &self.health,
-                self.timeout,
-                Call::ListVolumeAttachments,
-                api.list(&lp),
-            )
-            .await?;
-            for va in &page.items {
-                let s = &va.spec;
-                if s.source.persistent_volume_name.as_deref() != Some(pv)
-                    || !drivers.contains(s.attacher.as_str())
-                {
-                    continue;
-                }
-                out.push(Fresh {
-                    name: va.metadata.name.clone().unwrap_or_default(),
-                    uid: va.metadata.uid.clone().unwrap_or_default(),
-                    node: s.node_name.clone(),
-                    deleting: va.metadata.deletion_timestamp.is_some(),
-                    attached: va.status.as_ref().is_some_and(|x| x.attached),
-                });
-            }
-            token = page.metadata.continue_.filter(|t| !t.is_empty());
+            let page = call(&self.health, self.timeout, which, list(lp)).await?;
+            token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
+            take(page);
             if token.is_none() {
-                return Ok(out);
+                return Ok(());
             }
         }
     }
@@ -199,27 +262,17 @@ impl Cluster {
 
     /// Every Node's name (metadata only, paginated).
     pub async fn node_names(&self) -> Result<Vec<String>, KubeError> {
-        let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let api: &Api<k8s_openapi::api::core::v1::Node> = &Api::all(self.client.clone());
         let mut names = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut lp = ListParams::default().limit(500);
-            if let Some(t) = &token {
-                lp = lp.continue_token(t);
-            }
-            let page = call(
-                &self.health,
-                self.timeout,
-                Call::ListNodes,
-                api.list_metadata(&lp),
-            )
-            .await?;
-            names.extend(page.items.into_iter().filter_map(|n| n.metadata.name));
-            token = page.metadata.continue_.filter(|t| !t.is_empty());
-            if token.is_none() {
-                return Ok(names);
-            }
-        }
+        self.each_page(
+            Call::ListNodes,
+            |lp| async move { api.list_metadata(&lp).await },
+            |page| {
+                names.extend(page.items.into_iter().filter_map(|n| n.metadata.name));
+            },
+        )
+        .await?;
+        Ok(names)
     }
 }
 

@@ -131,3 +131,34 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer, Service, ServiceExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_passes_then_requests_are_spaced_at_qps() {
+        let metrics = Arc::new(Metrics::new());
+        let ok = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(()))
+        });
+        let mut svc = GateLayer::new(Limits { qps: 2.0, burst: 3 }, metrics.clone()).layer(ok);
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..5 {
+            let req = Request::get("/api/v1/nodes").body(()).unwrap();
+            svc.ready().await.unwrap().call(req).await.unwrap();
+            at.push((Instant::now() - start).as_millis());
+        }
+        // Virtual time: three at once (the burst), then one every 500 ms.
+        assert_eq!(at, [0, 0, 0, 500, 1000]);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"csi_fencer_kube_requests_total{code="200",resource="nodes",verb="list"} 5"#
+            ),
+            "{text}"
+        );
+    }
+}

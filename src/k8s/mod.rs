@@ -9,6 +9,7 @@ pub mod crd;
 pub mod csi;
 pub mod daemon;
 pub mod gate;
+pub mod packed;
 pub mod report;
 pub mod source;
 pub mod store;

@@ -322,3 +322,78 @@ pub fn events(u: &Update, node: &str) -> Vec<Event> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::reconcile::VolumeStatus;
+
+    fn update(phase: Phase, changed: bool, kind: Option<&'static str>) -> Update {
+        Update {
+            status: VolumeStatus {
+                volume: "pv-1".into(),
+                wwid: "naa.6001405000000001".into(),
+                phase,
+                message: "why".into(),
+                paths_registered: 1,
+                paths_total: 2,
+                last_transition: 0,
+                attachment: Some("uid-1".into()),
+            },
+            changed,
+            outcome: None,
+            reservation_type: None,
+            error_kind: kind,
+        }
+    }
+
+    fn reasons(u: &Update) -> Vec<String> {
+        events(u, "node-a").into_iter().map(|e| e.reason).collect()
+    }
+
+    #[test]
+    fn each_change_maps_to_its_event_and_repeats_stay_quiet() {
+        assert_eq!(reasons(&update(Phase::Held, true, None)), ["Reserved"]);
+        assert_eq!(
+            reasons(&update(Phase::Registered, true, None)),
+            ["Registered"]
+        );
+        assert_eq!(reasons(&update(Phase::Fenced, true, None)), ["Fenced"]);
+        assert_eq!(reasons(&update(Phase::Released, true, None)), ["Released"]);
+        assert!(reasons(&update(Phase::Held, false, None)).is_empty());
+        let id = update(Phase::Error, true, Some("identity_mismatch"));
+        assert_eq!(reasons(&id), ["IdentityMismatch"]);
+        assert_eq!(events(&id, "node-a")[0].type_, EventType::Warning);
+        assert_eq!(
+            reasons(&update(Phase::Error, true, Some("unsupported"))),
+            ["Unsupported"]
+        );
+        assert!(reasons(&update(Phase::Error, true, Some("timeout"))).is_empty());
+    }
+
+    #[test]
+    fn the_status_body_holds_only_this_nodes_entry_and_no_holder_unless_held() {
+        let b = status_body(
+            "pv-1",
+            "node-a",
+            ReservationKey(0x7e57_0000_0000_0001),
+            &update(Phase::Fenced, true, None),
+            None,
+            "2026-11-23T10:00:00Z",
+        );
+        let nodes = b["status"]["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0]["node"], "node-a");
+        assert_eq!(nodes[0]["state"], "Fenced");
+        assert_eq!(nodes[0]["key"], "0x7e57000000000001");
+        assert_eq!(
+            (
+                nodes[0]["registeredPaths"].as_u64(),
+                nodes[0]["totalPaths"].as_u64()
+            ),
+            (Some(1), Some(2))
+        );
+        assert!(b["status"].get("holder").is_none() && b["status"].get("wwid").is_none());
+        assert_eq!(b["metadata"]["name"], "pv-1");
+    }
+}

@@ -15,7 +15,7 @@ use kube::runtime::{watcher, WatchStreamExt};
 
 use super::api::{Call, KubeError};
 use super::cluster::{Cluster, VolumeError};
-use super::store::{SlimVa, Touched, VaStore};
+use super::store::{SlimVa, Touched};
 use crate::daemon::grpc::World;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::reconcile::{plan, Fencer, Reconciler};
@@ -48,7 +48,7 @@ pub async fn drive<F: Fencer>(
     let mut stream = watcher(api, cfg).default_backoff().boxed();
     let mut monitor = tokio::time::interval(tick.monitor);
     let mut resync = tokio::time::interval(tick.resync);
-    let mut relist: Option<VaStore> = None;
+    let mut relist: Option<Vec<Touched>> = None;
     let mut loaded = false;
     let mut mine: BTreeSet<String> = BTreeSet::new();
     loop {
@@ -64,7 +64,7 @@ pub async fn drive<F: Fencer>(
                 };
                 let relevant = touched
                     .iter()
-                    .any(|t| *t.node == cluster.node || mine.contains(&*t.pv));
+                    .any(|t| *t.node == cluster.node || mine.contains(&t.pv));
                 if !relevant || !loaded {
                     publish_health(&cluster, &metrics, &ready, loaded);
                     continue;
@@ -110,7 +110,7 @@ fn publish_health(cluster: &Cluster, metrics: &Metrics, ready: &AtomicBool, load
 fn on_event(
     cluster: &Cluster,
     metrics: &Metrics,
-    relist: &mut Option<VaStore>,
+    relist: &mut Option<Vec<Touched>>,
     loaded: &mut bool,
     ev: watcher::Event<SlimVa>,
 ) -> Vec<Touched> {
@@ -131,24 +131,23 @@ fn on_event(
         E::Apply(va) => store.apply(&va).into_iter().collect(),
         E::Delete(va) => store.remove(&va).into_iter().collect(),
         E::Init => {
-            *relist = Some(store.empty_like());
+            store.begin_relist();
+            *relist = Some(Vec::new());
             Vec::new()
         }
         E::InitApply(va) => {
-            if let Some(r) = relist.as_mut() {
-                r.apply(&va);
-            }
+            let t = store.apply(&va);
+            relist.get_or_insert_with(Vec::new).extend(t);
             Vec::new()
         }
         E::InitDone => {
-            let fresh = relist.take().unwrap_or_else(|| store.empty_like());
-            let t = store.replace(fresh);
+            let mut t = relist.take().unwrap_or_default();
+            t.extend(store.finish_relist());
             if !*loaded {
                 tracing::info!(cached = store.len(), "VolumeAttachments listed");
             }
             *loaded = true;
             // Everything of this node is worth a look after a relist.
-            let mut t = t;
             t.push(Touched {
                 pv: "".into(),
                 node: Arc::from(cluster.node.as_str()),

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::{Deserialize, Deserializer};
 
+use super::packed::Packed;
+
 /// A VolumeAttachment as read from the API server: only the fields used.
 /// Deserializing skips everything else without building it.
 #[derive(Debug, Clone, Deserialize)]
@@ -101,9 +103,9 @@ impl k8s_openapi::Metadata for SlimVa {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompactVa {
     /// Its UID: the attachment's identity (I1).
-    pub uid: Box<str>,
+    pub uid: Packed,
     /// The PV.
-    pub pv: Box<str>,
+    pub pv: Packed,
     /// The node (interned).
     pub node: Arc<str>,
     /// The driver (interned).
@@ -113,7 +115,10 @@ pub struct CompactVa {
     /// `metadata.deletionTimestamp` is set: being detached.
     pub deleting: bool,
     /// Its resourceVersion (for logs only: never compared, I1).
-    pub resource_version: Box<str>,
+    pub resource_version: Packed,
+    /// Seen by the relist in progress (mark and sweep, so a relist needs no
+    /// second copy of the cache).
+    pub listed: bool,
 }
 
 impl CompactVa {
@@ -137,7 +142,7 @@ pub enum Skip {
 /// The cache: name → attachment, with interned node and driver names.
 #[derive(Debug, Default)]
 pub struct VaStore {
-    by_name: HashMap<Box<str>, CompactVa>,
+    by_name: HashMap<Packed, CompactVa>,
     names: HashSet<Arc<str>>,
     drivers: BTreeSet<String>,
 }
@@ -146,7 +151,7 @@ pub struct VaStore {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Touched {
     /// The PV.
-    pub pv: Box<str>,
+    pub pv: String,
     /// The node.
     pub node: Arc<str>,
 }
@@ -170,7 +175,7 @@ impl VaStore {
     }
 
     /// Strips `va` down to what is kept, or says why it is not kept.
-    pub fn compact(&mut self, va: &SlimVa) -> Result<(Box<str>, CompactVa), Skip> {
+    pub fn compact(&mut self, va: &SlimVa) -> Result<(Packed, CompactVa), Skip> {
         if !self.drivers.contains(&va.spec.attacher) {
             return Err(Skip::OtherDriver);
         }
@@ -186,15 +191,16 @@ impl VaStore {
             return Err(Skip::Inline);
         };
         let c = CompactVa {
-            uid: uid.into(),
-            pv: pv.into(),
+            uid: Packed::new(uid),
+            pv: Packed::new(pv),
             node: self.intern(&va.spec.node_name),
             attacher: self.intern(&va.spec.attacher),
             attached: va.status.as_ref().is_some_and(|s| s.attached),
             deleting: m.deletion_timestamp.is_some(),
-            resource_version: m.resource_version.as_deref().unwrap_or("").into(),
+            resource_version: Packed::new(m.resource_version.as_deref().unwrap_or("")),
+            listed: true,
         };
-        Ok((name.into(), c))
+        Ok((Packed::new(name), c))
     }
 
     /// Adds or replaces `va`; what changed, if anything that matters did.
@@ -208,7 +214,7 @@ impl VaStore {
             Err(_) => return None,
         };
         let touched = Touched {
-            pv: c.pv.clone(),
+            pv: c.pv.to_string(),
             node: Arc::clone(&c.node),
         };
         let same = |o: &CompactVa| {
@@ -226,42 +232,31 @@ impl VaStore {
     /// Removes the attachment named by `va`.
     pub fn remove(&mut self, va: &SlimVa) -> Option<Touched> {
         let name = va.metadata.name.as_deref()?;
-        self.by_name.remove(name).map(|c| Touched {
-            pv: c.pv,
+        self.by_name.remove(&Packed::new(name)).map(|c| Touched {
+            pv: c.pv.to_string(),
             node: c.node,
         })
     }
 
-    /// Replaces everything with a relist; what appeared, vanished or changed.
-    pub fn replace(&mut self, fresh: VaStore) -> Vec<Touched> {
-        let mut touched = Vec::new();
-        for (name, old) in &self.by_name {
-            if fresh.by_name.get(name) != Some(old) {
-                touched.push(Touched {
-                    pv: old.pv.clone(),
-                    node: Arc::clone(&old.node),
-                });
-            }
-        }
-        for (name, new) in &fresh.by_name {
-            if !self.by_name.contains_key(name) {
-                touched.push(Touched {
-                    pv: new.pv.clone(),
-                    node: Arc::clone(&new.node),
-                });
-            }
-        }
-        *self = fresh;
-        touched
+    /// A relist starts: every entry is unconfirmed until the list shows it again.
+    pub fn begin_relist(&mut self) {
+        self.by_name.values_mut().for_each(|c| c.listed = false);
     }
 
-    /// An empty cache with the same driver filter and interned names, for a relist.
-    pub fn empty_like(&self) -> VaStore {
-        VaStore {
-            by_name: HashMap::new(),
-            names: self.names.clone(),
-            drivers: self.drivers.clone(),
-        }
+    /// The relist is complete: drops what it did not show (deleted while the
+    /// watch was down) and says what they were.
+    pub fn finish_relist(&mut self) -> Vec<Touched> {
+        let mut gone = Vec::new();
+        self.by_name.retain(|_, c| {
+            if !c.listed {
+                gone.push(Touched {
+                    pv: c.pv.to_string(),
+                    node: Arc::clone(&c.node),
+                });
+            }
+            c.listed
+        });
+        gone
     }
 
     /// How many are cached.
@@ -275,28 +270,30 @@ impl VaStore {
     }
 
     /// The attachments of `node`, with their names.
-    pub fn of_node<'a>(&'a self, node: &'a str) -> impl Iterator<Item = (&'a str, &'a CompactVa)> {
-        self.by_name
-            .iter()
-            .filter(move |(_, c)| &*c.node == node)
-            .map(|(n, c)| (&**n, c))
+    pub fn of_node<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = (&'a Packed, &'a CompactVa)> {
+        self.by_name.iter().filter(move |(_, c)| &*c.node == node)
     }
 
     /// Nodes with a live attachment of `pv`, as cached (not fresh: I2 uses a fresh list).
     pub fn nodes_of(&self, pv: &str) -> BTreeSet<String> {
+        let pv = Packed::new(pv);
         self.by_name
             .values()
-            .filter(|c| &*c.pv == pv && c.live())
+            .filter(|c| c.pv == pv && c.live())
             .map(|c| c.node.to_string())
             .collect()
     }
 
     /// The name of the attachment with `uid`.
-    pub fn name_of_uid(&self, uid: &str) -> Option<&str> {
+    pub fn name_of_uid(&self, uid: &str) -> Option<String> {
+        let uid = Packed::new(uid);
         self.by_name
             .iter()
-            .find(|(_, c)| &*c.uid == uid)
-            .map(|(n, _)| &**n)
+            .find(|(_, c)| c.uid == uid)
+            .map(|(n, _)| n.to_string())
     }
 }
 
@@ -332,24 +329,30 @@ mod tests {
         // The same object again changes nothing; an attach does.
         assert!(s.apply(&va("a", "n1", "pv1", "block.csi", true)).is_none());
         assert!(s.apply(&va("b", "n1", "pv2", "block.csi", true)).is_some());
-        assert_eq!(s.name_of_uid("uid-b"), Some("b"));
+        assert_eq!(s.name_of_uid("uid-b").as_deref(), Some("b"));
     }
 
     #[test]
-    fn relist_reports_what_vanished_appeared_or_changed() {
+    fn relist_in_place_reports_what_vanished_appeared_or_changed() {
         let mut s = VaStore::new(["d".to_string()]);
         s.apply(&va("a", "n1", "pv1", "d", true));
         s.apply(&va("b", "n2", "pv2", "d", true));
-        let mut fresh = s.empty_like();
-        fresh.apply(&va("b", "n2", "pv2", "d", true));
-        fresh.apply(&va("c", "n1", "pv3", "d", true));
-        let mut t: Vec<String> = s
-            .replace(fresh)
-            .into_iter()
-            .map(|t| format!("{}@{}", t.pv, t.node))
-            .collect();
+        s.begin_relist();
+        let mut t: Vec<String> = Vec::new();
+        for v in [
+            va("b", "n2", "pv2", "d", true),
+            va("c", "n1", "pv3", "d", true),
+        ] {
+            t.extend(s.apply(&v).map(|t| format!("{}@{}", t.pv, t.node)));
+        }
+        t.extend(
+            s.finish_relist()
+                .into_iter()
+                .map(|t| format!("{}@{}", t.pv, t.node)),
+        );
         t.sort();
         assert_eq!(t, ["pv1@n1", "pv3@n1"]);
+        assert_eq!(s.len(), 2);
         assert_eq!(s.nodes_of("pv2"), BTreeSet::from(["n2".to_string()]));
     }
 

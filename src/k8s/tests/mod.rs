@@ -136,6 +136,13 @@ impl Rig {
         );
     }
 
+    async fn loaded(&self) {
+        self.until("cache loaded", |r| {
+            r.ready.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .await
+    }
+
     fn phase(&self) -> Option<Phase> {
         self.rec.statuses().get("pv-1").map(|s| s.phase.clone())
     }
@@ -182,10 +189,7 @@ async fn attach_for_this_node_is_confirmed_fresh_then_acquired_preempting_the_st
     let b = tag().key_for("node-b");
     lun.register_other("iqn.2025-01.test.rig:nodeb", b, true);
     let rig = start(api(), lun).await;
-    rig.until("cache loaded", |r| {
-        r.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
+    rig.loaded().await;
     rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
     rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
     // The fresh GET happened, and the engine acted under that VolumeAttachment's UID.
@@ -275,10 +279,7 @@ async fn attach_for_this_node_is_confirmed_fresh_then_acquired_preempting_the_st
 #[tokio::test]
 async fn a_node_that_finds_its_key_preempted_reports_fenced_and_never_registers_again() {
     let rig = start(api(), SimLun::new()).await;
-    rig.until("cache loaded", |r| {
-        r.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
+    rig.loaded().await;
     rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
     rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
     let sent = rig.lun.pr_out().len();
@@ -393,10 +394,7 @@ async fn csi_address_names_the_driver_whose_volumes_are_fenced() {
 #[tokio::test]
 async fn attachments_of_other_nodes_reach_neither_the_engine_nor_a_get() {
     let rig = start(api(), SimLun::new()).await;
-    rig.until("cache loaded", |r| {
-        r.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
+    rig.loaded().await;
     rig.api.put_va(va("csi-other", UID, "node-b", "pv-1", true));
     rig.api.put_va(va(VA, "uid-2", "node-a", "pv-2", false));
     rig.until("both cached", |r| {
@@ -422,10 +420,7 @@ async fn a_fresh_get_that_says_404_or_another_node_registers_nothing() {
             _ => api.get_shows_node(VA, "node-b"),
         }
         let rig = start(api, SimLun::new()).await;
-        rig.until("cache loaded", |r| {
-            r.ready.load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .await;
+        rig.loaded().await;
         rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
         rig.until("refused", |r| r.phase() == Some(Phase::Pending))
             .await;
@@ -455,10 +450,7 @@ async fn an_unreachable_api_server_means_nothing_registered_or_preempted() {
     let lun = SimLun::new();
     lun.register_other("iqn.2025-01.test.rig:nodeb", tag().key_for("node-b"), true);
     let rig = start(api(), lun).await;
-    rig.until("cache loaded", |r| {
-        r.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
+    rig.loaded().await;
     // The watch delivers the attachment, then the API server goes away
     // before the fresh GET can be made.
     rig.api.set_down(true);
@@ -490,40 +482,87 @@ async fn an_unreachable_api_server_means_nothing_registered_or_preempted() {
 #[tokio::test]
 async fn watch_410_gone_relists_and_a_delete_missed_meanwhile_still_releases() {
     let rig = start(api(), SimLun::new()).await;
-    rig.until("cache loaded", |r| {
-        r.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
+    rig.loaded().await;
     rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
     rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
-    let lists_before = rig
-        .api
-        .seen()
-        .iter()
-        .filter(|s| {
-            s.path.ends_with("/volumeattachments")
-                && s.query.contains("limit=500")
-                && !s.query.contains("watch")
-        })
-        .count();
+    let watches = |r: &Rig| {
+        r.api
+            .seen()
+            .iter()
+            .filter(|s| s.query.contains("watch=true"))
+            .count()
+    };
+    let before = watches(&rig);
     // The delete event is lost to compaction; the watch ends and restarts with 410 Expired.
     rig.api.delete_va_unseen_and_expire_watches();
     rig.until("released after the relist", |r| {
         r.phase() == Some(Phase::Released)
     })
     .await;
-    let lists_after = rig
-        .api
+    // No delete event was sent: only the relist after 410 can have shown it
+    // gone. The watch restarted (its old resourceVersion expired) and a
+    // relist ran before the new watch.
+    assert!(watches(&rig) > before, "the watch restarted");
+    let seen = rig.api.seen();
+    let last_watch = seen
+        .iter()
+        .rposition(|s| s.query.contains("watch=true"))
+        .unwrap();
+    assert!(
+        seen[..last_watch]
+            .iter()
+            .rev()
+            .take_while(|s| !s.query.contains("watch=true"))
+            .any(|s| s.path.ends_with("/volumeattachments")),
+        "a LIST right before the new watch"
+    );
+    assert!(rig.lun.keys().0.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_fresh_lists_are_coalesced_and_each_answer_is_exact() {
+    let api = api();
+    for i in 0..5 {
+        api.put_va(va(
+            &format!("csi-{i}"),
+            &format!("u-{i}"),
+            &format!("node-{i}"),
+            &format!("pv-{i}"),
+            true,
+        ));
+    }
+    api.put_va(va("csi-x", "u-x", "node-x", "pv-0", true));
+    let cluster = Cluster::new(
+        api.client(),
+        "node-a".into(),
+        Duration::from_secs(2),
+        rules(),
+    );
+    let asks = (0..5).map(|i| {
+        let c = &cluster;
+        async move { c.fresh_attachments(&format!("pv-{i}")).await.unwrap() }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    for (i, a) in answers.iter().enumerate() {
+        let mut nodes: Vec<&str> = a.iter().map(|f| f.node.as_str()).collect();
+        nodes.sort();
+        let want = if i == 0 {
+            vec!["node-0", "node-x"]
+        } else {
+            vec![["node-1", "node-2", "node-3", "node-4"][i - 1]]
+        };
+        assert_eq!(nodes, want, "pv-{i}");
+    }
+    let lists = api
         .seen()
         .iter()
-        .filter(|s| {
-            s.path.ends_with("/volumeattachments")
-                && s.query.contains("limit=500")
-                && !s.query.contains("watch")
-        })
+        .filter(|s| s.path.ends_with("/volumeattachments"))
         .count();
-    assert!(lists_after > lists_before, "relisted");
-    assert!(rig.lun.keys().0.is_empty());
+    assert!(lists <= 2, "5 concurrent asks, {lists} lists");
+    // A later ask is never served by an earlier list.
+    api.put_va(va("csi-y", "u-y", "node-y", "pv-1", true));
+    let later = cluster.fresh_attachments("pv-1").await.unwrap();
+    assert_eq!(later.len(), 2, "{later:?}");
 }
 
 #[tokio::test]
@@ -546,10 +585,7 @@ async fn rbac_403_names_the_verb_and_resource() {
     );
     let api = api_forbidding_get();
     let rig = start(api, SimLun::new()).await;
-    rig.until("cache loaded", |r| {
-        r.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
+    rig.loaded().await;
     rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
     rig.until("error", |r| r.phase() == Some(Phase::Error))
         .await;
