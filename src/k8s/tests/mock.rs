@@ -201,6 +201,11 @@ impl MockApi {
         self.db.lock().unwrap().seen.clone()
     }
 
+    /// The last request whose path ends with `suffix`.
+    pub fn last(&self, suffix: &str) -> Option<Seen> {
+        self.seen().into_iter().rfind(|s| s.path.ends_with(suffix))
+    }
+
     /// RBAC: `verb` on `resource` is refused with 403.
     pub fn forbid(&self, verb: &str, resource: &str) {
         self.db

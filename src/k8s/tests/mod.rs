@@ -224,12 +224,7 @@ async fn attach_for_this_node_is_confirmed_fresh_then_acquired_preempting_the_st
         r.api.seen().iter().any(|s| s.path.ends_with("/status"))
     })
     .await;
-    let st = rig
-        .api
-        .seen()
-        .into_iter()
-        .rfind(|s| s.path.ends_with("pv-1/status"))
-        .unwrap();
+    let st = rig.api.last("pv-1/status").unwrap();
     assert_eq!(st.content_type, "application/apply-patch+yaml");
     assert!(
         st.query.contains("fieldManager=csi-fencer%2Fnode-a") && st.query.contains("force=true"),
@@ -297,12 +292,7 @@ async fn a_node_that_finds_its_key_preempted_reports_fenced_and_never_registers_
             .any(|e| e["reason"] == "Fenced" && e["type"] == "Warning")
     })
     .await;
-    let st = rig
-        .api
-        .seen()
-        .into_iter()
-        .rfind(|s| s.path.ends_with("pv-1/status"))
-        .unwrap();
+    let st = rig.api.last("pv-1/status").unwrap();
     assert_eq!(st.body["status"]["nodes"][0]["state"], "Fenced");
     assert!(
         st.body["status"].get("holder").is_none(),
