@@ -16,6 +16,17 @@ PyYAML==6.0.2
 jsonschema==4.23.0
 pytest==8.3.4"
 
+# `kubectl kustomize deploy/sidecar` is part of the tests: Debian's
+# kubernetes-client (kubectl 1.20, kustomize inside) when no kubectl is present.
+if ! command -v kubectl >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y kubernetes-client
+    else
+        echo "setup.sh: kubectl missing: install kubernetes-client (or any kubectl)" >&2
+        exit 1
+    fi
+fi
+
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$REQS" ]; then
     exit 0
 fi

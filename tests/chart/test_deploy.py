@@ -116,7 +116,7 @@ def test_sidecar_patch_structure():
     pvols = {v["name"] for v in patch["spec"]["template"]["spec"]["volumes"]}
     assert not pvols & set(dvols)
     kz = yaml.safe_load((cl.DEPLOY / "sidecar" / "kustomization.yaml").read_text())
-    assert kz["patches"] == [{"path": "csi-fencer-sidecar-patch.yaml"}]
+    assert kz["patchesStrategicMerge"] == ["csi-fencer-sidecar-patch.yaml"]
     assert set(kz["resources"]) == {"example-driver-node.yaml", "csi-fencer.yaml"}
 
 
