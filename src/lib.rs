@@ -10,6 +10,10 @@
 //! - [`source`]: where attachments come from (a YAML file; Kubernetes later).
 #![warn(missing_docs)]
 
+// Lets code shared with integration tests (the mock API server) name this
+// crate the same way from inside and outside.
+extern crate self as csi_fencer;
+
 pub mod daemon;
 pub mod device;
 pub mod fence;

@@ -83,18 +83,6 @@ fn generation(lun: Lun) -> u32 {
         .generation
 }
 
-fn holder(lun: Lun) -> Option<u64> {
-    let (code, text) = sg_persist(&[
-        "--in",
-        "--read-reservation",
-        lun.sd("B2").to_str().expect("utf-8"),
-    ]);
-    assert_eq!(code, 0, "{text}");
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix("Key=0x"))
-        .map(|h| u64::from_str_radix(h.trim(), 16).expect("hex key"))
-}
-
 fn steps(v: &Value) -> Vec<String> {
     v["steps"]
         .as_array()

@@ -102,31 +102,35 @@ impl ApiAuthority {
         Ok(Op::Acquire { vol, auth, live })
     }
 
+    /// A release goes ahead only on a confirmed detach. Until then the
+    /// volume is still this node's to watch, so the release becomes a check
+    /// (I7: a node whose detach cannot be confirmed still learns it was fenced).
     async fn release(&self, vol: Volume) -> Result<Op, Denied> {
         let c = &self.0;
-        let fresh = c.fresh_attachments(&vol.name).await.map_err(|e| {
-            deny(
-                e.kind(),
-                format!("{e}; not released until the detach is confirmed"),
-                None,
-            )
-        })?;
-        if let Some(mine) = fresh.iter().find(|f| f.node == c.node) {
-            let how = if mine.deleting {
-                "is still being detached"
-            } else {
-                "still exists"
-            };
-            return Err(deny(
-                "not-detached",
-                format!(
-                    "VolumeAttachment {} {how} (fresh list): not released yet",
-                    mine.name
-                ),
-                None,
-            ));
-        }
-        Ok(Op::Release { vol })
+        let why = match c.fresh_attachments(&vol.name).await {
+            Err(e) => format!("{e}; not released until the detach is confirmed"),
+            Ok(fresh) => match fresh.iter().find(|f| f.node == c.node) {
+                None => return Ok(Op::Release { vol }),
+                Some(mine) => {
+                    let how = if mine.deleting {
+                        "is still being detached"
+                    } else {
+                        "still exists"
+                    };
+                    format!(
+                        "VolumeAttachment {} {how} (fresh list): not released yet",
+                        mine.name
+                    )
+                }
+            },
+        };
+        tracing::info!(volume = %vol.name, "{why}; checking it instead");
+        let live = c
+            .store
+            .lock()
+            .map(|s| s.nodes_of(&vol.name))
+            .unwrap_or_default();
+        Ok(Op::Check { vol, live })
     }
 }
 

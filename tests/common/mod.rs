@@ -261,3 +261,16 @@ pub fn keys_on(dev: &std::path::Path) -> Vec<ReservationKey> {
         .unwrap_or_else(|e| panic!("read keys on {}: {e}", dev.display()))
         .keys
 }
+
+/// The reservation holder's key, as sg_persist reads it on B2 (an independent cross-check).
+pub fn holder(lun: Lun) -> Option<u64> {
+    let (code, text) = sg_persist(&[
+        "--in",
+        "--read-reservation",
+        lun.sd("B2").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Key=0x"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).expect("hex key"))
+}

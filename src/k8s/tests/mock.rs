@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -98,12 +99,17 @@ pub fn va(name: &str, uid: &str, node: &str, pv: &str, attached: bool) -> Value 
 
 /// A CSI PV of block.csi.example.com for the simulated LUN.
 pub fn pv(name: &str, modes: &[&str]) -> Value {
+    pv_of(name, modes, "36001405000000001")
+}
+
+/// A CSI PV of block.csi.example.com whose volume handle is `handle`.
+pub fn pv_of(name: &str, modes: &[&str], handle: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {"name": name, "uid": format!("uid-{name}"), "annotations": {}},
         "spec": {"accessModes": modes, "capacity": {"storage": "10Gi"}, "volumeMode": "Block",
                  "storageClassName": "san-block",
-                 "csi": {"driver": "block.csi.example.com", "volumeHandle": "36001405000000001"}}
+                 "csi": {"driver": "block.csi.example.com", "volumeHandle": handle}}
     })
 }
 
@@ -130,10 +136,25 @@ impl MockApi {
 
     /// A kube client talking to this mock in-process.
     pub fn client(&self) -> kube::Client {
+        self.client_cut_by(Arc::new(AtomicBool::new(false)))
+    }
+
+    /// A client whose node is cut off from the API server while `cut` is set
+    /// (a network partition of one node; the others still reach it).
+    pub fn client_cut_by(&self, cut: Arc<AtomicBool>) -> kube::Client {
         let me = self.clone();
         let svc = tower::service_fn(move |req: Request<kube::client::Body>| {
             let me = me.clone();
-            async move { me.handle(req).await }
+            let cut = cut.load(Ordering::Relaxed);
+            async move {
+                if cut {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no route to host",
+                    ));
+                }
+                me.handle(req).await
+            }
         });
         kube::Client::new(svc, "default")
     }
@@ -281,7 +302,7 @@ impl MockApi {
 
     fn route(&self, s: &Seen) -> Response<Body> {
         let Some((group, resource, verb)) =
-            super::super::api::classify(&s.method, &s.path, &s.query)
+            csi_fencer::k8s::api::classify(&s.method, &s.path, &s.query)
         else {
             return status(
                 404,
