@@ -10,24 +10,21 @@ mod common;
 #[path = "../src/k8s/tests/mock.rs"]
 mod mock;
 
+#[allow(dead_code, missing_docs)]
+#[path = "../src/k8s/tests/node.rs"]
+mod node;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use csi_fencer::daemon::grpc::World;
-use csi_fencer::daemon::metrics::Metrics;
 use csi_fencer::daemon::reconcile::{Phase, Reconciler};
 use csi_fencer::device::{Resolver, Sysfs};
-use csi_fencer::fence::engine::{Engine, EngineConfig};
-use csi_fencer::fence::policy::Policy;
-use csi_fencer::fence::state::StateStore;
-use csi_fencer::k8s::authority::ApiAuthority;
-use csi_fencer::k8s::cluster::Cluster;
-use csi_fencer::k8s::source::Tick;
-use csi_fencer::source::rules::{compile, DriverRule, WwidFrom};
+use csi_fencer::fence::engine::Engine;
 use csi_fencer::transport::sgio::SgIo;
 use mock::{pv_of, va, MockApi};
+use node::start_node;
 
 const VOL0: Lun = Lun("VOL0");
 
@@ -35,62 +32,11 @@ type Rec = Arc<Reconciler<Engine<SgIo>>>;
 
 /// One node's daemon: its engine finds its own maps by `prefix`.
 fn start(api: &MockApi, node: &str, prefix: &str, cut: Arc<AtomicBool>) -> (Rec, Arc<AtomicBool>) {
-    let state = format!("/tmp/kube-state-{node}");
+    let state = std::path::PathBuf::from(format!("/tmp/kube-state-{node}"));
     let _ = std::fs::remove_dir_all(&state);
-    let mut cfg = EngineConfig::new(node, tag());
-    cfg.known_nodes = ["node-a".to_string(), "node-b".to_string()].into();
-    cfg.device_wait = Duration::from_secs(5);
-    let engine = Engine::new(
-        cfg,
-        SgIo,
-        Resolver::new(Sysfs::default(), prefix),
-        StateStore::open(std::path::Path::new(&state)).expect("state dir"),
-    );
-    let rules = vec![DriverRule {
-        name: "block.csi.example.com".into(),
-        wwid: WwidFrom::VolumeHandle(compile("^(?P<wwid>3[0-9a-f]+)$").expect("regex")),
-        reservation_type: None,
-        preempt: None,
-    }];
-    let cluster = Arc::new(Cluster::new(
-        api.client_cut_by(cut),
-        node.into(),
-        Duration::from_secs(2),
-        rules,
-    ));
-    let metrics = Arc::new(Metrics::new());
-    let auth = Box::new(ApiAuthority(Arc::clone(&cluster)));
-    let rec = Reconciler::with_authority(
-        Arc::new(engine),
-        metrics.clone(),
-        4,
-        Duration::from_secs(30),
-        auth,
-    );
-    let ready = Arc::new(AtomicBool::new(false));
-    let world = World {
-        node: node.into(),
-        policy: Policy::default(),
-        snapshot: Arc::new(std::sync::Mutex::new((
-            Default::default(),
-            std::time::SystemTime::now(),
-        ))),
-    };
-    let tick = Tick {
-        monitor: Duration::from_millis(300),
-        resync: Duration::from_millis(500),
-        policy: Policy::default(),
-    };
-    tokio::spawn(csi_fencer::k8s::daemon::run(
-        cluster,
-        Arc::clone(&rec),
-        metrics,
-        ready.clone(),
-        world,
-        tick,
-        tag(),
-    ));
-    (rec, ready)
+    let resolver = Resolver::new(Sysfs::default(), prefix);
+    let d = start_node(api.client_cut_by(cut), node, SgIo, resolver, &state);
+    (d.rec, d.ready)
 }
 
 fn phase(rec: &Rec) -> Option<Phase> {

@@ -27,7 +27,9 @@ pub fn field_manager(node: &str) -> String {
 struct Seen {
     created: bool,
     rtype: Option<ReservationType>,
-    since: String,
+    /// The last status body applied: a monitor check that changed nothing
+    /// is not written again (each one would cost an API request).
+    applied: Option<serde_json::Value>,
 }
 
 /// The reporter of one node.
@@ -85,59 +87,60 @@ impl Publisher {
         }
     }
 
-    /// Applies the status and emits the Events of one update.
+    /// Applies the status (when it differs from the last one applied) and
+    /// emits the Events of one update; Events go out even if the status
+    /// could not be written.
     pub async fn publish(&mut self, u: &Update) -> Result<(), KubeError> {
         let pv = u.status.volume.clone();
         let info = self.cluster.volume(&pv).await.ok();
-        let seen = self.seen.entry(pv.clone()).or_default();
+        let status = self
+            .apply_status(u, info.as_ref().map(|i| i.uid.as_str()))
+            .await;
+        let uid = info.map(|i| i.uid).unwrap_or_default();
+        for ev in events(u, &self.cluster.node) {
+            self.event(&pv, &uid, ev).await?;
+        }
+        status
+    }
+
+    async fn apply_status(&mut self, u: &Update, pv_uid: Option<&str>) -> Result<(), KubeError> {
+        let pv = u.status.volume.as_str();
+        let seen = self.seen.entry(pv.to_string()).or_default();
         if u.reservation_type.is_some() {
             seen.rtype = u.reservation_type;
         }
-        if u.changed || seen.since.is_empty() {
-            seen.since = rfc3339(u.status.last_transition);
+        let since = rfc3339(u.status.last_transition);
+        let body = status_body(pv, &self.cluster.node, self.key, u, seen.rtype, &since);
+        if seen.applied.as_ref() == Some(&body) {
+            return Ok(());
         }
         let manager = field_manager(&self.cluster.node);
         let params = PatchParams::apply(&manager).force();
         let api: Api<VolumeReservation> = Api::all(self.cluster.client.clone());
         let (health, timeout) = (&self.cluster.health, self.cluster.timeout);
         if !seen.created {
-            let mut meta = json!({ "name": pv });
-            if let Some(i) = info.as_ref().filter(|i| !i.uid.is_empty()) {
-                meta["ownerReferences"] = json!([{
-                    "apiVersion": "v1", "kind": "PersistentVolume", "name": pv, "uid": i.uid,
-                }]);
-            }
-            let body = json!({
-                "apiVersion": "csi-fencer.io/v1alpha1", "kind": "VolumeReservation",
-                "metadata": meta, "spec": { "persistentVolumeName": pv },
-            });
-            let patch = Patch::Apply(&body);
-            let fut = api.patch(&pv, &params, &patch);
+            let object = object_body(pv, pv_uid);
+            let patch = Patch::Apply(&object);
+            let fut = api.patch(pv, &params, &patch);
             call(health, timeout, Call::ApplyVolumeReservation, fut).await?;
             seen.created = true;
         }
-        let body = status_body(
-            &pv,
-            &self.cluster.node,
-            self.key,
-            u,
-            seen.rtype,
-            &seen.since,
-        );
         let patch = Patch::Apply(&body);
-        let fut = api.patch_status(&pv, &params, &patch);
-        if let Err(e) = call(health, timeout, Call::ApplyVolumeReservationStatus, fut).await {
-            // Deleted behind our back: apply the object again next time.
-            if matches!(&e, KubeError::Api { code: 404, .. }) {
-                seen.created = false;
+        let fut = api.patch_status(pv, &params, &patch);
+        match call(health, timeout, Call::ApplyVolumeReservationStatus, fut).await {
+            Ok(_) => {
+                seen.applied = Some(body);
+                Ok(())
             }
-            return Err(e);
+            Err(e) => {
+                // Deleted behind our back: apply the object again next time.
+                if matches!(&e, KubeError::Api { code: 404, .. }) {
+                    seen.created = false;
+                }
+                seen.applied = None;
+                Err(e)
+            }
         }
-        let uid = info.map(|i| i.uid).unwrap_or_default();
-        for ev in events(u, &self.cluster.node) {
-            self.event(&pv, &uid, ev).await?;
-        }
-        Ok(())
     }
 
     async fn event(&self, pv: &str, uid: &str, ev: Event) -> Result<(), KubeError> {
@@ -157,6 +160,20 @@ impl Publisher {
         )
         .await
     }
+}
+
+/// The object itself, owned by its PV so it goes when the PV goes.
+fn object_body(pv: &str, pv_uid: Option<&str>) -> Value {
+    let mut meta = json!({ "name": pv });
+    if let Some(uid) = pv_uid.filter(|u| !u.is_empty()) {
+        meta["ownerReferences"] = json!([{
+            "apiVersion": "v1", "kind": "PersistentVolume", "name": pv, "uid": uid,
+        }]);
+    }
+    json!({
+        "apiVersion": "csi-fencer.io/v1alpha1", "kind": "VolumeReservation",
+        "metadata": meta, "spec": { "persistentVolumeName": pv },
+    })
 }
 
 /// The status apply body: this node's entry, plus the volume-wide fields

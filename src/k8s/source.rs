@@ -48,23 +48,26 @@ pub async fn drive<F: Fencer>(
     let mut stream = watcher(api, cfg).default_backoff().boxed();
     let mut monitor = tokio::time::interval(tick.monitor);
     let mut resync = tokio::time::interval(tick.resync);
-    let mut relist: Option<Vec<Touched>> = None;
     let mut loaded = false;
     let mut mine: BTreeSet<String> = BTreeSet::new();
     loop {
         let check = tokio::select! {
             ev = stream.next() => {
                 let Some(ev) = ev else { return };
-                let touched = match ev {
-                    Ok(ev) => on_event(&cluster, &metrics, &mut relist, &mut loaded, ev),
+                let change = match ev {
+                    Ok(ev) => on_event(&cluster, &metrics, &mut loaded, ev),
                     Err(e) => {
                         on_error(&cluster, &metrics, e);
-                        Vec::new()
+                        Change::Touched(Vec::new())
                     }
                 };
-                let relevant = touched
-                    .iter()
-                    .any(|t| *t.node == cluster.node || mine.contains(&t.pv));
+                let relevant = match change {
+                    // Everything of this node is worth a look after a relist.
+                    Change::Relisted => true,
+                    Change::Touched(t) => t
+                        .iter()
+                        .any(|t| *t.node == cluster.node || mine.contains(&t.pv)),
+                };
                 if !relevant || !loaded {
                     publish_health(&cluster, &metrics, &ready, loaded);
                     continue;
@@ -106,14 +109,21 @@ fn publish_health(cluster: &Cluster, metrics: &Metrics, ready: &AtomicBool, load
     ready.store(loaded && up, Ordering::Relaxed);
 }
 
-/// Applies one watch event to the cache; what it touched.
+/// What a watch event changed in the cache.
+enum Change {
+    /// These attachments (none for a no-op).
+    Touched(Vec<Touched>),
+    /// A (re)list completed: the cache is new.
+    Relisted,
+}
+
+/// Applies one watch event to the cache.
 fn on_event(
     cluster: &Cluster,
     metrics: &Metrics,
-    relist: &mut Option<Vec<Touched>>,
     loaded: &mut bool,
     ev: watcher::Event<SlimVa>,
-) -> Vec<Touched> {
+) -> Change {
     use watcher::Event as E;
     let label = match &ev {
         E::Apply(_) => "apply",
@@ -125,38 +135,36 @@ fn on_event(
     metrics.kube_watch_events.with_label_values(&[label]).inc();
     cluster.health.observe(Ok(()));
     let Ok(mut store) = cluster.store.lock() else {
-        return Vec::new();
+        return Change::Touched(Vec::new());
     };
-    let touched = match ev {
-        E::Apply(va) => store.apply(&va).into_iter().collect(),
-        E::Delete(va) => store.remove(&va).into_iter().collect(),
+    let change = match ev {
+        E::Apply(va) => Change::Touched(store.apply(&va).into_iter().collect()),
+        E::Delete(va) => Change::Touched(store.remove(&va).into_iter().collect()),
         E::Init => {
             store.begin_relist();
-            *relist = Some(Vec::new());
-            Vec::new()
+            Change::Touched(Vec::new())
         }
         E::InitApply(va) => {
-            let t = store.apply(&va);
-            relist.get_or_insert_with(Vec::new).extend(t);
-            Vec::new()
+            store.apply(&va);
+            Change::Touched(Vec::new())
         }
         E::InitDone => {
-            let mut t = relist.take().unwrap_or_default();
-            t.extend(store.finish_relist());
-            if !*loaded {
+            let gone = store.finish_relist();
+            if *loaded {
+                tracing::info!(
+                    gone = gone.len(),
+                    cached = store.len(),
+                    "VolumeAttachments relisted"
+                );
+            } else {
                 tracing::info!(cached = store.len(), "VolumeAttachments listed");
             }
             *loaded = true;
-            // Everything of this node is worth a look after a relist.
-            t.push(Touched {
-                pv: "".into(),
-                node: Arc::from(cluster.node.as_str()),
-            });
-            t
+            Change::Relisted
         }
     };
     metrics.volumeattachments.set(store.len() as i64);
-    touched
+    change
 }
 
 fn on_error(cluster: &Cluster, metrics: &Metrics, e: watcher::Error) {

@@ -191,6 +191,17 @@ impl MockApi {
         self.change(kind, obj);
     }
 
+    /// Creates a VolumeAttachment that watches have not delivered yet: a
+    /// fresh LIST or GET shows it, a watch cache does not.
+    pub fn put_va_unwatched(&self, obj: Value) {
+        let mut db = self.db.lock().unwrap();
+        db.rv += 1;
+        let mut obj = obj;
+        obj["metadata"]["resourceVersion"] = json!(db.rv.to_string());
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        db.vas.insert(name, obj);
+    }
+
     /// Deletes a VolumeAttachment (a watch event follows).
     pub fn delete_va(&self, name: &str) {
         let obj = self.db.lock().unwrap().vas.get(name).cloned();

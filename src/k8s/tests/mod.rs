@@ -3,6 +3,7 @@
 
 mod lun;
 mod mock;
+mod node;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
@@ -11,19 +12,15 @@ use std::time::Duration;
 
 use self::lun::{SimLun, INITIATOR_A};
 use self::mock::{pv, va, MockApi};
-use super::authority::ApiAuthority;
+use self::node::{rules, start_node};
 use super::cluster::Cluster;
-use super::source::Tick;
-use crate::daemon::grpc::World;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::reconcile::{Phase, Reconciler};
 use crate::device::{Resolver, Sysfs};
-use crate::fence::engine::{Engine, EngineConfig};
+use crate::fence::engine::Engine;
 use crate::fence::keys::ClusterTag;
-use crate::fence::policy::Policy;
-use crate::fence::state::StateStore;
 use crate::scsi::prout::PrOut;
-use crate::source::rules::{compile, DriverRule, WwidFrom};
+use crate::source::rules::DriverRule;
 use crate::testutil::TempDir;
 
 const VA: &str = "csi-0a1b";
@@ -44,76 +41,28 @@ struct Rig {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn rules() -> Vec<DriverRule> {
-    vec![DriverRule {
-        name: "block.csi.example.com".into(),
-        wwid: WwidFrom::VolumeHandle(compile("^(?P<wwid>3[0-9a-f]+)$").unwrap()),
-        reservation_type: None,
-        preempt: None,
-    }]
-}
-
 /// node-a's daemon against `api`, its LUN in `lun`.
 async fn start(api: MockApi, lun: SimLun) -> Rig {
     let sys = crate::testutil::iscsi_fixture(INITIATOR_A);
     let state = TempDir::new("k8s-state");
     let lun = Arc::new(lun);
-    // As `run` does: the Node list names other nodes' keys in reports.
-    let mut cfg = EngineConfig::new("node-a", tag());
-    cfg.known_nodes = ["node-a".to_string(), "node-b".to_string()].into();
-    let engine = Engine::new(
-        cfg,
-        Arc::clone(&lun),
-        Resolver::new(Sysfs::new(sys.path(), "/dev"), "mpath-"),
-        StateStore::open(state.path()).unwrap(),
-    );
-    let metrics = Arc::new(Metrics::new());
-    let cluster = Arc::new(Cluster::new(
+    let resolver = Resolver::new(Sysfs::new(sys.path(), "/dev"), "mpath-");
+    let d = start_node(
         api.client(),
-        "node-a".into(),
-        Duration::from_secs(2),
-        rules(),
-    ));
-    let auth = Box::new(ApiAuthority(Arc::clone(&cluster)));
-    let rec = Reconciler::with_authority(
-        Arc::new(engine),
-        metrics.clone(),
-        4,
-        Duration::from_secs(10),
-        auth,
+        "node-a",
+        Arc::clone(&lun),
+        resolver,
+        state.path(),
     );
-    let ready = Arc::new(AtomicBool::new(false));
-    let world = World {
-        node: "node-a".into(),
-        policy: Policy::default(),
-        snapshot: Arc::new(std::sync::Mutex::new((
-            Default::default(),
-            std::time::SystemTime::now(),
-        ))),
-    };
-    let tick = Tick {
-        monitor: Duration::from_millis(300),
-        resync: Duration::from_millis(500),
-        policy: Policy::default(),
-    };
-    let task = tokio::spawn(super::daemon::run(
-        Arc::clone(&cluster),
-        Arc::clone(&rec),
-        metrics.clone(),
-        ready.clone(),
-        world,
-        tick,
-        tag(),
-    ));
     Rig {
         api,
         lun,
-        rec,
-        metrics,
-        ready,
-        cluster,
+        rec: d.rec,
+        metrics: d.metrics,
+        ready: d.ready,
+        cluster: d.cluster,
         _dirs: (sys, state),
-        task,
+        task: d.task,
     }
 }
 
@@ -278,6 +227,19 @@ async fn a_node_that_finds_its_key_preempted_reports_fenced_and_never_registers_
     rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
     rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
     let sent = rig.lun.pr_out().len();
+    // Monitor checks that find nothing new write no status.
+    rig.until("status applied", |r| r.api.last("pv-1/status").is_some())
+        .await;
+    let applies = |r: &Rig| {
+        r.api
+            .seen()
+            .iter()
+            .filter(|s| s.path.ends_with("pv-1/status"))
+            .count()
+    };
+    let before = applies(&rig);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(applies(&rig), before, "three monitor checks, no new status");
     rig.lun.taken_by(
         "iqn.2025-01.test.rig:nodeb",
         tag().key_for("node-b"),
@@ -309,6 +271,72 @@ async fn a_node_that_finds_its_key_preempted_reports_fenced_and_never_registers_
         &rig.lun.pr_out()[sent..]
     );
     assert_eq!(rig.phase(), Some(Phase::Fenced));
+}
+
+#[tokio::test]
+async fn the_live_set_comes_from_a_fresh_list_not_the_watch_cache() {
+    // A multi-node volume: node-b attached a moment ago and registered; our
+    // watch has not delivered its VolumeAttachment yet. The cache alone would
+    // call node-b's key stale and preempt it (I2).
+    let api = MockApi::new(&["node-a", "node-b"]);
+    api.put_pv(pv("pv-1", &["ReadWriteMany"]));
+    let lun = SimLun::new();
+    let b = tag().key_for("node-b");
+    lun.register_other("iqn.2025-01.test.rig:nodeb", b, false);
+    let rig = start(api, lun).await;
+    rig.loaded().await;
+    rig.api
+        .put_va_unwatched(va("csi-b", "uid-b", "node-b", "pv-1", true));
+    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
+    rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
+    assert_eq!(
+        rig.cluster.store.lock().unwrap().len(),
+        1,
+        "node-b's attachment is not cached"
+    );
+    assert!(
+        rig.lun.keys().0.contains(&b),
+        "node-b's key stays: {:?}",
+        rig.lun.keys()
+    );
+    assert!(
+        !rig.lun
+            .pr_out()
+            .iter()
+            .any(|(_, o)| matches!(o, PrOut::Preempt { .. })),
+        "nothing preempted: {:?}",
+        rig.lun.pr_out()
+    );
+}
+
+#[tokio::test]
+async fn an_unconfirmed_detach_releases_nothing_and_the_volume_stays_monitored() {
+    let rig = start(api(), SimLun::new()).await;
+    rig.loaded().await;
+    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
+    rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
+    let sent = rig.lun.pr_out().len();
+    // The watch (already open) delivers the delete, but the fresh list that
+    // would confirm it cannot be made: no release (I4), only checks.
+    rig.api.set_down(true);
+    rig.api.delete_va(VA);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        rig.lun.pr_out().len(),
+        sent,
+        "nothing sent: {:?}",
+        &rig.lun.pr_out()[sent..]
+    );
+    assert_eq!(rig.phase(), Some(Phase::Held));
+    // Those checks still notice a preemption (I7).
+    rig.lun.taken_by(
+        "iqn.2025-01.test.rig:nodeb",
+        tag().key_for("node-b"),
+        tag().key_for("node-a"),
+    );
+    rig.until("fenced", |r| r.phase() == Some(Phase::Fenced))
+        .await;
+    assert_eq!(rig.lun.pr_out().len(), sent);
 }
 
 #[tokio::test]
