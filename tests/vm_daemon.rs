@@ -325,9 +325,15 @@ fn a_hung_path_does_not_delay_another_volume() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let held = wait("pv-0", "held", Duration::from_secs(10));
+    // pv-1 is listed first: had the daemon waited for it, pv-1 would already
+    // be reported hung when pv-0 is held.
+    assert_ne!(
+        a.phase_of("pv-1").as_deref(),
+        Some("error"),
+        "pv-0 was held only after pv-1's operation timed out ({held:?})"
+    );
     let timed_out = wait("pv-1", "error", Duration::from_secs(15));
     println!("pv-0 held after {held:?}; pv-1 reported hung after {timed_out:?}");
-    assert!(held < timed_out, "pv-0 did not wait for pv-1");
     assert_eq!(sg_read_keys(&VOL0.sd("B1")), vec![key_a().0, key_a().0]);
     assert!(
         sg_read_keys(&VOL1.sd("B1")).is_empty(),

@@ -640,12 +640,12 @@ impl ExtraPath {
 
 impl Drop for ExtraPath {
     fn drop(&mut self) {
-        let iqn = env("RIG_TARGET_IQN");
-        let _ = run_ok(
-            "dmsetup",
-            &["reload", &self.map, "--table", &self.old_table],
-        );
-        let _ = run_ok("dmsetup", &["resume", &self.map]);
+        // Best effort, and never a panic: this runs while a failed test unwinds,
+        // and a second panic would abort every remaining test of the binary.
+        let iqn = std::env::var("RIG_TARGET_IQN").unwrap_or_default();
+        let dmsetup = |args: &[&str]| std::process::Command::new("dmsetup").args(args).output();
+        let _ = dmsetup(&["reload", &self.map, "--table", &self.old_table]);
+        let _ = dmsetup(&["resume", &self.map]);
         let _ = std::process::Command::new("iscsiadm")
             .args([
                 "-m",

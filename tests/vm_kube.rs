@@ -128,11 +128,24 @@ fn a_kubernetes_failover_fences_the_cut_off_node_on_the_lun() {
         .await;
         assert_eq!(keys(), vec![key_b().0, key_b().0]);
         assert_eq!(holder(VOL0), Some(key_b().0));
-        let st = api.last("pv-vol0/status").expect("a status apply");
-        assert!(st.body["status"]["nodes"]
-            .as_array()
-            .is_some_and(|n| n.len() == 1));
+        // Each node applied only its own entry; the last words of each.
+        let last_of = |node: &str| {
+            api.seen()
+                .into_iter()
+                .rfind(|s| {
+                    s.path.ends_with("pv-vol0/status")
+                        && s.body["status"]["nodes"][0]["node"] == node
+                })
+                .unwrap_or_else(|| panic!("no status from {node}"))
+                .body
+        };
+        until("node-a published Released", || {
+            last_of("node-a")["status"]["nodes"][0]["state"] == "Released"
+        })
+        .await;
+        let b_last = last_of("node-b");
+        assert_eq!(b_last["status"]["nodes"][0]["state"], "Holder");
+        assert_eq!(b_last["status"]["holder"]["node"], "node-b");
     });
     rt.shutdown_background();
-    reset_lun(VOL0);
 }

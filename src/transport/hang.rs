@@ -9,16 +9,22 @@ use std::time::Duration;
 use super::{Completion, ScsiError, Transport};
 use crate::scsi::Command;
 
-/// Passes commands to `inner`, except to `devices`, where it blocks.
+/// Passes commands to `inner`, except to `devices`, where it blocks for an
+/// hour and then fails with a timeout without sending anything.
 pub struct Hanging<T> {
     inner: T,
     devices: Vec<PathBuf>,
+    hang: Duration,
 }
 
 impl<T> Hanging<T> {
     /// Blocks forever on `devices` (empty: never).
     pub fn new(inner: T, devices: Vec<PathBuf>) -> Self {
-        Hanging { inner, devices }
+        Hanging {
+            inner,
+            devices,
+            hang: Duration::from_secs(3600),
+        }
     }
 }
 
@@ -31,8 +37,35 @@ impl<T: Transport> Transport for Hanging<T> {
     ) -> Result<Completion, ScsiError> {
         if self.devices.iter().any(|d| d == path) {
             // An uninterruptible SG_IO ignores its own timeout; so does this.
-            std::thread::sleep(Duration::from_secs(3600));
+            // The command is never sent: a PR OUT landing an hour late would
+            // act without fresh authority (I1).
+            std::thread::sleep(self.hang);
+            return Err(ScsiError::Timeout {
+                device: path.to_path_buf(),
+                command: cmd.into(),
+                after: self.hang,
+            });
         }
         self.inner.execute(path, cmd, timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::scripted::Scripted;
+
+    #[test]
+    fn a_hung_device_never_gets_the_command_and_others_do() {
+        let inner = Scripted::new(vec![Completion::good(Vec::new())]);
+        let mut h = Hanging::new(&inner, vec![PathBuf::from("/dev/sdc")]);
+        h.hang = Duration::from_millis(10);
+        let tur = crate::scsi::cdb::test_unit_ready();
+        let e = h.execute(Path::new("/dev/sdc"), &tur, Duration::from_secs(1));
+        assert!(matches!(e, Err(ScsiError::Timeout { .. })), "{e:?}");
+        assert!(inner.sent().is_empty(), "nothing reached the device");
+        h.execute(Path::new("/dev/sdd"), &tur, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(inner.sent().len(), 1);
     }
 }
