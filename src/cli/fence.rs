@@ -22,8 +22,9 @@ use super::GlobalArgs;
 
 /// Exit code: the node is fenced (its key was preempted).
 pub const FENCED: i32 = 10;
-/// Exit code: the engine refused to act (see the message).
-pub const REFUSED: i32 = 11;
+/// Exit code: the engine refused to act (see the message). Not 11, which
+/// sg3_utils uses for an aborted command.
+pub const REFUSED: i32 = 17;
 /// Exit code: done, but some path could not be registered.
 pub const PARTIAL: i32 = 12;
 /// Exit code: the LUN's PR state kept changing while it was read; try again.
@@ -32,12 +33,15 @@ pub const UNSTABLE: i32 = 13;
 pub const IDENTITY: i32 = 14;
 /// Exit code: the state store failed.
 pub const STATE: i32 = 16;
+/// Exit code of `check`: this node is not registered (not 2, sg3_utils' "not ready").
+pub const NOT_REGISTERED: i32 = 18;
 
 const FENCE_HELP: &str = "\
 Exit codes: 0 done (acquire: held; release: released; check: registered), 10 this node \
-is FENCED, 11 refused (a live node holds it, foreign holder, stale authorization …), \
-12 some path not registered (or none usable), 13 the PR state kept changing while read \
-(try again), 14 identity mismatch (wrong LUN), 16 state store error; \
+is FENCED, 12 some path not registered (or none usable), 13 the PR state kept changing \
+while read (try again), 14 identity mismatch (wrong LUN), 16 state store error, \
+17 refused (a live node holds it, foreign holder, stale authorization …), 18 check: \
+this node is not registered (never was, or released); \
 device errors as in `csi-fencer --help` (15 cannot open, 24 conflict, 33 timeout …).
 
 Examples:
@@ -252,7 +256,7 @@ fn exit_code(op: Op, out: &Outcome) -> i32 {
         (_, _) if out.dry_run => exit::OK,
         (Op::Release, VolumeState::NotRegistered) => exit::OK,
         (Op::Release, _) => PARTIAL,
-        (Op::Check, VolumeState::NotRegistered) => 2,
+        (Op::Check, VolumeState::NotRegistered) => NOT_REGISTERED,
         (_, VolumeState::Held | VolumeState::Registered) if partial => PARTIAL,
         (_, VolumeState::Held | VolumeState::Registered) => exit::OK,
         (Op::Acquire, VolumeState::NotRegistered) => PARTIAL,
@@ -311,4 +315,53 @@ fn print(out: &Outcome, json: bool) {
         "  PR generation {:#x} -> {:#x}",
         out.generation.0, out.generation.1
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fencing_exit_codes_never_reuse_an_sg3_utils_code() {
+        let ours = [
+            FENCED,
+            REFUSED,
+            PARTIAL,
+            UNSTABLE,
+            IDENTITY,
+            STATE,
+            NOT_REGISTERED,
+        ];
+        let sg3 = [
+            exit::OK,
+            exit::USAGE,
+            exit::NOT_READY,
+            exit::MEDIUM_HARD,
+            exit::ILLEGAL_REQUEST,
+            exit::UNIT_ATTENTION,
+            exit::UNSUPPORTED,
+            exit::ABORTED,
+            exit::FILE_ERROR,
+            exit::CONFLICT,
+            exit::TIMEOUT,
+            exit::TRANSPORT,
+            exit::MALFORMED,
+            exit::OTHER,
+        ];
+        for c in ours {
+            assert!(
+                !sg3.contains(&c),
+                "exit code {c} already means something in sg3_utils"
+            );
+            assert_eq!(
+                ours.iter().filter(|o| **o == c).count(),
+                1,
+                "{c} used twice"
+            );
+            assert!(
+                FENCE_HELP.contains(&format!("{c} ")),
+                "{c} missing from the help"
+            );
+        }
+    }
 }
