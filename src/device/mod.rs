@@ -8,4 +8,4 @@ mod resolve;
 mod sysfs;
 
 pub use resolve::{LunDevices, NotFound, Resolver};
-pub use sysfs::{DeviceError, NodeKind, PathInfo, Sysfs};
+pub use sysfs::{DeviceError, InitiatorPort, NodeKind, PathInfo, Sysfs};

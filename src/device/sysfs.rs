@@ -199,7 +199,7 @@ impl Sysfs {
     /// The initiator port of the I_T nexus a path device sits on, from the
     /// transport classes in sysfs: an iSCSI session's initiator name and ISID,
     /// or an FC host's WWPN. `None` for transports it cannot name (SAS, …).
-    pub fn initiator_port(&self, name: &str) -> Option<TransportId> {
+    pub fn initiator_port(&self, name: &str) -> Option<InitiatorPort> {
         let dev = fs::canonicalize(self.block(name).join("device")).ok()?;
         let parts: Vec<String> = dev
             .components()
@@ -208,18 +208,25 @@ impl Sysfs {
         if let Some(session) = parts.iter().find(|p| p.starts_with("session")) {
             let dir = self.root.join("class/iscsi_session").join(session);
             let name = read_trimmed(&dir.join("initiatorname"))?;
-            let isid = read_trimmed(&dir.join("isid"))
+            let read = read_trimmed(&dir.join("isid"))
                 .map(|i| i.trim_start_matches("0x").to_ascii_lowercase())
-                .filter(|i| !i.is_empty())
-                .or_else(|| open_iscsi_isid(session));
-            return Some(TransportId::Iscsi { name, isid });
+                .filter(|i| !i.is_empty());
+            let isid_guessed = read.is_none();
+            let isid = read.or_else(|| open_iscsi_isid(session));
+            return Some(InitiatorPort {
+                id: TransportId::Iscsi { name, isid },
+                isid_guessed,
+            });
         }
         if parts.iter().any(|p| p.starts_with("rport-")) {
             let host = parts.iter().find(|p| p.starts_with("host"))?;
             let wwpn = read_trimmed(&self.root.join("class/fc_host").join(host).join("port_name"))?;
             let b = decode_hex(wwpn.trim_start_matches("0x"))?;
-            return Some(TransportId::FibreChannel {
-                n_port_name: b.try_into().ok()?,
+            return Some(InitiatorPort {
+                id: TransportId::FibreChannel {
+                    n_port_name: b.try_into().ok()?,
+                },
+                isid_guessed: false,
             });
         }
         None
@@ -231,12 +238,21 @@ impl Sysfs {
     }
 }
 
+/// The initiator side of a path's I_T nexus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitiatorPort {
+    /// As a TransportID.
+    pub id: TransportId,
+    /// The iSCSI ISID is not in sysfs and was derived from the session number.
+    pub isid_guessed: bool,
+}
+
 /// The ISID open-iscsi's iscsid gives a software-iSCSI session, which the
 /// kernel does not show in sysfs: its OUI-format prefix 00:02:3d and the
 /// 24-bit session number (`session7` -> `00023d000007`; seen on every LIO
-/// READ FULL STATUS in the rig). If another initiator numbers differently,
-/// no registration matches and the engine merely registers the path again
-/// (REGISTER AND IGNORE EXISTING KEY with the same key is harmless).
+/// READ FULL STATUS in the rig). It is a guess: when no registration matches
+/// it, the path's registration is unknown, not absent (so a release still
+/// unregisters it and a check registers it again).
 fn open_iscsi_isid(session: &str) -> Option<String> {
     let n: u32 = session.strip_prefix("session")?.parse().ok()?;
     (n < 1 << 24).then(|| format!("00023d{n:06x}"))
@@ -324,9 +340,12 @@ mod tests {
         let (_d, s) = fixture();
         assert_eq!(
             s.initiator_port("sdc"),
-            Some(TransportId::Iscsi {
-                name: "iqn.2025-01.test.rig:nodea".into(),
-                isid: Some("00023d000001".into())
+            Some(InitiatorPort {
+                id: TransportId::Iscsi {
+                    name: "iqn.2025-01.test.rig:nodea".into(),
+                    isid: Some("00023d000001".into())
+                },
+                isid_guessed: false,
             })
         );
         assert_eq!(
@@ -335,6 +354,13 @@ mod tests {
             "no session directory for session2"
         );
         assert_eq!(s.scsi_wwid("sdc").as_deref(), Some("naa.6001405abc"));
+        // No isid attribute (open-iscsi's software sessions): derived, and said so.
+        let d = crate::testutil::iscsi_fixture("iqn.x:y");
+        let p = Sysfs::new(d.path(), "/dev").initiator_port("sdd").unwrap();
+        assert_eq!(
+            (p.id.to_string(), p.isid_guessed),
+            ("iscsi iqn.x:y,i,0x00023d000002".to_string(), true)
+        );
         assert_eq!(s.block_devices(), vec!["dm-0", "sdc", "sdd"]);
     }
 

@@ -17,7 +17,7 @@ use super::keys::ClusterTag;
 use super::policy::{AccessMode, Policy};
 use super::state::{AttachmentId, Phase, Record, StateError, StateStore};
 use crate::device::{DeviceError, NotFound, PathInfo, Resolver};
-use crate::scsi::{ReservationKey, TransportId, Wwid};
+use crate::scsi::{ReservationKey, Wwid};
 use crate::transport::{RetryPolicy, ScsiError, ScsiPath, Transport};
 
 /// A volume as the engine sees it: no Kubernetes types.
@@ -250,7 +250,7 @@ impl FenceError {
 struct UsablePath {
     dev: PathBuf,
     rtpi: Option<u16>,
-    initiator: Option<TransportId>,
+    initiator: Option<crate::device::InitiatorPort>,
 }
 
 /// The LUN as located for one operation.

@@ -194,7 +194,7 @@ impl<T: Transport> Engine<T> {
     fn match_paths(&self, loc: &Located, fs: &FullStatus) -> Vec<(PathBuf, PathRegistration)> {
         loc.usable
             .iter()
-            .map(|p| (p.dev.clone(), registration_of(p, fs, self.key)))
+            .map(|p| (p.dev.clone(), registration_of(p, &loc.usable, fs, self.key)))
             .collect()
     }
 
@@ -399,27 +399,64 @@ fn set_registrations(out: &mut Outcome, obs: &Observed) {
 /// Whether READ FULL STATUS lists this path's I_T nexus with our key.
 fn registration_of(
     p: &UsablePath,
+    all: &[UsablePath],
     fs: &FullStatus,
     ours: crate::scsi::ReservationKey,
 ) -> PathRegistration {
     let (Some(me), Some(rtpi)) = (&p.initiator, p.rtpi) else {
         return PathRegistration::Unknown;
     };
-    if matches!(me, TransportId::Iscsi { isid: None, .. }) {
+    if matches!(me.id, TransportId::Iscsi { isid: None, .. }) {
         return PathRegistration::Unknown;
     }
-    fs.registrations
+    let ours_here = |r: &&crate::scsi::Registration| {
+        r.key == ours && (r.all_target_ports || r.relative_target_port == rtpi)
+    };
+    let mut found = fs
+        .registrations
         .iter()
-        .find(|r| {
-            r.key == ours
-                && same_port(&r.transport_id, me)
-                && (r.all_target_ports || r.relative_target_port == rtpi)
-        })
-        .map(|r| PathRegistration::Registered {
+        .filter(ours_here)
+        .find(|r| same_port(&r.transport_id, &me.id));
+    if found.is_none() && me.isid_guessed {
+        // The ISID was derived, not read: if it was wrong, our registration
+        // carries another ISID. Take the one registration of our name on this
+        // port that no other path of ours claims exactly, so a release still
+        // unregisters it (I4) and a check does not register it again.
+        let claimed = |r: &crate::scsi::Registration| {
+            all.iter().any(|o| {
+                o.dev != p.dev
+                    && o.initiator
+                        .as_ref()
+                        .is_some_and(|i| same_port(&r.transport_id, &i.id))
+            })
+        };
+        let mut same_name = fs
+            .registrations
+            .iter()
+            .filter(ours_here)
+            .filter(|r| !claimed(r) && same_iscsi_name(&r.transport_id, &me.id));
+        found = match (same_name.next(), same_name.next()) {
+            (Some(r), None) => Some(r),
+            _ => None,
+        };
+    }
+    match found {
+        Some(r) => PathRegistration::Registered {
             all_tg_pt: r.all_target_ports,
             holder: r.holder,
-        })
-        .unwrap_or(PathRegistration::NotRegistered)
+        },
+        None => PathRegistration::NotRegistered,
+    }
+}
+
+/// Both are iSCSI ports of the same initiator name, whatever their ISIDs.
+fn same_iscsi_name(a: &TransportId, b: &TransportId) -> bool {
+    match (a, b) {
+        (TransportId::Iscsi { name: n1, .. }, TransportId::Iscsi { name: n2, .. }) => {
+            n1.eq_ignore_ascii_case(n2)
+        }
+        _ => false,
+    }
 }
 
 /// TransportID equality; iSCSI names compare without case (RFC 3720 §3.2.6).
@@ -435,5 +472,89 @@ fn same_port(a: &TransportId, b: &TransportId) -> bool {
 fn set_problem(out: &mut Outcome, path: &Path, problem: String) {
     if let Some(r) = out.paths.iter_mut().find(|r| r.info.dev == path) {
         r.problem = Some(problem);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::InitiatorPort;
+    use crate::scsi::{Registration, ReservationKey};
+
+    const NAME: &str = "iqn.2025-01.test.rig:nodea";
+
+    fn path(dev: &str, rtpi: u16, isid: &str, guessed: bool) -> UsablePath {
+        UsablePath {
+            dev: PathBuf::from(dev),
+            rtpi: Some(rtpi),
+            initiator: Some(InitiatorPort {
+                id: TransportId::Iscsi {
+                    name: NAME.into(),
+                    isid: Some(isid.into()),
+                },
+                isid_guessed: guessed,
+            }),
+        }
+    }
+
+    fn reg(key: u64, rtpi: u16, isid: &str) -> Registration {
+        Registration {
+            key: ReservationKey(key),
+            all_target_ports: false,
+            holder: false,
+            rtype: None,
+            relative_target_port: rtpi,
+            transport_id: TransportId::Iscsi {
+                name: NAME.into(),
+                isid: Some(isid.into()),
+            },
+        }
+    }
+
+    fn of(paths: &[UsablePath], regs: Vec<Registration>) -> Vec<bool> {
+        let fs = FullStatus {
+            generation: 1,
+            registrations: regs,
+        };
+        paths
+            .iter()
+            .map(|p| registration_of(p, paths, &fs, ReservationKey(0xa)).is_registered())
+            .collect()
+    }
+
+    #[test]
+    fn a_wrong_isid_guess_still_finds_the_paths_own_registration() {
+        // The initiator numbers ISIDs its own way: no exact match on either path.
+        let paths = [
+            path("/dev/sdc", 1, "00023d000001", true),
+            path("/dev/sdd", 2, "00023d000002", true),
+        ];
+        let regs = || vec![reg(0xa, 1, "400001370000"), reg(0xa, 2, "400001370001")];
+        assert_eq!(
+            of(&paths, regs()),
+            [true, true],
+            "release must unregister both"
+        );
+        // Read from sysfs (not guessed), a mismatch is a mismatch.
+        let read = [
+            path("/dev/sdc", 1, "00023d000001", false),
+            path("/dev/sdd", 2, "00023d000002", false),
+        ];
+        assert_eq!(of(&read, regs()), [false, false]);
+    }
+
+    #[test]
+    fn a_new_session_on_a_registered_port_is_not_taken_for_registered() {
+        // sde is a second session through port 1; only sdc's nexus is registered.
+        let paths = [
+            path("/dev/sdc", 1, "00023d000001", true),
+            path("/dev/sde", 1, "00023d000005", true),
+        ];
+        assert_eq!(of(&paths, vec![reg(0xa, 1, "00023d000001")]), [true, false]);
+        // Another key on the port is never ours.
+        assert_eq!(
+            of(&paths, vec![reg(0xb, 1, "400001370000")]),
+            [false, false]
+        );
     }
 }
