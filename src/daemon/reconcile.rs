@@ -123,6 +123,11 @@ pub struct VolumeStatus {
     pub last_transition: u64,
     /// The attachment it holds under, if any.
     pub attachment: Option<String>,
+    /// The engine last found this node with a stake in the LUN (held,
+    /// registered or fenced). Set only from engine outcomes: a later error or
+    /// refusal of the source does not clear it, so the volume is still
+    /// monitored (I7) and still released on a detach.
+    pub on_lun: bool,
 }
 
 /// One thing to do for one volume.
@@ -202,11 +207,16 @@ pub fn plan(
         let live = snapshot.nodes_of(&a.volume);
         let st = statuses.get(&a.volume);
         let same = st.is_some_and(|s| s.attachment.as_deref() == Some(a.id.0.as_str()));
+        // An error after the engine found us on the LUN is settled too: the
+        // monitor's check (which needs no fresh authority) keeps watching it.
         let settled = same
-            && matches!(
-                st.map(|s| &s.phase),
-                Some(Phase::Held | Phase::Registered | Phase::Fenced | Phase::Released)
-            );
+            && st.is_some_and(|s| {
+                s.on_lun
+                    || matches!(
+                        s.phase,
+                        Phase::Held | Phase::Registered | Phase::Fenced | Phase::Released
+                    )
+            });
         if !settled {
             let auth = Authorization {
                 attachment: a.id.clone(),
@@ -220,8 +230,7 @@ pub fn plan(
     for (name, st) in statuses {
         // A fenced volume the source detached ends as released too (a no-op on
         // the LUN; the fenced record stays).
-        let held = matches!(st.phase, Phase::Held | Phase::Registered | Phase::Fenced);
-        if held && !mine.contains(name) {
+        if st.on_lun && !mine.contains(name) {
             if let Ok(wwid) = st.wwid.parse() {
                 let vol = Volume {
                     name: name.clone(),
@@ -444,6 +453,7 @@ impl<F: Fencer> Reconciler<F> {
             message,
             paths_registered: prev.as_ref().map_or(0, |p| p.paths_registered),
             paths_total: prev.as_ref().map_or(0, |p| p.paths_total),
+            on_lun: prev.as_ref().is_some_and(|p| p.on_lun),
             attachment: prev.and_then(|p| p.attachment),
         }
     }
@@ -506,7 +516,12 @@ impl<F: Fencer> Reconciler<F> {
         let mut update = None;
         if let Ok(mut all) = self.statuses.lock() {
             let prev = all.get(op.volume()).map(|s| s.phase.clone());
+            let on_lun = match &r {
+                Ok(_) => matches!(phase, Phase::Held | Phase::Registered | Phase::Fenced),
+                Err(_) => all.get(op.volume()).is_some_and(|s| s.on_lun),
+            };
             let st = VolumeStatus {
+                on_lun,
                 volume: op.volume().to_string(),
                 wwid,
                 last_transition: if prev.as_ref() == Some(&phase) {
@@ -612,6 +627,7 @@ mod tests {
         VolumeStatus {
             volume: volume.into(),
             wwid: "naa.6001405000000001".into(),
+            on_lun: matches!(phase, Phase::Held | Phase::Registered | Phase::Fenced),
             phase,
             message: String::new(),
             paths_registered: 2,
@@ -691,6 +707,28 @@ mod tests {
                 true
             ),
             vec!["release v1"]
+        );
+    }
+
+    #[test]
+    fn an_error_after_the_engine_found_us_on_the_lun_keeps_monitor_and_release() {
+        // A held volume whose last check timed out (or whose source refused):
+        // still checked when due (I7), no fresh authority needed; released on detach.
+        let errored = || {
+            let mut s = status("v1", Phase::Error, Some("g1"));
+            s.on_lun = true;
+            vec![s]
+        };
+        assert!(plan_for(vec![att("v1", "node-a", "g1")], errored(), false).is_empty());
+        assert_eq!(
+            plan_for(vec![att("v1", "node-a", "g1")], errored(), true),
+            vec!["check v1"]
+        );
+        assert_eq!(plan_for(vec![], errored(), false), vec!["release v1"]);
+        // A new attachment acquires, as always.
+        assert_eq!(
+            plan_for(vec![att("v1", "node-a", "g2")], errored(), false),
+            vec!["acquire v1"]
         );
     }
 

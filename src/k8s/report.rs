@@ -356,6 +356,7 @@ mod tests {
                 paths_total: 2,
                 last_transition: 0,
                 attachment: Some("uid-1".into()),
+                on_lun: true,
             },
             changed,
             outcome: None,
