@@ -85,15 +85,25 @@ fn entry(origin: &str, i: usize, e: Entry) -> Result<Attachment, SourceError> {
 }
 
 /// One entry per (volume, node); a volume has one WWID and one access mode;
-/// a single-node volume is attached to one node at a time.
+/// a single-node volume is attached to one node at a time; a LUN belongs to
+/// one volume (the live set of I2 is per volume: under two names, each
+/// node would take the other's key for stale).
 fn check_consistent(
     origin: &str,
     i: usize,
     a: &Attachment,
     before: &[Attachment],
 ) -> Result<(), SourceError> {
-    for b in before.iter().filter(|b| b.volume == a.volume) {
-        let why = if b.node == a.node {
+    let related = before
+        .iter()
+        .filter(|b| b.volume == a.volume || b.wwid == a.wwid);
+    for b in related {
+        let why = if b.volume != a.volume {
+            format!(
+                "LUN {} is listed as volume {} and as volume {}",
+                a.wwid, b.volume, a.volume
+            )
+        } else if b.node == a.node {
             format!("volume {} is listed twice for node {}", a.volume, a.node)
         } else if b.wwid != a.wwid {
             format!(
@@ -186,24 +196,36 @@ mod tests {
 
     #[test]
     fn inconsistent_entries_are_refused() {
-        let two_nodes_rwo = "
-- {volume: v, wwid: naa.6001405000000001, node: a, accessMode: ReadWriteOnce, generation: 1}
-- {volume: v, wwid: naa.6001405000000001, node: b, accessMode: ReadWriteOnce, generation: 1}";
-        let e = parse("f", two_nodes_rwo).unwrap_err().to_string();
-        assert!(e.contains("single-node but attached to a and b"), "{e}");
-        let twice = "
-- {volume: v, wwid: naa.6001405000000001, node: a, accessMode: ReadWriteMany, generation: 1}
-- {volume: v, wwid: naa.6001405000000001, node: a, accessMode: ReadWriteMany, generation: 2}";
-        assert!(parse("f", twice)
-            .unwrap_err()
-            .to_string()
-            .contains("listed twice"));
-        let two_wwids = "
-- {volume: v, wwid: naa.6001405000000001, node: a, accessMode: ReadWriteMany, generation: 1}
-- {volume: v, wwid: naa.6001405000000002, node: b, accessMode: ReadWriteMany, generation: 2}";
-        assert!(parse("f", two_wwids)
-            .unwrap_err()
-            .to_string()
-            .contains("two WWIDs"));
+        let e = |v: &str, w: &str, n: &str, m: &str, g: u32| {
+            format!("- {{volume: {v}, wwid: naa.600140500000000{w}, node: {n}, accessMode: {m}, generation: {g}}}\n")
+        };
+        let cases = [
+            (
+                e("v", "1", "a", "ReadWriteOnce", 1) + &e("v", "1", "b", "ReadWriteOnce", 1),
+                "single-node but attached to a and b",
+            ),
+            (
+                e("v", "1", "a", "ReadWriteMany", 1) + &e("v", "1", "a", "ReadWriteMany", 2),
+                "listed twice",
+            ),
+            (
+                e("v", "1", "a", "ReadWriteMany", 1) + &e("v", "2", "b", "ReadWriteMany", 2),
+                "two WWIDs",
+            ),
+            (
+                e("v", "1", "a", "ReadWriteMany", 1) + &e("v", "1", "b", "ReadWriteOnce", 1),
+                "two access modes",
+            ),
+            (
+                e("v", "1", "a", "ReadWriteOnce", 1) + &e("w", "1", "b", "ReadWriteOnce", 1),
+                "listed as volume v and as volume w",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse("f", &text).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}\n  wanted: {want}");
+        }
+        let fine = e("v", "1", "a", "ReadWriteMany", 1) + &e("v", "1", "b", "ReadWriteMany", 1);
+        assert_eq!(parse("f", &fine).unwrap().all().len(), 2);
     }
 }
