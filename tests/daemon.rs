@@ -331,7 +331,7 @@ fn grpc_api_over_the_unix_socket() {
     assert!(text.contains("NotFound"), "{text}");
     // Acquire of an attached volume reconciles now and reports why it failed.
     let (code, text) = ctl(&d, &["acquire", "pv-1", "--timeout-seconds", "10"]);
-    assert_eq!(code, 11, "{text}");
+    assert_eq!(code, 17, "{text}");
     assert!(
         text.contains("FailedPrecondition") && text.contains("no device for WWID"),
         "{text}"

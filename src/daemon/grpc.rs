@@ -74,15 +74,21 @@ fn to_pb(s: &VolumeStatus) -> pb::VolumeStatus {
 }
 
 impl<F: Fencer> Api<F> {
-    /// Starts `op` and waits for its result (any update of the volume after now).
+    /// Runs `op` (after whatever runs on the volume now) and waits for the
+    /// update that answers it: same volume and kind of operation, and for an
+    /// acquire the same attachment (a monitor check of the old attachment, or
+    /// the end of an operation that was already running, is no answer).
     async fn run_and_wait(&self, op: Op, timeout: Duration) -> Result<VolumeStatus, Status> {
         let name = op.volume().to_string();
+        let (kind, asked) = (op.kind(), op.asked());
         let mut rx = self.rec.subscribe();
-        self.rec.dispatch(vec![op]);
+        self.rec.submit(op);
+        let answers =
+            |u: &reconcile::Update| u.status.volume == name && u.op == kind && u.asked == asked;
         let wait = async {
             loop {
                 match rx.recv().await {
-                    Ok(u) if u.status.volume == name => return Ok(u.status),
+                    Ok(u) if answers(&u) => return Ok(u.status),
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => return Err(Status::unavailable("the daemon is stopping")),
                 }
@@ -189,7 +195,13 @@ impl<F: Fencer> FencerApi for Api<F> {
             policy: self.world.policy.clone(),
         };
         let status = self
-            .run_and_wait(Op::Release { vol }, self.default_timeout)
+            .run_and_wait(
+                Op::Release {
+                    vol,
+                    explicit: true,
+                },
+                self.default_timeout,
+            )
             .await?;
         match status.phase {
             reconcile::Phase::Released => Ok(Response::new(to_pb(&status))),

@@ -146,6 +146,9 @@ pub enum Op {
     Release {
         /// The volume.
         vol: Volume,
+        /// Asked for (gRPC Release), not inferred from the source: I4 allows
+        /// it without a confirmed detach.
+        explicit: bool,
     },
     /// Monitor a held volume.
     Check {
@@ -160,14 +163,22 @@ impl Op {
     /// The volume's name.
     pub fn volume(&self) -> &str {
         match self {
-            Op::Acquire { vol, .. } | Op::Release { vol } | Op::Check { vol, .. } => &vol.name,
+            Op::Acquire { vol, .. } | Op::Release { vol, .. } | Op::Check { vol, .. } => &vol.name,
         }
     }
 
     /// The volume's WWID.
     pub fn wwid(&self) -> &crate::scsi::Wwid {
         match self {
-            Op::Acquire { vol, .. } | Op::Release { vol } | Op::Check { vol, .. } => &vol.wwid,
+            Op::Acquire { vol, .. } | Op::Release { vol, .. } | Op::Check { vol, .. } => &vol.wwid,
+        }
+    }
+
+    /// The attachment an acquire was asked under.
+    pub fn asked(&self) -> Option<String> {
+        match self {
+            Op::Acquire { auth, .. } => Some(auth.attachment.0.clone()),
+            _ => None,
         }
     }
 
@@ -239,7 +250,10 @@ pub fn plan(
                     access: AccessMode::SingleNode,
                     policy: policy.clone(),
                 };
-                ops.push(Op::Release { vol });
+                ops.push(Op::Release {
+                    vol,
+                    explicit: false,
+                });
             }
         }
     }
@@ -252,11 +266,15 @@ pub struct Reconciler<F: Fencer> {
     authority: Box<dyn Authority>,
     metrics: Arc<Metrics>,
     statuses: Mutex<BTreeMap<String, VolumeStatus>>,
-    busy: Mutex<BTreeSet<String>>,
+    /// Volumes with an operation running, and the requested one to run next.
+    busy: Mutex<BTreeMap<String, Option<Op>>>,
     permits: Arc<Semaphore>,
     timeout: Duration,
     changes: tokio::sync::broadcast::Sender<Update>,
 }
+
+/// The operation an update answers: its kind, and an acquire's attachment.
+type Answers = (&'static str, Option<String>);
 
 /// One volume's status after an operation.
 #[derive(Debug, Clone)]
@@ -271,6 +289,11 @@ pub struct Update {
     pub reservation_type: Option<crate::scsi::ReservationType>,
     /// The error's label, when it failed (`identity_mismatch`, `unsupported`, ...).
     pub error_kind: Option<&'static str>,
+    /// The operation it answers (`acquire`, `release`, `check`; `report`
+    /// for a problem found before any operation).
+    pub op: &'static str,
+    /// For an acquire: the attachment it was asked under.
+    pub asked: Option<String>,
 }
 
 fn now_secs() -> u64 {
@@ -304,7 +327,7 @@ impl<F: Fencer> Reconciler<F> {
             authority,
             metrics,
             statuses: Mutex::new(BTreeMap::new()),
-            busy: Mutex::new(BTreeSet::new()),
+            busy: Mutex::new(BTreeMap::new()),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             timeout,
             changes: tokio::sync::broadcast::channel(256).0,
@@ -325,11 +348,13 @@ impl<F: Fencer> Reconciler<F> {
     pub fn dispatch(self: &Arc<Self>, ops: Vec<Op>) -> usize {
         let mut started = 0;
         for op in ops {
-            let claimed = self
-                .busy
-                .lock()
-                .map(|mut b| b.insert(op.volume().to_string()))
-                .unwrap_or(false);
+            let claimed = self.busy.lock().is_ok_and(|mut b| {
+                let free = !b.contains_key(op.volume());
+                if free {
+                    b.insert(op.volume().to_string(), None);
+                }
+                free
+            });
             if claimed {
                 started += 1;
                 let me = Arc::clone(self);
@@ -337,6 +362,44 @@ impl<F: Fencer> Reconciler<F> {
             }
         }
         started
+    }
+
+    /// Runs `op` now, or right after the operation running on its volume
+    /// (replacing any request queued before it): for requests (gRPC) that
+    /// must not be dropped because a monitor check happens to be running.
+    pub fn submit(self: &Arc<Self>, op: Op) {
+        let start = self
+            .busy
+            .lock()
+            .is_ok_and(|mut b| match b.get_mut(op.volume()) {
+                Some(queued) => {
+                    *queued = Some(op.clone());
+                    false
+                }
+                None => {
+                    b.insert(op.volume().to_string(), None);
+                    true
+                }
+            });
+        if start {
+            let me = Arc::clone(self);
+            tokio::spawn(async move { me.run(op).await });
+        }
+    }
+
+    /// The volume's operation ended: start the queued request, if any.
+    fn finished(self: &Arc<Self>, name: &str) {
+        let next = self.busy.lock().ok().and_then(|mut b| {
+            let next = b.get_mut(name).and_then(Option::take);
+            if next.is_none() {
+                b.remove(name);
+            }
+            next
+        });
+        if let Some(op) = next {
+            let me = Arc::clone(self);
+            tokio::spawn(async move { me.run(op).await });
+        }
     }
 
     async fn run(self: Arc<Self>, op: Op) {
@@ -349,9 +412,7 @@ impl<F: Fencer> Reconciler<F> {
             Ok(op) => op,
             Err(d) => {
                 self.denied(&op, d);
-                if let Ok(mut b) = self.busy.lock() {
-                    b.remove(&name);
-                }
+                self.finished(&name);
                 return;
             }
         };
@@ -359,7 +420,7 @@ impl<F: Fencer> Reconciler<F> {
         let job = op.clone();
         let mut handle = tokio::task::spawn_blocking(move || match &job {
             Op::Acquire { vol, auth, live } => fencer.acquire(vol, auth, live),
-            Op::Release { vol } => fencer.release(vol),
+            Op::Release { vol, .. } => fencer.release(vol),
             Op::Check { vol, live } => fencer.check(vol, live),
         });
         if let Ok(done) = tokio::time::timeout(self.timeout, &mut handle).await {
@@ -378,9 +439,7 @@ impl<F: Fencer> Reconciler<F> {
             let late = flatten(handle.await);
             self.update(&op, late, started);
         }
-        if let Ok(mut b) = self.busy.lock() {
-            b.remove(&name);
-        }
+        self.finished(&name);
     }
 
     /// Reports an operation its source did not confirm; nothing was sent.
@@ -392,7 +451,12 @@ impl<F: Fencer> Reconciler<F> {
             "not confirmed: {}",
             d.message
         );
-        self.set_error(op.volume(), &op.wwid().to_string(), d);
+        self.set_error(
+            op.volume(),
+            &op.wwid().to_string(),
+            d,
+            (op.kind(), op.asked()),
+        );
     }
 
     /// Reports a problem found before any operation could be planned (an
@@ -404,10 +468,10 @@ impl<F: Fencer> Reconciler<F> {
             message,
             phase: Some(Phase::Error),
         };
-        self.set_error(volume, wwid, d);
+        self.set_error(volume, wwid, d, ("report", None));
     }
 
-    fn set_error(&self, volume: &str, wwid: &str, d: Denied) {
+    fn set_error(&self, volume: &str, wwid: &str, d: Denied, answers: Answers) {
         self.metrics
             .reconcile_errors
             .with_label_values(&[d.kind])
@@ -422,7 +486,7 @@ impl<F: Fencer> Reconciler<F> {
             let phase = prev.as_ref().map_or(Phase::Pending, |p| p.phase.clone());
             let st = self.status_after(volume, wwid, prev, phase, d.message);
             drop(all);
-            self.send(st, false, d.kind);
+            self.send(st, false, d.kind, answers);
             return;
         };
         let changed = prev.as_ref().map(|s| &s.phase) != Some(&phase)
@@ -431,7 +495,7 @@ impl<F: Fencer> Reconciler<F> {
         all.insert(st.volume.clone(), st.clone());
         self.metrics.set_volumes(&all);
         drop(all);
-        self.send(st, changed, d.kind);
+        self.send(st, changed, d.kind, answers);
     }
 
     fn status_after(
@@ -458,13 +522,15 @@ impl<F: Fencer> Reconciler<F> {
         }
     }
 
-    fn send(&self, status: VolumeStatus, changed: bool, kind: &'static str) {
+    fn send(&self, status: VolumeStatus, changed: bool, kind: &'static str, answers: Answers) {
         let _ = self.changes.send(Update {
             status,
             changed,
             outcome: None,
             reservation_type: None,
             error_kind: Some(kind),
+            op: answers.0,
+            asked: answers.1,
         });
     }
 
@@ -509,7 +575,7 @@ impl<F: Fencer> Reconciler<F> {
                 .and_then(|s| s.attachment.clone()),
         };
         let wwid = match op {
-            Op::Acquire { vol, .. } | Op::Release { vol } | Op::Check { vol, .. } => {
+            Op::Acquire { vol, .. } | Op::Release { vol, .. } | Op::Check { vol, .. } => {
                 vol.wwid.to_string()
             }
         };
@@ -544,6 +610,8 @@ impl<F: Fencer> Reconciler<F> {
                     _ => None,
                 },
                 error_kind: r.as_ref().err().map(|e| e.0),
+                op: op.kind(),
+                asked: op.asked(),
                 changed: prev.as_ref() != Some(&st.phase),
                 status: st.clone(),
             });
@@ -840,6 +908,52 @@ mod tests {
         assert_eq!(
             r.statuses().get("hung-1").map(|s| s.phase.clone()),
             Some(Phase::Held)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_on_a_busy_volume_runs_after_the_running_operation() {
+        let r = Reconciler::new(
+            Arc::new(Fake),
+            Arc::new(Metrics::new()),
+            4,
+            Duration::from_secs(10),
+        );
+        let snap = Attachments::new(vec![att("hung-1", "node-a", "g1")]);
+        let ops = plan(
+            "node-a",
+            &snap,
+            &r.statuses(),
+            &Policy::default(),
+            false,
+            SystemTime::now(),
+        );
+        let mut rx = r.subscribe();
+        assert_eq!(r.dispatch(ops), 1);
+        // A gRPC Release arrives while the (slow) acquire runs: queued, not dropped.
+        let Some(Op::Acquire { vol, .. }) = plan(
+            "node-a",
+            &snap,
+            &BTreeMap::new(),
+            &Policy::default(),
+            false,
+            SystemTime::now(),
+        )
+        .pop() else {
+            panic!("an acquire");
+        };
+        r.submit(Op::Release {
+            vol,
+            explicit: true,
+        });
+        let first = rx.recv().await.unwrap();
+        let second = rx.recv().await.unwrap();
+        assert_eq!((first.op, second.op), ("acquire", "release"));
+        assert_eq!(second.status.phase, Phase::Released);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            r.busy.lock().unwrap().is_empty(),
+            "nothing left running or queued"
         );
     }
 }

@@ -110,7 +110,12 @@ impl ApiAuthority {
         let why = match c.fresh_attachments(&vol.name).await {
             Err(e) => format!("{e}; not released until the detach is confirmed"),
             Ok(fresh) => match fresh.iter().find(|f| f.node == c.node) {
-                None => return Ok(Op::Release { vol }),
+                None => {
+                    return Ok(Op::Release {
+                        vol,
+                        explicit: false,
+                    })
+                }
                 Some(mine) => {
                     let how = if mine.deleting {
                         "is still being detached"
@@ -139,7 +144,9 @@ impl Authority for ApiAuthority {
         Box::pin(async move {
             match op {
                 Op::Acquire { vol, auth, .. } => self.acquire(vol, auth).await,
-                Op::Release { vol } => self.release(vol).await,
+                // An explicit Release (gRPC) needs no confirmed detach (I4).
+                explicit @ Op::Release { explicit: true, .. } => Ok(explicit),
+                Op::Release { vol, .. } => self.release(vol).await,
                 check @ Op::Check { .. } => Ok(check),
             }
         })

@@ -362,6 +362,8 @@ mod tests {
             outcome: None,
             reservation_type: None,
             error_kind: kind,
+            op: "acquire",
+            asked: None,
         }
     }
 

@@ -340,6 +340,37 @@ async fn an_unconfirmed_detach_releases_nothing_and_the_volume_stays_monitored()
 }
 
 #[tokio::test]
+async fn an_explicit_release_needs_no_confirmed_detach_and_an_inferred_one_does() {
+    let rig = start(api(), SimLun::new()).await;
+    rig.loaded().await;
+    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
+    rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
+    let vol = crate::fence::engine::Volume {
+        name: "pv-1".into(),
+        wwid: "naa.6001405000000001".parse().unwrap(),
+        device: None,
+        access: crate::fence::policy::AccessMode::SingleNode,
+        policy: Default::default(),
+    };
+    // Inferred (the source dropped it) while the VolumeAttachment exists: a check.
+    rig.rec.submit(crate::daemon::reconcile::Op::Release {
+        vol: vol.clone(),
+        explicit: false,
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rig.phase(), Some(Phase::Held));
+    assert!(!rig.lun.keys().0.is_empty());
+    // Explicit (gRPC Release): released although attached (I4 allows it).
+    rig.rec.submit(crate::daemon::reconcile::Op::Release {
+        vol,
+        explicit: true,
+    });
+    rig.until("released", |r| r.phase() == Some(Phase::Released))
+        .await;
+    assert!(rig.lun.keys().0.is_empty());
+}
+
+#[tokio::test]
 async fn csi_address_names_the_driver_whose_volumes_are_fenced() {
     use super::csi::pb::identity_server::{Identity, IdentityServer};
     use super::csi::pb::*;
