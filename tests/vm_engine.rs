@@ -300,6 +300,26 @@ fn i3_a_device_of_another_lun_is_refused_before_any_pr_out() {
     assert_eq!(generation(VOL0), g);
 }
 
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn a_map_given_without_a_wwid_is_identified_through_its_paths() {
+    reset_lun(VOL0);
+    let dm = VOL0.dm("A");
+    let (code, v) = fencer_json(&[
+        "check",
+        "--device",
+        dm.to_str().expect("utf-8"),
+        "--node",
+        "node-a",
+        "--cluster-tag",
+        "7e57",
+        "--state-dir",
+        "/tmp/state-map-only",
+    ]);
+    assert_eq!(code, 18, "not registered: {v:#}");
+    assert_eq!(v["wwid"], VOL0.wwid(), "{v:#}");
+}
+
 fn set_state(dev: &std::path::Path, state: &str) {
     let name = dev.file_name().and_then(|n| n.to_str()).expect("sd name");
     // The kernel matches the state name only with its trailing newline.

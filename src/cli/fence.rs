@@ -150,8 +150,25 @@ fn volume(
     let wwid = match (&a.wwid, &a.device) {
         (Some(w), _) => w.parse::<Wwid>().map_err(Failure::usage)?,
         (None, Some(d)) => {
-            // Only a device: its own identity names the volume.
-            let ds = csi_fencer::transport::ScsiPath::new(t, d, g.timeout()).device_id()?;
+            // Only a device: its own identity names the volume, read from one
+            // of its paths: never SG_IO through a dm map, which can block
+            // without a timeout while the map queues I/O (I6).
+            let resolver = Resolver::new(Sysfs::default(), a.map_uuid_prefix.clone());
+            let lun = resolver.for_device(d)?;
+            let path = lun
+                .paths
+                .iter()
+                .find(|p| p.state.as_deref().is_none_or(|s| s == "running"))
+                .ok_or_else(|| {
+                    Failure::new(
+                        exit::NOT_READY,
+                        anyhow::anyhow!(
+                            "{}: no running path to read its identity from",
+                            d.display()
+                        ),
+                    )
+                })?;
+            let ds = csi_fencer::transport::ScsiPath::new(t, &path.dev, g.timeout()).device_id()?;
             Wwid::from_designations(&ds).ok_or_else(|| {
                 Failure::usage(format!(
                     "{}: VPD 83h has no LU designator; give --wwid",
