@@ -81,7 +81,7 @@ struct Entry {
 }
 
 /// Every `reservation_key` in one file's text, and its `config_dir`, if set.
-pub fn parse(file: &Path, text: &str) -> (Vec<Owner>, Option<String>) {
+fn parse(file: &Path, text: &str) -> (Vec<Owner>, Option<String>) {
     let mut owners = Vec::new();
     let mut config_dir = None;
     let mut stack: Vec<String> = Vec::new();
@@ -138,7 +138,7 @@ pub fn parse(file: &Path, text: &str) -> (Vec<Owner>, Option<String>) {
                         ("config_dir", Some("defaults")) => config_dir = Some(value),
                         _ => {}
                     }
-                    k = w.len();
+                    k += 2;
                 }
             }
         }
@@ -196,6 +196,7 @@ multipaths {
         wwid 36001405000000001
     }
     multipath { wwid 36001405000000002 }
+    multipath { wwid 36001405000000003 reservation_key 0x3 }
 }
 overrides {
     reservation_key 0xabc
@@ -206,13 +207,18 @@ overrides {
     fn finds_each_key_with_its_scope_and_line_and_skips_comments() {
         let (o, dir) = parse(Path::new("m.conf"), CONF);
         assert_eq!(dir.as_deref(), Some("/etc/multipath/conf.d"));
-        assert_eq!(o.len(), 2, "{o:?}");
+        assert_eq!(o.len(), 3, "{o:?}");
+        assert_eq!(
+            o[1].scope,
+            Scope::Wwid("36001405000000003".into()),
+            "a one-line entry closes"
+        );
         assert_eq!(o[0].scope, Scope::Wwid("36001405000000001".into()));
         assert_eq!((o[0].line, o[0].value.as_str()), (9, "file"));
-        assert_eq!(o[1].scope, Scope::AllMaps);
+        assert_eq!(o[2].scope, Scope::AllMaps);
         assert_eq!(
-            o[1].to_string(),
-            "m.conf:15: reservation_key 0xabc for every map"
+            o[2].to_string(),
+            "m.conf:16: reservation_key 0xabc for every map"
         );
     }
 

@@ -2,12 +2,10 @@
 //! (`dm/uuid` = `<prefix><wwid>`) and the map's path devices, or a lone SCSI
 //! disk whose kernel-read identity matches when there is no map.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-
-use std::path::Path;
 
 use super::sysfs::{DeviceError, NodeKind, PathInfo, Sysfs};
 use crate::scsi::Wwid;
@@ -32,12 +30,6 @@ pub struct Resolver {
     /// read) before the full scan of every block device, which a daemon
     /// reconciling the same volumes would otherwise repeat each time.
     hints: std::sync::Mutex<std::collections::HashMap<String, String>>,
-}
-
-impl Clone for Resolver {
-    fn clone(&self) -> Self {
-        Resolver::new(self.sysfs.clone(), self.map_uuid_prefix.clone())
-    }
 }
 
 /// The LUN did not appear in time.
@@ -69,7 +61,7 @@ impl Resolver {
     }
 
     /// The dm uuid a map of `wwid` carries.
-    pub fn map_uuid(&self, wwid: &Wwid) -> String {
+    fn map_uuid(&self, wwid: &Wwid) -> String {
         format!("{}{}", self.map_uuid_prefix, wwid.multipath_form())
     }
 

@@ -176,13 +176,7 @@ impl Sysfs {
             .join("class/scsi_generic")
             .join(sg)
             .join("device/block");
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .ok()?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names.into_iter().next()
+        sorted_names(&dir).into_iter().next()
     }
 
     /// Every block device name (`/sys/class/block`), sorted.

@@ -41,7 +41,7 @@ pub enum PreemptMode {
 }
 
 /// How the engine reserves a volume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Policy {
     /// Overrides the type chosen from the access mode (e.g. 6 or 8 for exclusive access).
     pub reservation_type: Option<ReservationType>,

@@ -84,8 +84,13 @@ pub fn parse_standard(b: &[u8]) -> Result<StandardInquiry, ParseError> {
 }
 
 fn ascii_field(b: &[u8]) -> String {
-    // Fields are space-padded, but some targets NUL-terminate them (LIO's serial).
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    // Fields are space-padded, but some targets NUL-pad them (LIO's serial).
+    // Only trailing padding goes: an embedded NUL stays visible (as '.'), so
+    // two T10 identifiers that differ after it never read the same (I3).
+    let end = b
+        .iter()
+        .rposition(|&c| c != 0 && c != b' ')
+        .map_or(0, |i| i + 1);
     let s: String = b[..end]
         .iter()
         .map(|&c| {
@@ -431,6 +436,15 @@ impl FromStr for Wwid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ascii_fields_lose_trailing_padding_only() {
+        assert_eq!(ascii_field(b"LIO-ORG "), "LIO-ORG");
+        assert_eq!(ascii_field(b"serial\0\0\0"), "serial");
+        assert_eq!(ascii_field(b"ab\0cd  "), "ab.cd");
+        assert_ne!(ascii_field(b"ab\0cd"), ascii_field(b"ab\0ce"));
+        assert_eq!(ascii_field(b"\0\0"), "");
+    }
 
     /// VPD 83h as LIO 6.12 answers it over iSCSI (NAA, T10, rtpi, tpg, SCSI name).
     fn lio_vpd83() -> Vec<u8> {

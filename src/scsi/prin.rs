@@ -441,6 +441,38 @@ mod tests {
     }
 
     #[test]
+    fn an_undecodable_transport_id_is_kept_raw_and_hides_nothing() {
+        let good = |isid: &str| {
+            TransportId::Iscsi {
+                name: "iqn.2025-01.test.rig:nodea".into(),
+                isid: Some(isid.into()),
+            }
+            .encode()
+        };
+        // iSCSI format 01b (port identifier) without the ",i," separator.
+        let name = b"iqn.2025-01.test.rig:nodeb\0\0";
+        let mut odd = vec![0x45, 0, 0, name.len() as u8];
+        odd.extend_from_slice(name);
+        let mut body = full_status_descriptor(0xa, 0, 0, 1, &good("00023d000001"));
+        body.extend(full_status_descriptor(0xb, 0, 0, 2, &odd));
+        body.extend(full_status_descriptor(0xa, 0, 0, 2, &good("00023d000002")));
+        let mut b = vec![0, 0, 0, 4];
+        b.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        b.extend(body);
+        let fs = parse_full_status(&b).unwrap();
+        assert_eq!(fs.registrations.len(), 3);
+        assert!(
+            matches!(
+                &fs.registrations[1].transport_id,
+                TransportId::Other { protocol_id: 5, format: 1, raw } if raw.starts_with("45")
+            ),
+            "{:?}",
+            fs.registrations[1].transport_id
+        );
+        assert_eq!(fs.registrations[2].relative_target_port, 2);
+    }
+
+    #[test]
     fn full_status_with_iscsi_and_sas() {
         let iscsi = TransportId::Iscsi {
             name: "iqn.2025-01.test.rig:nodeb".into(),

@@ -157,23 +157,6 @@ impl Serialize for ReservationType {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for ReservationType {
-    /// Accepts what the command line accepts: `5`, `"5"`, `"we-ro"`, the long name.
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        let text = match Raw::deserialize(d)? {
-            Raw::N(n) => n.to_string(),
-            Raw::S(s) => s,
-        };
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 /// Why a reservation type given as text was not accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid reservation type {input:?}: use 1, 3, 5, 6, 7 or 8, or a name: we, ea, we-ro, ea-ro, we-ar, ea-ar (or write-exclusive-registrants-only …)")]

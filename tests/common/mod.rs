@@ -15,9 +15,6 @@ use std::process::{Command, Output};
 use csi_fencer::fence::keys::ClusterTag;
 use csi_fencer::scsi::ReservationKey;
 
-/// Why a test is ignored on the host.
-pub const VM_ONLY: &str = "runs in the VM rig: make test-vm";
-
 /// A `RIG_*` variable; panics with its name when the rig did not set it.
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -141,7 +138,7 @@ pub fn sg_read_keys(dev: &std::path::Path) -> Vec<u64> {
         .collect()
 }
 
-/// Runs sg_turs twice on a path: consumes any pending unit attention.
+/// Runs sg_turs three times on a path: consumes pending unit attentions.
 pub fn drain_unit_attentions(dev: &std::path::Path) {
     for _ in 0..3 {
         let _ = Command::new("sg_turs").arg(dev).output();
