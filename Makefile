@@ -1,6 +1,6 @@
 # csi-fencer: the two commands of the README, and their parts.
 #   make demo    the failover demo against a real SCSI target in a VM
-#   make test    every test: fmt, clippy, unit + property tests, then the VM rig
+#   make test    every test: fmt, clippy, unit + property + mock-API tests, the chart, then the VM rig
 .PHONY: test test-host test-vm demo bench-vm bench-kube fuzz lint help
 
 CARGO ?= cargo

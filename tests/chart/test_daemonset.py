@@ -3,6 +3,7 @@ daemon needs, no more."""
 import posixpath
 
 import pytest
+import yaml
 
 import chartlib as cl
 from cases import values
@@ -105,9 +106,12 @@ def test_host_volumes():
     vm = volumes_by_mount()
     m, v = vm["/dev"]
     assert v["hostPath"] == {"path": "/dev", "type": "Directory"}
-    for p in ("/sys", "/run/udev"):
+    for p, host in (("/sys", "/sys"), ("/run/udev", "/run/udev"), ("/host/etc", "/etc")):
         m, v = vm[p]
-        assert v["hostPath"]["path"] == p and m.get("readOnly") is True
+        assert v["hostPath"]["path"] == host and m.get("readOnly") is True, p
+    cm = next(o for o in objs() if o["kind"] == "ConfigMap")
+    cfg = yaml.safe_load(cm["data"]["config.yaml"])
+    assert cfg["multipathConfig"].startswith("/host/etc/"), "the one-owner check reads the mounted host /etc"
     m, v = vm["/var/lib/csi-fencer"]
     assert v["hostPath"] == {"path": "/var/lib/csi-fencer", "type": "DirectoryOrCreate"}
     assert flag(container()["args"], "--state-dir") == "/var/lib/csi-fencer"
@@ -138,6 +142,7 @@ def test_service():
     assert svc["spec"]["ports"] == [{"name": "http-metrics", "port": 9816,
                                      "targetPort": "http-metrics", "protocol": "TCP"}]
     labels = daemonset()["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"], "a Service without a selector selects nothing"
     assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
 
 
