@@ -225,6 +225,18 @@ judge_run() {
     if [ "$MODE" = test ] && [ $((pass + fail)) -eq 0 ]; then
         REASONS+=("zero tests ran${FILTER:+ (filter '$FILTER')}")
     fi
+    # Unfiltered, every tests/vm_*.rs must have run tests of its own: a binary
+    # that was not built, not copied or lost its tests fails the run.
+    if [ "$MODE" = test ] && [ -z "$FILTER" ]; then
+        local f name n
+        for f in "$PROJECT_DIR"/tests/vm_*.rs; do
+            name=$(basename "$f" .rs)
+            n=$(sed -n "/===== RIG-TEST $name BEGIN =====/,/===== RIG-TEST $name END/p" "$log" |
+                sed -n 's/.*test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' |
+                awk '{s += $1 + $2} END {print s + 0}')
+            [ "$n" -gt 0 ] || REASONS+=("$name ran no test (not built or not in the guest?)")
+        done
+    fi
     grep -q '===== RIG-DONE =====$' "$log" || REASONS+=("guest did not finish (no RIG-DONE marker)")
     TEST_PASS=$pass; TEST_FAIL=$fail
     FAILED_TESTS=(${failed[@]+"${failed[@]}"})
