@@ -69,7 +69,7 @@ pub enum Command {
     Acquire(fence::FenceArgs),
     /// Give a volume's LUN up: release and unregister this node's paths only.
     Release(fence::FenceArgs),
-    /// Is this node still registered (and on every path), or fenced?
+    /// Is this node still registered, or fenced? Registers paths that lack the key while it is still on the LUN.
     Check(fence::FenceArgs),
     /// Run the node daemon: follow attachments, keep reservations in step, serve metrics.
     Run(run::RunArgs),

@@ -251,12 +251,7 @@ impl Config {
 }
 
 fn preempt_mode(v: Option<&str>) -> Result<Option<PreemptMode>, String> {
-    match v {
-        None => Ok(None),
-        Some("preempt-and-abort") => Ok(Some(PreemptMode::PreemptAndAbort)),
-        Some("preempt") => Ok(Some(PreemptMode::Preempt)),
-        Some(o) => Err(format!("{o:?}: allowed preempt-and-abort, preempt")),
-    }
+    v.map(str::parse).transpose()
 }
 
 fn duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {

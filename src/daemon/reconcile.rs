@@ -424,7 +424,7 @@ impl<F: Fencer> Reconciler<F> {
             Op::Check { vol, live } => fencer.check(vol, live),
         });
         if let Ok(done) = tokio::time::timeout(self.timeout, &mut handle).await {
-            self.update(&op, flatten(done), started);
+            self.update(&op, flatten(done), started, true);
         } else {
             // The call is stuck in the kernel (SG_IO sleeps uninterruptibly):
             // report it, free the permit for other volumes, and keep this one
@@ -434,10 +434,11 @@ impl<F: Fencer> Reconciler<F> {
                 op.kind(),
                 self.timeout
             );
-            self.update(&op, Err(("timeout", why)), started);
+            self.update(&op, Err(("timeout", why)), started, true);
             drop(_permit);
+            // Its real result is recorded, but the operation was counted once.
             let late = flatten(handle.await);
-            self.update(&op, late, started);
+            self.update(&op, late, started, false);
         }
         self.finished(&name);
     }
@@ -534,7 +535,14 @@ impl<F: Fencer> Reconciler<F> {
         });
     }
 
-    fn update(&self, op: &Op, r: Done, started: Instant) {
+    fn status_of(&self, volume: &str) -> Option<VolumeStatus> {
+        self.statuses
+            .lock()
+            .ok()
+            .and_then(|s| s.get(volume).cloned())
+    }
+
+    fn update(&self, op: &Op, r: Done, started: Instant, count: bool) {
         let (phase, message, reg, total) = match &r {
             Ok(o) => (
                 phase_of(op, o),
@@ -544,17 +552,19 @@ impl<F: Fencer> Reconciler<F> {
             ),
             Err((_, msg)) => (Phase::Error, msg.clone(), 0, 0),
         };
-        self.metrics.operation(
-            op.kind(),
-            r.as_ref().map(|o| o.state).map_err(|e| e.0),
-            started.elapsed(),
-        );
+        if count {
+            self.metrics.operation(
+                op.kind(),
+                r.as_ref().map(|o| o.state).map_err(|e| e.0),
+                started.elapsed(),
+            );
+        }
         if let Ok(o) = &r {
             self.metrics.preemptions.inc_by(o.preempted.len() as u64);
         }
         // From the source read that authorised the acquire to the LUN saying so.
         if let (Op::Acquire { auth, .. }, Ok(o)) = (op, &r) {
-            let newly = self.statuses().get(op.volume()).map(|s| &s.phase) != Some(&Phase::Held);
+            let newly = self.status_of(op.volume()).map(|s| s.phase) != Some(Phase::Held);
             if newly && o.state == VolumeState::Held {
                 let took = SystemTime::now()
                     .duration_since(auth.read_at)
@@ -569,10 +579,9 @@ impl<F: Fencer> Reconciler<F> {
             Op::Acquire { auth, .. } => Some(auth.attachment.0.clone()),
             // Kept: an explicit release under an attachment is not undone
             // by the next resync; only a new attachment acquires again.
-            Op::Release { .. } | Op::Check { .. } => self
-                .statuses()
-                .get(op.volume())
-                .and_then(|s| s.attachment.clone()),
+            Op::Release { .. } | Op::Check { .. } => {
+                self.status_of(op.volume()).and_then(|s| s.attachment)
+            }
         };
         let wwid = match op {
             Op::Acquire { vol, .. } | Op::Release { vol, .. } | Op::Check { vol, .. } => {
@@ -868,9 +877,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_volume_does_not_delay_another_and_times_out() {
+        let metrics = Arc::new(Metrics::new());
         let r = Reconciler::new(
             Arc::new(Fake),
-            Arc::new(Metrics::new()),
+            metrics.clone(),
             4,
             Duration::from_millis(300),
         );
@@ -909,6 +919,14 @@ mod tests {
             r.statuses().get("hung-1").map(|s| s.phase.clone()),
             Some(Phase::Held)
         );
+        // Two acquires ran: counted twice, not three times.
+        let counted: f64 = metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("csi_fencer_operations_total{operation=\"acquire\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(counted, 2.0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

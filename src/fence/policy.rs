@@ -40,6 +40,19 @@ pub enum PreemptMode {
     Preempt,
 }
 
+impl std::str::FromStr for PreemptMode {
+    type Err = String;
+
+    /// The spellings of the config file, StorageClass parameters and PV annotations.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "preempt-and-abort" => Ok(PreemptMode::PreemptAndAbort),
+            "preempt" => Ok(PreemptMode::Preempt),
+            other => Err(format!("{other:?}: allowed preempt-and-abort, preempt")),
+        }
+    }
+}
+
 /// How the engine reserves a volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Policy {

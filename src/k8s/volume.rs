@@ -105,15 +105,10 @@ fn apply_overrides(
         o.reservation_type = Some(t);
     }
     if let Some(p) = kv.get(PREEMPT_KEY) {
-        o.preempt = Some(match p.as_str() {
-            "preempt" => PreemptMode::Preempt,
-            "preempt-and-abort" => PreemptMode::PreemptAndAbort,
-            other => {
-                return Err(format!(
-                    "{origin} {PREEMPT_KEY}: {other:?}: allowed preempt-and-abort, preempt"
-                ))
-            }
-        });
+        let mode: PreemptMode = p
+            .parse()
+            .map_err(|e| format!("{origin} {PREEMPT_KEY}: {e}"))?;
+        o.preempt = Some(mode);
     }
     Ok(())
 }
