@@ -213,6 +213,10 @@ impl<T: Transport> Engine<T> {
         }
         let mut registered = registered_paths(obs);
         let mut errors = Vec::new();
+        let wanted_registration = steps.iter().any(|s| matches!(s, Step::Register { .. }));
+        // Test hook: stop as a crash would, after the REGISTERs (path steps
+        // come first) and before any reservation step.
+        let interrupt = self.cfg.interrupt_after_register && wanted_registration;
         for step in steps {
             if let Step::Register { path, .. } | Step::Unregister { path, .. } = step {
                 match self.path(path).prout(&self.prout_of(step)) {
@@ -229,17 +233,14 @@ impl<T: Transport> Engine<T> {
                 }
                 continue;
             }
-            if self.cfg.interrupt_after_register {
+            if interrupt {
                 return Err(FenceError::Interrupted);
             }
             self.lu_step(vol, step, &registered, loc, &errors, out)?;
         }
-        if self.cfg.interrupt_after_register
-            && steps.iter().any(|s| matches!(s, Step::Register { .. }))
-        {
+        if interrupt {
             return Err(FenceError::Interrupted);
         }
-        let wanted_registration = steps.iter().any(|s| matches!(s, Step::Register { .. }));
         if wanted_registration && registered.is_empty() {
             return Err(FenceError::NoPathRegistered {
                 volume: vol.name.clone(),
