@@ -34,7 +34,10 @@ pub struct Resolver {
 
 /// The LUN did not appear in time.
 #[derive(Debug, thiserror::Error)]
-#[error("no device for WWID {wwid} after {waited:?}: no dm map with uuid {uuid} and no single SCSI disk with that identity (is the volume attached and multipathd running?)")]
+#[error(
+    "no device for WWID {wwid} after {waited:?}: no dm map with uuid {uuid} and {}",
+    why(unmapped)
+)]
 pub struct NotFound {
     /// The WWID looked for.
     pub wwid: String,
@@ -42,6 +45,27 @@ pub struct NotFound {
     pub uuid: String,
     /// How long it waited.
     pub waited: Duration,
+    /// Disks with that identity that no map joins (several: not guessed from).
+    pub unmapped: Vec<String>,
+}
+
+fn why(unmapped: &[String]) -> String {
+    if unmapped.is_empty() {
+        "no SCSI disk with that identity (is the volume attached and multipathd running?)".into()
+    } else {
+        format!(
+            "{} SCSI disks with that identity ({}) but no map joining them: is multipathd running, and is mapUuidPrefix the prefix of its maps' dm uuids?",
+            unmapped.len(),
+            unmapped.join(", ")
+        )
+    }
+}
+
+/// What one look found.
+enum Look {
+    Found(LunDevices),
+    /// Nothing, or several unmapped disks (named).
+    Missing(Vec<String>),
 }
 
 impl Resolver {
@@ -110,9 +134,16 @@ impl Resolver {
 
     /// Looks once.
     pub fn find(&self, wwid: &Wwid) -> Option<LunDevices> {
+        match self.look(wwid) {
+            Look::Found(d) => Some(d),
+            Look::Missing(_) => None,
+        }
+    }
+
+    fn look(&self, wwid: &Wwid) -> Look {
         let uuid = self.map_uuid(wwid);
         if let Some(dm) = self.hint(&uuid) {
-            return Some(self.map_devices(&dm));
+            return Look::Found(self.map_devices(&dm));
         }
         let names = self.sysfs.block_devices();
         if let Some(dm) = names
@@ -122,7 +153,7 @@ impl Resolver {
             if let Ok(mut h) = self.hints.lock() {
                 h.insert(uuid, dm.clone());
             }
-            return Some(self.map_devices(dm));
+            return Look::Found(self.map_devices(dm));
         }
         // No map: a single disk whose kernel-read identity is this WWID. More
         // than one such disk means several paths without a map: refuse to guess.
@@ -140,12 +171,12 @@ impl Resolver {
             })
             .collect();
         match disks.as_slice() {
-            [one] => Some(LunDevices {
+            [one] => Look::Found(LunDevices {
                 map: None,
                 device: self.sysfs.node(one),
                 paths: vec![self.sysfs.path_info(one)],
             }),
-            _ => None,
+            several => Look::Missing(several.iter().map(|d| d.to_string()).collect()),
         }
     }
 
@@ -158,14 +189,16 @@ impl Resolver {
     ) -> Result<LunDevices, NotFound> {
         let start = Instant::now();
         loop {
-            if let Some(d) = self.find(wwid) {
-                return Ok(d);
-            }
+            let unmapped = match self.look(wwid) {
+                Look::Found(d) => return Ok(d),
+                Look::Missing(unmapped) => unmapped,
+            };
             if start.elapsed() >= timeout {
                 return Err(NotFound {
                     wwid: wwid.to_string(),
                     uuid: self.map_uuid(wwid),
                     waited: start.elapsed(),
+                    unmapped,
                 });
             }
             std::thread::sleep(poll.min(timeout.saturating_sub(start.elapsed())));
@@ -250,5 +283,18 @@ mod tests {
             .wait(&w(A), Duration::from_millis(30), Duration::from_millis(10))
             .unwrap_err();
         assert!(e.to_string().contains("other-36001405000000001"), "{e}");
+        assert!(
+            e.to_string().contains("4 SCSI disks with that identity"),
+            "{e}"
+        );
+        let missing = r
+            .wait(&w("naa.6001405000000fff"), Duration::ZERO, Duration::ZERO)
+            .unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .contains("no SCSI disk with that identity"),
+            "{missing}"
+        );
     }
 }
