@@ -233,6 +233,11 @@ impl MockApi {
         self.db.lock().unwrap().seen.clone()
     }
 
+    /// How many requests so far satisfy `f`.
+    pub fn count(&self, f: impl Fn(&Seen) -> bool) -> usize {
+        self.db.lock().unwrap().seen.iter().filter(|s| f(s)).count()
+    }
+
     /// The last request whose path ends with `suffix`.
     pub fn last(&self, suffix: &str) -> Option<Seen> {
         self.seen().into_iter().rfind(|s| s.path.ends_with(suffix))

@@ -85,6 +85,13 @@ impl Rig {
         );
     }
 
+    /// Waits for the cache, attaches pv-1 to node-a, waits until it is held.
+    async fn attach_and_hold(&self) {
+        self.loaded().await;
+        self.api.put_va(va(VA, UID, "node-a", "pv-1", true));
+        self.until("held", |r| r.phase() == Some(Phase::Held)).await;
+    }
+
     async fn loaded(&self) {
         self.until("cache loaded", |r| {
             r.ready.load(std::sync::atomic::Ordering::Relaxed)
@@ -138,9 +145,7 @@ async fn attach_for_this_node_is_confirmed_fresh_then_acquired_preempting_the_st
     let b = tag().key_for("node-b");
     lun.register_other("iqn.2025-01.test.rig:nodeb", b, true);
     let rig = start(api(), lun).await;
-    rig.loaded().await;
-    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
-    rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
+    rig.attach_and_hold().await;
     // The fresh GET happened, and the engine acted under that VolumeAttachment's UID.
     assert_eq!(rig.gets_of(VA), 1);
     assert_eq!(rig.rec.statuses()["pv-1"].attachment.as_deref(), Some(UID));
@@ -223,20 +228,12 @@ async fn attach_for_this_node_is_confirmed_fresh_then_acquired_preempting_the_st
 #[tokio::test]
 async fn a_node_that_finds_its_key_preempted_reports_fenced_and_never_registers_again() {
     let rig = start(api(), SimLun::new()).await;
-    rig.loaded().await;
-    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
-    rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
+    rig.attach_and_hold().await;
     let sent = rig.lun.pr_out().len();
     // Monitor checks that find nothing new write no status.
     rig.until("status applied", |r| r.api.last("pv-1/status").is_some())
         .await;
-    let applies = |r: &Rig| {
-        r.api
-            .seen()
-            .iter()
-            .filter(|s| s.path.ends_with("pv-1/status"))
-            .count()
-    };
+    let applies = |r: &Rig| r.api.count(|s| s.path.ends_with("pv-1/status"));
     let before = applies(&rig);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(applies(&rig), before, "three monitor checks, no new status");
@@ -312,9 +309,7 @@ async fn the_live_set_comes_from_a_fresh_list_not_the_watch_cache() {
 #[tokio::test]
 async fn an_unconfirmed_detach_releases_nothing_and_the_volume_stays_monitored() {
     let rig = start(api(), SimLun::new()).await;
-    rig.loaded().await;
-    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
-    rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
+    rig.attach_and_hold().await;
     let sent = rig.lun.pr_out().len();
     // The watch (already open) delivers the delete, but the fresh list that
     // would confirm it cannot be made: no release (I4), only checks.
@@ -342,9 +337,7 @@ async fn an_unconfirmed_detach_releases_nothing_and_the_volume_stays_monitored()
 #[tokio::test]
 async fn an_explicit_release_needs_no_confirmed_detach_and_an_inferred_one_does() {
     let rig = start(api(), SimLun::new()).await;
-    rig.loaded().await;
-    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
-    rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
+    rig.attach_and_hold().await;
     let vol = crate::fence::engine::Volume {
         name: "pv-1".into(),
         wwid: "naa.6001405000000001".parse().unwrap(),
@@ -531,16 +524,8 @@ async fn an_unreachable_api_server_means_nothing_registered_or_preempted() {
 #[tokio::test]
 async fn watch_410_gone_relists_and_a_delete_missed_meanwhile_still_releases() {
     let rig = start(api(), SimLun::new()).await;
-    rig.loaded().await;
-    rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
-    rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
-    let watches = |r: &Rig| {
-        r.api
-            .seen()
-            .iter()
-            .filter(|s| s.query.contains("watch=true"))
-            .count()
-    };
+    rig.attach_and_hold().await;
+    let watches = |r: &Rig| r.api.count(|s| s.query.contains("watch=true"));
     let before = watches(&rig);
     // The delete event is lost to compaction; the watch ends and restarts with 410 Expired.
     rig.api.delete_va_unseen_and_expire_watches();
