@@ -19,6 +19,7 @@ pub mod device;
 pub mod fence;
 pub mod k8s;
 pub mod scsi;
+pub mod sim;
 pub mod source;
 pub mod transport;
 

@@ -70,8 +70,11 @@ pub enum Op {
 /// Reservation type choices on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum PreemptArg {
-    /// PREEMPT AND ABORT (default): the fenced node's queued writes are aborted.
+    /// PREEMPT AND ABORT (default): the fenced node's queued writes are
+    /// aborted; plain PREEMPT, said so, on a target that lacks it.
     Abort,
+    /// PREEMPT AND ABORT or fail (exit 9) on a target that lacks it.
+    AbortOnly,
     /// Plain PREEMPT.
     Plain,
 }
@@ -187,6 +190,7 @@ fn volume(
             reservation_type: a.rtype,
             preempt: match a.preempt {
                 PreemptArg::Abort => PreemptMode::PreemptAndAbort,
+                PreemptArg::AbortOnly => PreemptMode::PreemptAndAbortOnly,
                 PreemptArg::Plain => PreemptMode::Preempt,
             },
             all_tg_pt: a.all_tg_pt,
@@ -256,7 +260,9 @@ fn fence_failure(e: FenceError) -> Failure {
         FenceError::Interrupted => 70,
         FenceError::Step { source, .. } => exit::for_scsi(source),
         FenceError::NoUsablePath { .. } => PARTIAL,
-        FenceError::Unstable { .. } => UNSTABLE,
+        FenceError::Unstable { .. } | FenceError::NotConverged { .. } => UNSTABLE,
+        FenceError::Unsupported { .. } => exit::UNSUPPORTED,
+        FenceError::Stopped { .. } => exit::TIMEOUT,
     };
     Failure::new(code, e)
 }
@@ -273,7 +279,8 @@ fn exit_code(op: Op, out: &Outcome) -> i32 {
         (_, _) if out.dry_run => exit::OK,
         (Op::Release, VolumeState::NotRegistered) => exit::OK,
         (Op::Release, _) => PARTIAL,
-        (Op::Check, VolumeState::NotRegistered) => NOT_REGISTERED,
+        (Op::Check, VolumeState::NotRegistered | VolumeState::Lost) => NOT_REGISTERED,
+        (_, VolumeState::Lost) => PARTIAL,
         (_, VolumeState::Held | VolumeState::Registered) if partial => PARTIAL,
         (_, VolumeState::Held | VolumeState::Registered) => exit::OK,
         (Op::Acquire, VolumeState::NotRegistered) => PARTIAL,

@@ -191,6 +191,7 @@ impl Metrics {
                 VolumeState::Registered => "registered",
                 VolumeState::Fenced => "fenced",
                 VolumeState::NotRegistered => "not_registered",
+                VolumeState::Lost => "lost",
                 VolumeState::Refused => "refused",
             },
             Err(kind) => {

@@ -661,6 +661,9 @@ fn phase_of(op: &Op, o: &Outcome) -> Phase {
         (_, VolumeState::Fenced) => Phase::Fenced,
         (Op::Release { .. }, VolumeState::NotRegistered) => Phase::Released,
         (_, VolumeState::NotRegistered) => Phase::Error,
+        // Not on the LUN any more: the next plan acquires again, under the
+        // same attachment and with fresh authority.
+        (_, VolumeState::Lost) => Phase::Error,
         (_, VolumeState::Refused) => Phase::Error,
     }
 }
@@ -849,6 +852,7 @@ mod tests {
             generation: (1, 1),
             unit_attentions: vec![],
             raced: false,
+            notes: vec![],
         }
     }
 

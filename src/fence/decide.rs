@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::keys::ClusterTag;
 use super::policy::{AccessMode, Policy, PreemptMode};
-use crate::scsi::{Capabilities, Reservation, ReservationKey, ReservationType};
+use super::state::{Phase, Record};
+use crate::scsi::{Capabilities, Reservation, ReservationKey, ReservationType, Sense};
 
 /// Whether one of this node's paths carries its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,6 +48,111 @@ pub struct Observed {
     pub caps: Option<Capabilities>,
     /// This node's usable paths and their registration.
     pub paths: Vec<(PathBuf, PathRegistration)>,
+    /// How many registrations carry our key (READ KEYS lists one per I_T nexus).
+    pub ours_count: u32,
+    /// READ FULL STATUS answered (per-path registration known from the LUN).
+    pub full_status: bool,
+    /// The target refused PREEMPT AND ABORT before.
+    pub no_preempt_and_abort: bool,
+    /// What the unit attentions consumed by the reads told.
+    pub signs: Signs,
+}
+
+impl Observed {
+    /// Sets `ours_count` from the keys (for observations built by hand).
+    pub fn counting(mut self, ours: ReservationKey) -> Observed {
+        self.ours_count = self.keys.iter().filter(|k| **k == ours).count() as u32;
+        self
+    }
+}
+
+/// What unit attentions on this node's own nexus said about its registrations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Signs {
+    /// 29/xx: power on, reset, I_T nexus loss: registrations without APTPL are gone.
+    pub reset: bool,
+    /// 2A/03, 2A/04, 2A/05: reservations preempted or released, registrations preempted.
+    pub preempted: bool,
+}
+
+impl Signs {
+    /// Reads the signs from the unit attentions a path consumed.
+    pub fn from_unit_attentions(uas: &[Sense]) -> Signs {
+        Signs {
+            reset: uas.iter().any(|s| s.asc == 0x29),
+            preempted: uas
+                .iter()
+                .any(|s| s.asc == 0x2a && matches!(s.ascq, 0x03..=0x05)),
+        }
+    }
+}
+
+/// What the LUN says about this node's earlier registrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evidence {
+    /// Nothing unexpected.
+    None,
+    /// Another node removed our key: fenced (I7), whatever else happened.
+    Preempted,
+    /// Our registrations are gone with no preemption in sight: a target
+    /// reset or power loss (or a CLEAR), not a fence.
+    Lost,
+}
+
+/// Weighs the record of what this node registered against what the LUN says.
+///
+/// Registrations go away only by PREEMPT, CLEAR, a reset or this node's own
+/// unregister (which rewrites the record), so fewer of ours than recorded is
+/// a preemption, unless a reset unit attention or an empty LUN (a preempting
+/// node stays registered) says they were lost. A single-node holder whose
+/// reservation moved to another key was preempted too, even if a late
+/// REGISTER of ours landed afterwards.
+pub fn evidence(
+    rec: Option<&Record>,
+    obs: &Observed,
+    ours: ReservationKey,
+    access: AccessMode,
+) -> Evidence {
+    let Some(r) = rec else {
+        return Evidence::None;
+    };
+    if r.phase == Phase::Fenced {
+        return Evidence::Preempted;
+    }
+    let had = r.key_count.unwrap_or(match r.phase {
+        Phase::Held => 1,
+        _ => 0,
+    });
+    let empty = obs.keys.is_empty() && obs.reservation.is_none();
+    if obs.ours_count < had {
+        return if (obs.signs.reset && !obs.signs.preempted) || empty {
+            Evidence::Lost
+        } else {
+            Evidence::Preempted
+        };
+    }
+    if r.phase == Phase::Held && access == AccessMode::SingleNode && holder_moved(obs, ours) {
+        return Evidence::Preempted;
+    }
+    Evidence::None
+}
+
+/// A single-holder reservation held by another key.
+fn holder_moved(obs: &Observed, ours: ReservationKey) -> bool {
+    obs.reservation
+        .as_ref()
+        .is_some_and(|r| !r.rtype.all_registrants() && r.key != ours)
+}
+
+/// Registered under another node's single-node reservation: this node can
+/// write while the holder believes it alone can. Never a state to keep.
+pub fn second_writer(obs: &Observed, ours: ReservationKey) -> bool {
+    obs.ours_count > 0 && holder_moved(obs, ours)
+}
+
+/// ALL_TG_PT for this LUN under this policy.
+pub fn uses_all_tg_pt(obs: &Observed, policy: &Policy) -> bool {
+    policy.use_all_tg_pt(obs.caps.as_ref())
 }
 
 /// Everything the decisions need besides the observation.
@@ -170,6 +276,32 @@ pub enum Step {
     },
 }
 
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let who = |k: &OtherKey| match &k.node {
+            Some(n) => format!("{} ({n})", k.key),
+            None if k.foreign => format!("{} (foreign)", k.key),
+            None => format!("{}", k.key),
+        };
+        match self {
+            Step::Register { path, .. } => write!(f, "REGISTER on {}", path.display()),
+            Step::Reserve { rtype } => write!(f, "RESERVE {rtype}"),
+            Step::Preempt { victim, abort, .. } => write!(
+                f,
+                "{} of {}",
+                if *abort {
+                    "PREEMPT AND ABORT"
+                } else {
+                    "PREEMPT"
+                },
+                who(victim)
+            ),
+            Step::Release { rtype, .. } => write!(f, "RELEASE {rtype}"),
+            Step::Unregister { path, .. } => write!(f, "unregister on {}", path.display()),
+        }
+    }
+}
+
 /// Why the engine will not act (a safe decision, not a failure).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(tag = "reason", rename_all = "kebab-case")]
@@ -248,7 +380,14 @@ pub fn plan_acquire(obs: &Observed, ctx: &Context) -> Result<Vec<Step>, Refusal>
         return Err(Refusal::NoUsablePath);
     }
     let rtype = ctx.policy.reservation_type(ctx.access);
-    let abort = ctx.policy.preempt == PreemptMode::PreemptAndAbort;
+    // PREEMPT AND ABORT unless the policy says PREEMPT, or the target refused
+    // it before and the policy allows falling back (preempt-and-abort-only
+    // sends it and fails clearly).
+    let abort = match ctx.policy.preempt {
+        PreemptMode::PreemptAndAbort => !obs.no_preempt_and_abort,
+        PreemptMode::PreemptAndAbortOnly => true,
+        PreemptMode::Preempt => false,
+    };
     let keys = classify(&obs.keys, ctx);
     let mut steps = registrations(obs, ctx);
     let mut holder_key = None;
@@ -397,7 +536,12 @@ mod tests {
                 .enumerate()
                 .map(|(i, r)| (PathBuf::from(format!("/dev/sd{i}")), r))
                 .collect(),
+            ours_count: 0,
+            full_status: true,
+            no_preempt_and_abort: false,
+            signs: Signs::default(),
         }
+        .counting(key("b"))
     }
     fn live(nodes: &[&str]) -> BTreeMap<ReservationKey, String> {
         nodes.iter().map(|n| (key(n), n.to_string())).collect()

@@ -1,23 +1,28 @@
 //! The fencing engine: acquire, release and check one volume's reservation,
-//! deciding every step from what the LUN answers now (DESIGN §3, §5).
+//! deciding every step from what the LUN answers now (docs/design.md).
 //!
 //! Order of every operation: find the LUN and prove each path's identity (I3);
-//! read the PR state; consult the fenced-state store (I1); decide (pure, in
-//! [`super::decide`]); send; read back. Blocking: callers run it on a
-//! blocking thread; every SCSI command is bounded by its timeout (I6).
+//! read the PR state; weigh it against the fenced-state store (I1, I7);
+//! decide (pure, in [`super::decide`]); send, each access-granting PR OUT
+//! behind a fresh look at the deadline, the authorization and the device
+//! number; read back and, when the LUN moved under us, plan again (bounded).
+//! Blocking: callers run it on a blocking thread; every SCSI command is
+//! bounded by its timeout (I6).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::decide::{self, Context, KeyClasses, Observed, OtherKey, Refusal, Step};
+use super::clock::{Clock, SystemClock};
+use super::decide::{self, Context, Evidence, KeyClasses, Observed, OtherKey, Refusal, Step};
 use super::keys::ClusterTag;
 use super::policy::{AccessMode, Policy};
 use super::state::{AttachmentId, Phase, Record, StateError, StateStore};
 use crate::device::{DeviceError, NotFound, PathInfo, Resolver};
-use crate::scsi::{ReservationKey, Wwid};
+use crate::scsi::{Capabilities, ReservationKey, Wwid};
 use crate::transport::{RetryPolicy, ScsiError, ScsiPath, Transport};
 
 /// A volume as the engine sees it: no Kubernetes types.
@@ -58,15 +63,22 @@ pub struct EngineConfig {
     pub retry: RetryPolicy,
     /// How long to wait for a LUN that has not appeared yet.
     pub device_wait: Duration,
-    /// An authorization older than this is not fresh.
+    /// An authorization older than this is not fresh; checked before every
+    /// access-granting PR OUT, not only at the start.
     pub max_authorization_age: Duration,
+    /// Past this, counted from its start, an operation sends no command that
+    /// grants access (REGISTER, RESERVE, PREEMPT): whoever waited for it has
+    /// given up, and a late PR OUT would act without them (I1, I6).
+    pub operation_deadline: Duration,
     /// Every node name of the cluster, so stale keys can be named in reports.
     pub known_nodes: BTreeSet<String>,
     /// Send no PR OUT; report what would be sent.
     pub dry_run: bool,
     /// Test hook: stop right after the registrations of an acquire, as a
-    /// crash there would (no read-back, no state update).
+    /// crash there would (no reservation step, no state update).
     pub interrupt_after_register: bool,
+    /// Time (virtual in the simulation).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl EngineConfig {
@@ -79,9 +91,11 @@ impl EngineConfig {
             retry: RetryPolicy::default(),
             device_wait: Duration::from_secs(0),
             max_authorization_age: Duration::from_secs(60),
+            operation_deadline: Duration::from_secs(60),
             known_nodes: BTreeSet::new(),
             dry_run: false,
             interrupt_after_register: false,
+            clock: Arc::new(SystemClock::default()),
         }
     }
 }
@@ -99,6 +113,10 @@ pub enum VolumeState {
     Fenced,
     /// Not registered, by this node's choice (released or never acquired).
     NotRegistered,
+    /// This node's registrations vanished without a preemption (a target
+    /// reset or power loss without APTPL): re-acquired under the same
+    /// attachment once the source confirms it again.
+    Lost,
     /// The engine refused to act; see the refusal.
     Refused,
 }
@@ -113,10 +131,11 @@ pub struct PathReport {
     pub usable: bool,
     /// The path leads to another LUN (VPD 83h differs): never ours to register.
     pub wrong_lun: bool,
-    /// Carries this node's key after the operation (known from READ FULL STATUS).
+    /// Carries this node's key after the operation (from READ FULL STATUS,
+    /// or from this node's own record where the target lacks it).
     pub registered: bool,
     /// What is known of the path's registration: registered, not-registered,
-    /// or unknown (its I_T nexus cannot be named from sysfs).
+    /// or unknown (its I_T nexus cannot be named).
     pub registration: Option<super::decide::PathRegistration>,
     /// The WWID the path reports, when it is another LUN's.
     pub reports_wwid: Option<String>,
@@ -156,6 +175,10 @@ pub struct Outcome {
     /// The PR generation moved by more than this operation's own commands:
     /// another node changed the LUN at the same time.
     pub raced: bool,
+    /// What the operator should know besides the state: a capability the
+    /// target lacks and what was done instead, a re-plan after a conflict,
+    /// registrations lost to a reset, a rollback.
+    pub notes: Vec<String>,
 }
 
 /// Why an operation failed (not a refusal: something went wrong).
@@ -195,7 +218,7 @@ pub enum FenceError {
     #[error("interrupted after REGISTER (test hook)")]
     Interrupted,
     /// A step failed after others were sent: what was sent is listed.
-    #[error("volume {volume}: {failed:?} failed after {} step(s) were sent ({done:?})", done.len())]
+    #[error("volume {volume}: {failed} failed after {} step(s) were sent{}: {source}", done.len(), rollback_note(*.rolled_back))]
     Step {
         /// The volume.
         volume: String,
@@ -203,8 +226,44 @@ pub enum FenceError {
         done: Vec<Step>,
         /// The step that failed.
         failed: Box<Step>,
+        /// This node's registrations were taken back afterwards.
+        rolled_back: bool,
         /// Why.
         source: Box<ScsiError>,
+    },
+    /// The target lacks a service action that the policy requires.
+    #[error("volume {volume}: the target does not support {capability} and the policy requires it ({why}); this node's registrations were taken back")]
+    Unsupported {
+        /// The volume.
+        volume: String,
+        /// The missing capability, e.g. "PREEMPT AND ABORT".
+        capability: &'static str,
+        /// What to change.
+        why: String,
+    },
+    /// The operation ran out of time or authority before its next
+    /// access-granting command; nothing more was sent (I1).
+    #[error("volume {volume}: stopped before {next}: {why}; nothing more was sent{}", rollback_note(*.rolled_back))]
+    Stopped {
+        /// The volume.
+        volume: String,
+        /// The command that was not sent.
+        next: String,
+        /// Deadline passed or authorization expired.
+        why: String,
+        /// This node's registrations were taken back.
+        rolled_back: bool,
+    },
+    /// The LUN kept changing under the operation (another node acquiring or
+    /// releasing at the same moment) for every round allowed.
+    #[error("volume {volume}: the reservation kept changing for {rounds} rounds ({last}); this node's registrations were taken back, the next attempt starts afresh")]
+    NotConverged {
+        /// The volume.
+        volume: String,
+        /// Rounds tried.
+        rounds: u32,
+        /// The last thing that got in the way.
+        last: String,
     },
     /// No path of the LUN can be used; nothing is sent through the map
     /// (SG_IO there can block without a timeout when dm queues I/O).
@@ -215,8 +274,8 @@ pub enum FenceError {
         /// Each path's problem.
         reasons: String,
     },
-    /// READ KEYS, READ RESERVATION and READ FULL STATUS kept disagreeing on
-    /// the PR generation: the LUN was changing while it was read.
+    /// The PR IN reads kept disagreeing on the PR generation: the LUN was
+    /// changing while it was read.
     #[error(
         "{device}: the PR state kept changing while it was read (generations {generations:?})"
     )]
@@ -226,6 +285,14 @@ pub enum FenceError {
         /// The generations seen in the last attempt.
         generations: Vec<u32>,
     },
+}
+
+fn rollback_note(yes: bool) -> &'static str {
+    if yes {
+        "; this node's registrations were taken back"
+    } else {
+        ""
+    }
 }
 
 impl FenceError {
@@ -239,6 +306,9 @@ impl FenceError {
             FenceError::NoPathRegistered { .. } => "no_path_registered",
             FenceError::Interrupted => "interrupted",
             FenceError::Step { source, .. } => source.kind(),
+            FenceError::Unsupported { .. } => "unsupported",
+            FenceError::Stopped { .. } => "deadline",
+            FenceError::NotConverged { .. } => "not_converged",
             FenceError::NoUsablePath { .. } => "no_usable_path",
             FenceError::Unstable { .. } => "unstable",
         }
@@ -249,6 +319,10 @@ impl FenceError {
 #[derive(Debug, Clone)]
 struct UsablePath {
     dev: PathBuf,
+    /// `H:C:T:L` (or the kernel name): what the record remembers.
+    id: String,
+    /// The device number when its identity was proven.
+    devnum: Option<u64>,
     rtpi: Option<u16>,
     initiator: Option<crate::device::InitiatorPort>,
 }
@@ -260,6 +334,33 @@ struct Located {
     reports: Vec<PathReport>,
 }
 
+/// What the engine learned of a LUN's optional features (kept per WWID for
+/// the daemon's life: each is asked once, not on every operation).
+#[derive(Debug, Clone, Default)]
+pub struct LunCaps {
+    /// REPORT CAPABILITIES' answer; `None` when unsupported.
+    pub report: Option<Capabilities>,
+    /// REPORT CAPABILITIES was asked.
+    pub asked: bool,
+    /// READ FULL STATUS answered ILLEGAL REQUEST: per-path registration
+    /// comes from this node's record instead.
+    pub no_full_status: bool,
+    /// PREEMPT AND ABORT answered ILLEGAL REQUEST.
+    pub no_preempt_and_abort: bool,
+}
+
+/// One operation in progress: the engine's view of the LUN and its report.
+struct Run<'a> {
+    vol: &'a Volume,
+    auth: Option<&'a Authorization>,
+    loc: Located,
+    out: Outcome,
+    /// Monotonic time past which nothing access-granting is sent.
+    deadline: Duration,
+    /// Paths this operation sent a REGISTER to (landed or possibly landed).
+    touched: Vec<PathBuf>,
+}
+
 /// The engine for one node.
 pub struct Engine<T: Transport> {
     cfg: EngineConfig,
@@ -267,7 +368,11 @@ pub struct Engine<T: Transport> {
     transport: T,
     resolver: Resolver,
     state: StateStore,
+    caps: Mutex<HashMap<String, LunCaps>>,
 }
+
+/// How many times an acquire re-observes and re-plans after the LUN moved.
+const ROUNDS: u32 = 4;
 
 impl<T: Transport> Engine<T> {
     /// An engine sending through `transport`, finding LUNs with `resolver`.
@@ -279,6 +384,7 @@ impl<T: Transport> Engine<T> {
             transport,
             resolver,
             state,
+            caps: Mutex::new(HashMap::new()),
         }
     }
 
@@ -292,110 +398,215 @@ impl<T: Transport> Engine<T> {
         &self.transport
     }
 
-    fn path(&self, dev: &Path) -> ScsiPath<'_> {
+    fn path(&self, dev: &std::path::Path) -> ScsiPath<'_> {
         ScsiPath::new(&self.transport, dev, self.cfg.command_timeout).with_retry(self.cfg.retry)
     }
 
-    /// Takes the volume for this node (DESIGN §5 "Acquire").
+    fn start<'a>(
+        &self,
+        vol: &'a Volume,
+        auth: Option<&'a Authorization>,
+    ) -> Result<Run<'a>, FenceError> {
+        let deadline = self.cfg.clock.mono() + self.cfg.operation_deadline;
+        let loc = self.locate(vol)?;
+        let out = self.outcome(vol, &loc);
+        Ok(Run {
+            vol,
+            auth,
+            loc,
+            out,
+            deadline,
+            touched: Vec::new(),
+        })
+    }
+
+    /// Takes the volume for this node: registers every path, then RESERVE or
+    /// PREEMPT the stale holder, PREEMPT other stale keys; re-plans when the
+    /// LUN moved meanwhile; never leaves this node registered beside another
+    /// node's single-node reservation.
     pub fn acquire(
         &self,
         vol: &Volume,
         auth: &Authorization,
         live: &BTreeSet<String>,
     ) -> Result<Outcome, FenceError> {
-        let loc = self.locate(vol)?;
-        let mut out = self.outcome(vol, &loc);
+        let mut run = self.start(vol, Some(auth))?;
         if let Some(r) = self.unfresh_authorization(auth) {
-            return Ok(out.refused(r));
+            return Ok(run.out.refused(r));
         }
-        let rec = self.record_for(vol, Some(&auth.attachment))?;
-        // Only PR IN until the fence checks below have passed (I1).
-        let obs = self.observe_into(&loc, &mut out)?;
         let (lives, known) = self.key_maps(live);
         let ctx = self.context(vol, &lives, &known);
-        out.keys = decide::classify(&obs.keys, &ctx);
-        if let Some(r) = rec.as_ref().filter(|r| preempted_under(r, &obs, self.key)) {
-            self.note(
-                vol,
-                Phase::Fenced,
-                &r.attachment,
-                obs.generation,
-                r.phase != Phase::Fenced,
-            )?;
-            return Ok(out.refused(fenced(auth)));
+        let mut last = String::new();
+        for round in 0..ROUNDS {
+            let rec = self.record_for(vol, Some(&auth.attachment))?;
+            // Only PR IN until the fence checks below have passed (I1).
+            let obs = self.observe_into(&mut run, rec.as_ref(), round == 0)?;
+            run.out.keys = decide::classify(&obs.keys, &ctx);
+            match decide::evidence(rec.as_ref(), &obs, self.key, vol.access) {
+                Evidence::Preempted => return self.fenced_refusal(&mut run, &obs, auth),
+                Evidence::Lost => run.out.notes.push(LOST_NOTE.into()),
+                Evidence::None => {}
+            }
+            let steps = match decide::plan_acquire(&obs, &ctx) {
+                Ok(s) => s,
+                Err(r) => return self.refuse_acquire(&mut run, &obs, rec.as_ref(), r),
+            };
+            if self.cfg.dry_run {
+                run.out.steps = steps;
+                run.out.state = io::state_of(&obs, self.key);
+                return Ok(run.out);
+            }
+            if steps.is_empty() {
+                return self.settle(&mut run, &obs, auth);
+            }
+            let registers = steps.iter().any(|s| matches!(s, Step::Register { .. }));
+            if registers {
+                // The intent goes to disk before the first REGISTER, with the
+                // PR generation and our registrations it starts from: a crash
+                // anywhere after it is recoverable.
+                self.note_registering(&run, &auth.attachment, &obs, rec.as_ref(), &steps)?;
+            }
+            match self.execute_acquire(&mut run, &obs, &steps)? {
+                Executed::Done => {}
+                Executed::Replan(why) => {
+                    run.out
+                        .notes
+                        .push(format!("round {}: {why}; re-planned", round + 1));
+                    last = why;
+                }
+            }
         }
-        let steps = match decide::plan_acquire(&obs, &ctx) {
-            Ok(s) => s,
-            Err(r) => return Ok(out.refused(r)),
-        };
-        // The intent goes to disk before the first REGISTER, with the PR
-        // generation it starts from: a crash anywhere after it is recoverable.
-        let registers = steps.iter().any(|s| matches!(s, Step::Register { .. }));
-        self.note(
-            vol,
-            Phase::Registering,
-            &auth.attachment,
-            obs.generation,
-            registers && rec.is_none(),
-        )?;
-        self.execute(vol, &loc, &obs, &steps, &mut out)?;
-        self.finish(&loc, &mut out, &obs, &steps)?;
-        self.settle(vol, &auth.attachment, &out)?;
-        Ok(out)
+        // The final read-back decides; a last plan with nothing to do is held.
+        let rec = self.record_for(vol, Some(&auth.attachment))?;
+        let obs = self.observe_into(&mut run, rec.as_ref(), false)?;
+        if decide::plan_acquire(&obs, &ctx).is_ok_and(|s| s.is_empty()) {
+            return self.settle(&mut run, &obs, auth);
+        }
+        self.roll_back(&mut run, &obs)?;
+        Err(FenceError::NotConverged {
+            volume: vol.name.clone(),
+            rounds: ROUNDS,
+            last,
+        })
     }
 
-    /// Gives the volume up (DESIGN §5 "Release"): only this node's
-    /// registrations. A "fenced under X" record is kept (I1); any other
-    /// record goes once the key is gone.
+    /// Gives the volume up: RELEASE if this node holds it, then unregister
+    /// its paths. Never touches another key. A "fenced under X" record is
+    /// kept (I1); any other record goes once the key is gone.
     pub fn release(&self, vol: &Volume) -> Result<Outcome, FenceError> {
-        let loc = self.locate(vol)?;
-        let mut out = self.outcome(vol, &loc);
+        let mut run = self.start(vol, None)?;
         let rec = self.record_for(vol, None)?;
-        let obs = self.observe_into(&loc, &mut out)?;
+        let obs = self.observe_into(&mut run, rec.as_ref(), true)?;
         let empty = BTreeMap::new();
         let ctx = self.context(vol, &empty, &empty);
-        out.keys = decide::classify(&obs.keys, &ctx);
+        run.out.keys = decide::classify(&obs.keys, &ctx);
         let steps = decide::plan_release(&obs, &ctx);
-        self.execute(vol, &loc, &obs, &steps, &mut out)?;
-        self.finish(&loc, &mut out, &obs, &steps)?;
-        let gone = out.state == VolumeState::NotRegistered;
-        if gone && !self.cfg.dry_run && rec.is_some_and(|r| r.phase != Phase::Fenced) {
-            self.state.set(&vol.wwid.to_string(), None)?;
+        if self.cfg.dry_run {
+            run.out.steps = steps;
+            run.out.state = io::state_of(&obs, self.key);
+            return Ok(run.out);
         }
-        Ok(out)
+        for step in &steps {
+            self.send_releasing(&mut run, step)?;
+        }
+        let after = self.observe_into(&mut run, rec.as_ref(), false)?;
+        self.finish(&mut run, &obs, &after);
+        let gone = run.out.state == VolumeState::NotRegistered;
+        if gone && rec.is_some_and(|r| r.phase != Phase::Fenced) {
+            self.state.set(&vol.wwid.to_string(), None)?;
+        } else if !gone {
+            // Partly released: what is left is still ours, and counted.
+            self.recount(&run, &after)?;
+        }
+        Ok(run.out)
     }
 
-    /// The monitor (DESIGN §5 "Monitor"): is our key still there (I7), are
-    /// new paths registered (I5); reports stale and foreign keys.
+    /// The monitor: is our key still there (I7), are new paths registered
+    /// (I5, only while the key is ours), is anything of ours left where it
+    /// must not be (a late registration after a fence)?
     pub fn check(&self, vol: &Volume, live: &BTreeSet<String>) -> Result<Outcome, FenceError> {
-        let loc = self.locate(vol)?;
-        let mut out = self.outcome(vol, &loc);
+        let mut run = self.start(vol, None)?;
         let rec = self.record_for(vol, None)?;
-        let obs = self.observe_into(&loc, &mut out)?;
+        let obs = self.observe_into(&mut run, rec.as_ref(), true)?;
         let (lives, known) = self.key_maps(live);
         let ctx = self.context(vol, &lives, &known);
-        out.keys = decide::classify(&obs.keys, &ctx);
-        if !out.keys.ours_present {
-            out.state = VolumeState::NotRegistered;
-            if let Some(r) = rec.filter(|r| preempted_under(r, &obs, self.key)) {
-                self.note(
-                    vol,
-                    Phase::Fenced,
-                    &r.attachment,
-                    obs.generation,
-                    r.phase != Phase::Fenced,
-                )?;
-                out.state = VolumeState::Fenced;
+        run.out.keys = decide::classify(&obs.keys, &ctx);
+        run.out.state = io::state_of(&obs, self.key);
+        match decide::evidence(rec.as_ref(), &obs, self.key, vol.access) {
+            Evidence::Preempted => return self.fenced_check(&mut run, &obs, rec.as_ref()),
+            Evidence::Lost => {
+                run.out.notes.push(LOST_NOTE.into());
+                run.out.state = VolumeState::Lost;
+                return Ok(run.out);
             }
-            return Ok(out);
+            Evidence::None => {}
+        }
+        if obs.ours_count == 0 {
+            return Ok(run.out);
+        }
+        if decide::second_writer(&obs, self.key) {
+            // Registered under another node's single-node reservation with no
+            // record of holding it: a leftover that lets this node write.
+            run.out
+                .notes
+                .push("registered beside another node's reservation: unregistered".into());
+            self.roll_back(&mut run, &obs)?;
+            return Ok(run.out);
         }
         let steps = decide::plan_check(&obs, &ctx);
-        self.execute(vol, &loc, &obs, &steps, &mut out)?;
-        self.finish(&loc, &mut out, &obs, &steps)?;
-        if out.raced {
-            self.undo_registrations(vol, &loc, &obs, &steps, &mut out, rec.as_ref())?;
+        if self.cfg.dry_run || steps.is_empty() {
+            run.out.steps = if self.cfg.dry_run { steps } else { Vec::new() };
+            return Ok(run.out);
         }
-        Ok(out)
+        self.repair_paths(&mut run, &obs, rec.as_ref(), &steps)
+    }
+
+    /// Registers new paths of a held volume, then proves on the read-back
+    /// that none of the earlier registrations vanished meanwhile; if one did,
+    /// another node preempted us in between: fenced, and every registration
+    /// taken back (recorded first, so a crash in the undo cannot lose it).
+    fn repair_paths(
+        &self,
+        run: &mut Run<'_>,
+        obs: &Observed,
+        rec: Option<&Record>,
+        steps: &[Step],
+    ) -> Result<Outcome, FenceError> {
+        if let Some(r) = rec.filter(|r| r.phase != Phase::Fenced) {
+            self.note_registering(run, &r.attachment, obs, Some(r), steps)?;
+        }
+        let unregistered: Vec<PathBuf> = obs
+            .paths
+            .iter()
+            .filter(|(_, r)| *r == decide::PathRegistration::NotRegistered)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut landed = 0;
+        for step in steps {
+            let Step::Register { path, .. } = step else {
+                continue;
+            };
+            match self.send_granting(run, step, path) {
+                // Only a path known unregistered adds one for sure; an
+                // unknown one may have carried the key already.
+                Ok(()) => landed += u32::from(unregistered.contains(path)),
+                Err(Send::Path(_)) => {}
+                Err(Send::Stop(why)) => return Err(self.stopped(run, obs, step, why)?),
+            }
+        }
+        let after = self.observe_into(run, rec, false)?;
+        self.finish(run, obs, &after);
+        if after.ours_count < obs.ours_count + landed && !after.signs.reset {
+            run.out.raced = true;
+            run.out.notes.push(
+                "a registration vanished while new paths were registered: another node preempted this one".into(),
+            );
+            return self.fenced_check(run, &after, rec);
+        }
+        if let Some(r) = rec.filter(|r| r.phase != Phase::Fenced) {
+            self.remember(run.vol, &r.attachment, Phase::Held, &after, run, r)?;
+        }
+        Ok(run.out.clone())
     }
 
     /// The record of this LUN, if it belongs to `attachment` (or any, with `None`).
@@ -408,74 +619,191 @@ impl<T: Transport> Engine<T> {
         Ok(rec.filter(|r| attachment.is_none_or(|a| &r.attachment == a)))
     }
 
-    /// Writes a record when `when` holds (never in a dry run).
-    fn note(
-        &self,
-        vol: &Volume,
-        phase: Phase,
-        a: &AttachmentId,
-        generation: u32,
-        when: bool,
-    ) -> Result<(), FenceError> {
-        if when && !self.cfg.dry_run {
-            let rec = Record::now(&vol.name, phase, a).at_generation(generation);
+    fn write(&self, vol: &Volume, rec: Record) -> Result<(), FenceError> {
+        if !self.cfg.dry_run {
             self.state.set(&vol.wwid.to_string(), Some(rec))?;
         }
         Ok(())
     }
 
-    /// After an acquire: Held when the key is on the LUN, Fenced when a
-    /// concurrent preemption took it (the generation moved under us).
-    fn settle(&self, vol: &Volume, a: &AttachmentId, out: &Outcome) -> Result<(), FenceError> {
-        match out.state {
-            VolumeState::Held | VolumeState::Registered => {
-                self.note(vol, Phase::Held, a, out.generation.1, true)
-            }
-            _ if out.raced => self.note(vol, Phase::Fenced, a, out.generation.1, true),
-            _ => Ok(()),
+    fn note_registering(
+        &self,
+        run: &Run<'_>,
+        a: &AttachmentId,
+        obs: &Observed,
+        prev: Option<&Record>,
+        steps: &[Step],
+    ) -> Result<(), FenceError> {
+        let vol = run.vol;
+        let mut rec = Record::now(&vol.name, Phase::Registering, a).at_generation(obs.generation);
+        rec.key_count = Some(obs.ours_count);
+        // Every path about to be registered is named before the REGISTER
+        // goes out: after a crash in between, a target without READ FULL
+        // STATUS must not see it registered a second time by reflex.
+        rec.paths = io::remembered(&run.loc, obs);
+        rec.paths.extend(io::ids_of(&run.loc, &registering(steps)));
+        rec.paths.sort();
+        rec.paths.dedup();
+        rec.all_tg_pt =
+            prev.is_some_and(|p| p.all_tg_pt) || decide::uses_all_tg_pt(obs, &vol.policy);
+        if let Some(p) = prev.filter(|p| p.phase == Phase::Held) {
+            // Still held while a new path is added: keep the phase.
+            rec.phase = p.phase;
         }
+        self.write(vol, rec)
     }
 
-    /// The LUN changed under a check's new registrations: another node acted
-    /// between our read and our REGISTER, possibly preempting us. Take the
-    /// new registrations back (multipathd does the same) and read again; a
-    /// later check registers them if the key is still ours.
-    fn undo_registrations(
+    /// After the REGISTERs: the record names every path that now carries
+    /// the key, so a target without READ FULL STATUS does not see them
+    /// registered again, and counts the registrations known to have landed
+    /// (REGISTERs to paths known unregistered), so a later preemption shows.
+    fn note_registered(
+        &self,
+        run: &Run<'_>,
+        obs: &Observed,
+        registered: &[PathBuf],
+    ) -> Result<(), FenceError> {
+        let Some(a) = run.auth.map(|a| &a.attachment) else {
+            return Ok(());
+        };
+        let Some(mut rec) = self.record_for(run.vol, Some(a))? else {
+            return Ok(());
+        };
+        let sure = registered
+            .iter()
+            .filter(|p| {
+                obs.paths
+                    .iter()
+                    .any(|(q, r)| q == *p && *r == decide::PathRegistration::NotRegistered)
+            })
+            .count() as u32;
+        rec.key_count = Some(obs.ours_count + sure);
+        rec.paths = io::ids_of(&run.loc, registered);
+        self.write(run.vol, rec)
+    }
+
+    /// After this node's own unregisters: the record keeps its phase and
+    /// attachment, with the registrations the LUN shows now.
+    fn recount(&self, run: &Run<'_>, after: &Observed) -> Result<(), FenceError> {
+        let Some(mut rec) = self.record_for(run.vol, None)? else {
+            return Ok(());
+        };
+        if rec.phase == Phase::Fenced {
+            return Ok(());
+        }
+        rec.key_count = Some(after.ours_count);
+        rec.paths = io::remembered(&run.loc, after);
+        self.write(run.vol, rec)
+    }
+
+    /// Writes what this node holds now, as the LUN just said it.
+    fn remember(
         &self,
         vol: &Volume,
-        loc: &Located,
+        a: &AttachmentId,
+        phase: Phase,
         obs: &Observed,
-        steps: &[Step],
-        out: &mut Outcome,
-        rec: Option<&Record>,
+        run: &Run<'_>,
+        prev: &Record,
     ) -> Result<(), FenceError> {
-        for s in steps {
-            if let Step::Register {
-                path, all_tg_pt, ..
-            } = s
-            {
-                let undo = Step::Unregister {
-                    path: path.clone(),
-                    all_tg_pt: *all_tg_pt,
-                    ignore_existing: true,
-                };
-                self.path(path).prout(&self.prout_of(&undo))?;
-                out.steps.push(undo);
-            }
-        }
-        self.finish(loc, out, obs, &[])?;
-        out.raced = true;
-        if out.state == VolumeState::NotRegistered {
-            out.state = VolumeState::Fenced;
-            if let Some(r) = rec {
-                self.note(vol, Phase::Fenced, &r.attachment, out.generation.1, true)?;
-            }
+        let mut rec = Record::now(&vol.name, phase, a).at_generation(obs.generation);
+        rec.since = if prev.phase == phase {
+            prev.since
+        } else {
+            rec.since
+        };
+        rec.key_count = Some(obs.ours_count);
+        rec.paths = io::remembered(&run.loc, obs);
+        rec.all_tg_pt = prev.all_tg_pt;
+        if Some(&rec) != Some(prev) {
+            self.write(vol, rec)?;
         }
         Ok(())
     }
 
+    /// The acquire reached its goal: record Held with what the LUN shows.
+    fn settle(
+        &self,
+        run: &mut Run<'_>,
+        obs: &Observed,
+        auth: &Authorization,
+    ) -> Result<Outcome, FenceError> {
+        run.out.state = io::state_of(obs, self.key);
+        run.out.generation.1 = obs.generation;
+        let prev = self
+            .record_for(run.vol, Some(&auth.attachment))?
+            .unwrap_or_else(|| Record::now(&run.vol.name, Phase::Registering, &auth.attachment));
+        let mut held = prev.clone();
+        held.all_tg_pt = prev.all_tg_pt || decide::uses_all_tg_pt(obs, &run.vol.policy);
+        self.remember(run.vol, &auth.attachment, Phase::Held, obs, run, &held)?;
+        Ok(run.out.clone())
+    }
+
+    /// Fenced under this attachment: refuse, and take back anything of ours
+    /// that a late REGISTER left on the LUN (it would let this node write).
+    fn fenced_refusal(
+        &self,
+        run: &mut Run<'_>,
+        obs: &Observed,
+        auth: &Authorization,
+    ) -> Result<Outcome, FenceError> {
+        self.record_fenced(run.vol, &auth.attachment, obs)?;
+        if obs.ours_count > 0 {
+            self.roll_back(run, obs)?;
+        }
+        Ok(run.out.clone().refused(fenced(auth)))
+    }
+
+    fn fenced_check(
+        &self,
+        run: &mut Run<'_>,
+        obs: &Observed,
+        rec: Option<&Record>,
+    ) -> Result<Outcome, FenceError> {
+        if let Some(r) = rec {
+            self.record_fenced(run.vol, &r.attachment, obs)?;
+        }
+        if obs.ours_count > 0 {
+            self.roll_back(run, obs)?;
+        }
+        run.out.state = VolumeState::Fenced;
+        Ok(run.out.clone())
+    }
+
+    fn record_fenced(
+        &self,
+        vol: &Volume,
+        a: &AttachmentId,
+        obs: &Observed,
+    ) -> Result<(), FenceError> {
+        let prev = self.record_for(vol, Some(a))?;
+        if prev.as_ref().is_some_and(|r| r.phase == Phase::Fenced) {
+            return Ok(());
+        }
+        let rec = Record::now(&vol.name, Phase::Fenced, a).at_generation(obs.generation);
+        self.write(vol, rec)
+    }
+
+    /// The plan was refused. Registered beside another node's single-node
+    /// reservation means a second writer: take our registrations back first.
+    fn refuse_acquire(
+        &self,
+        run: &mut Run<'_>,
+        obs: &Observed,
+        rec: Option<&Record>,
+        r: Refusal,
+    ) -> Result<Outcome, FenceError> {
+        if !self.cfg.dry_run && decide::second_writer(obs, self.key) {
+            self.roll_back(run, obs)?;
+            if let Some(prev) = rec {
+                self.remember(run.vol, &prev.attachment, prev.phase, obs, run, prev)?;
+            }
+        }
+        Ok(run.out.clone().refused(r))
+    }
+
     fn unfresh_authorization(&self, auth: &Authorization) -> Option<Refusal> {
-        let now = SystemTime::now();
+        let now = self.cfg.clock.wall();
         if let Ok(ahead) = auth.read_at.duration_since(now) {
             // A read "from the future" is a clock problem, not freshness.
             if ahead > CLOCK_SKEW {
@@ -544,8 +872,39 @@ impl<T: Transport> Engine<T> {
             generation: (0, 0),
             unit_attentions: Vec::new(),
             raced: false,
+            notes: Vec::new(),
         }
     }
+}
+
+/// The paths a plan registers.
+fn registering(steps: &[Step]) -> Vec<PathBuf> {
+    steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Register { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+const LOST_NOTE: &str = "this node's registrations are gone with no sign of a preemption (target reset or power loss without APTPL): registrations lost, acquired again under the same attachment";
+
+/// What one round of an acquire's steps came to.
+enum Executed {
+    /// Every step was sent.
+    Done,
+    /// The LUN moved (a conflict, an unsupported action learned): observe
+    /// and plan again.
+    Replan(String),
+}
+
+/// Why one PR OUT was not done.
+enum Send {
+    /// The path failed it (reported on the path; other paths go on).
+    Path(ScsiError),
+    /// Not sent: deadline passed, authorization expired, device changed.
+    Stop(String),
 }
 
 fn fenced(auth: &Authorization) -> Refusal {
@@ -554,35 +913,8 @@ fn fenced(auth: &Authorization) -> Refusal {
     }
 }
 
-/// True when the record shows this node held (or was registering) under the
-/// attachment and the LUN shows it was preempted since.
-fn preempted_under(rec: &Record, obs: &Observed, ours: ReservationKey) -> bool {
-    let ours_present = obs.keys.contains(&ours);
-    match rec.phase {
-        Phase::Held => !ours_present,
-        // Registering and gone: fenced only if the LUN changed since the
-        // intent was noted; unchanged means the REGISTER never landed.
-        Phase::Registering => {
-            !ours_present
-                && match rec.generation {
-                    Some(g) => obs.generation != g,
-                    None => obs.reservation.is_some() || !obs.keys.is_empty(),
-                }
-        }
-        Phase::Fenced => true,
-    }
-}
-
 /// How far ahead of this node's clock an authorization may be read.
 const CLOCK_SKEW: Duration = Duration::from_secs(5);
-
-fn registered_paths(obs: &Observed) -> Vec<PathBuf> {
-    obs.paths
-        .iter()
-        .filter(|(_, r)| r.is_registered())
-        .map(|(p, _)| p.clone())
-        .collect()
-}
 
 impl Outcome {
     fn refused(mut self, r: Refusal) -> Outcome {
@@ -595,52 +927,12 @@ impl Outcome {
     }
 }
 
+mod exec;
 mod io;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::{Reservation, ReservationType, Scope};
-
-    fn obs(keys: &[u64], reserved_by: Option<u64>) -> Observed {
-        Observed {
-            generation: 1,
-            keys: keys.iter().map(|&k| ReservationKey(k)).collect(),
-            reservation: reserved_by.map(|k| Reservation {
-                key: ReservationKey(k),
-                scope: Scope::LogicalUnit,
-                rtype: ReservationType::WriteExclusiveRegistrantsOnly,
-            }),
-            caps: None,
-            paths: vec![],
-        }
-    }
-
-    /// I1: which records, with which LUN state, mean "fenced under this attachment".
-    #[test]
-    fn preempted_under_table() {
-        let ours = ReservationKey(0xa);
-        let rec = |phase, generation: Option<u32>| Record {
-            generation,
-            ..Record::now("pv", phase, &AttachmentId("gen-1".into()))
-        };
-        let at = |g: u32, o: Observed| Observed { generation: g, ..o };
-        #[rustfmt::skip]
-        let rows = [
-            (rec(Phase::Held, Some(1)), at(1, obs(&[0xa, 0xa], Some(0xa))), false, "still held"),
-            (rec(Phase::Held, Some(1)), at(3, obs(&[0xb], Some(0xb))), true, "held, key gone: preempted"),
-            (rec(Phase::Held, Some(1)), at(4, obs(&[], None)), true, "held, LUN cleared: treated as fenced"),
-            (rec(Phase::Registering, Some(5)), at(5, obs(&[], None)), false, "REGISTER never landed on an empty LUN"),
-            (rec(Phase::Registering, Some(5)), at(5, obs(&[0xb], Some(0xb))), false, "REGISTER never landed (failover retry)"),
-            (rec(Phase::Registering, Some(5)), at(8, obs(&[0xb], Some(0xb))), true, "registering, the LUN moved, key gone"),
-            (rec(Phase::Registering, Some(5)), at(6, obs(&[0xa], None)), false, "registered, crash before RESERVE"),
-            (rec(Phase::Registering, None), at(9, obs(&[0xb], Some(0xb))), true, "old record without generation: conservative"),
-            (rec(Phase::Fenced, Some(1)), at(1, obs(&[], None)), true, "fenced stays fenced"),
-        ];
-        for (r, o, want, why) in rows {
-            assert_eq!(preempted_under(&r, &o, ours), want, "{why}");
-        }
-    }
 
     #[test]
     fn fenced_refusal_names_the_attachment() {
@@ -650,150 +942,5 @@ mod tests {
         };
         let r = fenced(&a);
         assert!(r.to_string().contains("uid-7"), "{r}");
-    }
-}
-
-/// The engine end to end over a sysfs fixture and a scripted transport: the
-/// race that only the PR generation reveals (I1/I5).
-#[cfg(test)]
-mod race_tests {
-    use super::*;
-    use crate::device::Sysfs;
-    use crate::scsi::{Capabilities, ReservationType, TransportId};
-    use crate::testutil::TempDir;
-    use crate::transport::scripted::Scripted;
-    use crate::transport::Completion;
-
-    const NAA: [u8; 8] = [0x60, 0x01, 0x40, 0x50, 0, 0, 0, 1];
-    const A: &str = "iqn.2025-01.test.rig:nodea";
-
-    fn fixture() -> TempDir {
-        crate::testutil::iscsi_fixture(A)
-    }
-
-    fn vpd83(rtpi: u8) -> Completion {
-        let mut body = vec![0x01, 0x03, 0x00, 0x08];
-        body.extend_from_slice(&NAA);
-        body.extend_from_slice(&[0x51, 0x94, 0x00, 0x04, 0, 0, 0, rtpi]);
-        let mut b = vec![0x00, 0x83, 0x00, body.len() as u8];
-        b.extend(body);
-        Completion::good(b)
-    }
-
-    fn header(generation: u32, body: Vec<u8>) -> Completion {
-        let mut b = generation.to_be_bytes().to_vec();
-        b.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        b.extend(body);
-        Completion::good(b)
-    }
-
-    /// READ KEYS, READ RESERVATION, REPORT CAPABILITIES, READ FULL STATUS, all at `g`.
-    fn state(g: u32, regs: &[(ReservationKey, u8)], holder: ReservationKey) -> Vec<Completion> {
-        let keys = regs.iter().flat_map(|(k, _)| k.to_bytes()).collect();
-        let mut res = holder.to_bytes().to_vec();
-        res.extend_from_slice(&[0, 0, 0, 0, 0, 0x05, 0, 0]);
-        let mut fs = Vec::new();
-        for (k, sess) in regs {
-            let tid = TransportId::Iscsi {
-                name: A.into(),
-                isid: Some(format!("00023d00000{sess}")),
-            }
-            .encode();
-            fs.extend_from_slice(&k.to_bytes());
-            fs.extend_from_slice(&[
-                0,
-                0,
-                0,
-                0,
-                u8::from(*k == holder),
-                if *k == holder { 5 } else { 0 },
-                0,
-                0,
-                0,
-                0,
-                0,
-                *sess,
-            ]);
-            fs.extend_from_slice(&(tid.len() as u32).to_be_bytes());
-            fs.extend(tid);
-        }
-        let caps = Capabilities {
-            type_mask_valid: true,
-            types: ReservationType::ALL.to_vec(),
-            ..Default::default()
-        };
-        vec![
-            header(g, keys),
-            header(g, res),
-            Completion::good(caps.encode()),
-            header(g, fs),
-        ]
-    }
-
-    #[test]
-    fn a_check_that_raced_with_a_preemption_takes_its_new_registration_back() {
-        let d = fixture();
-        let tag = ClusterTag::new(0x7e57).unwrap();
-        let (ours, theirs) = (tag.key_for("node-a"), tag.key_for("node-b"));
-        let mut answers = vec![vpd83(1), vpd83(2)];
-        // Before: our key on sdc only, we hold the reservation (generation 5).
-        answers.extend(state(5, &[(ours, 1)], ours));
-        answers.push(Completion::good(vec![])); // REGISTER on sdd
-                                                // After: generation 8, not 6: node-b preempted us meanwhile; only our
-                                                // new sdd registration (made after the preemption) is left.
-        answers.extend(state(8, &[(theirs, 3), (ours, 2)], theirs));
-        answers.push(Completion::good(vec![])); // the undo on sdd
-        answers.extend(state(9, &[(theirs, 3)], theirs));
-        let t = Scripted::new(answers);
-        let state_dir = d.path().join("state");
-        let store = StateStore::open(&state_dir).unwrap();
-        let wwid = Wwid::Naa(NAA.to_vec());
-        store
-            .set(
-                &wwid.to_string(),
-                Some(Record::now("pv", Phase::Held, &AttachmentId("g1".into()))),
-            )
-            .unwrap();
-        let e = Engine::new(
-            EngineConfig::new("node-a", tag),
-            &t,
-            Resolver::new(Sysfs::new(d.path(), "/dev"), "mpath-"),
-            store,
-        );
-        let vol = Volume {
-            name: "pv".into(),
-            wwid: wwid.clone(),
-            device: None,
-            access: AccessMode::SingleNode,
-            policy: Policy::default(),
-        };
-        let out = e.check(&vol, &BTreeSet::new()).unwrap();
-        assert!(out.raced, "the generation moved by more than our REGISTER");
-        assert_eq!(out.state, VolumeState::Fenced);
-        let kinds: Vec<_> = out
-            .steps
-            .iter()
-            .map(|s| serde_json::to_value(s).unwrap()["step"].clone())
-            .collect();
-        assert_eq!(kinds, vec!["register", "unregister"]);
-        let sent = t.sent();
-        let undo = &sent[sent.len() - 5];
-        assert_eq!(undo.device, PathBuf::from("/dev/sdd"));
-        assert_eq!(
-            undo.cdb.as_bytes()[1],
-            6,
-            "REGISTER AND IGNORE EXISTING KEY"
-        );
-        assert_eq!(&undo.data_out[8..16], &[0u8; 8], "with SARK 0: unregister");
-        let rec = StateStore::open(&state_dir)
-            .unwrap()
-            .get(&wwid.to_string())
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            rec.phase,
-            Phase::Fenced,
-            "remembered: never re-registered under g1"
-        );
     }
 }

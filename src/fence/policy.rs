@@ -38,6 +38,9 @@ pub enum PreemptMode {
     PreemptAndAbort,
     /// Plain PREEMPT: for targets that mishandle the abort.
     Preempt,
+    /// PREEMPT AND ABORT or nothing: on a target without it, the acquire
+    /// fails (exit 9, kind `unsupported`) instead of falling back to PREEMPT.
+    PreemptAndAbortOnly,
 }
 
 impl std::str::FromStr for PreemptMode {
@@ -48,7 +51,10 @@ impl std::str::FromStr for PreemptMode {
         match s {
             "preempt-and-abort" => Ok(PreemptMode::PreemptAndAbort),
             "preempt" => Ok(PreemptMode::Preempt),
-            other => Err(format!("{other:?}: allowed preempt-and-abort, preempt")),
+            "preempt-and-abort-only" => Ok(PreemptMode::PreemptAndAbortOnly),
+            other => Err(format!(
+                "{other:?}: allowed preempt-and-abort (falls back to preempt where the target lacks it), preempt-and-abort-only, preempt"
+            )),
         }
     }
 }

@@ -55,6 +55,20 @@ pub struct Record {
     /// registration that was preempted afterwards (the generation moved).
     #[serde(default)]
     pub generation: Option<u32>,
+    /// How many registrations READ KEYS listed with this node's key when the
+    /// record was written. Registrations only go away by PREEMPT, CLEAR, a
+    /// reset or this node's own unregister, so fewer of them later, with no
+    /// reset in sight, is the evidence that another node preempted us (I7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_count: Option<u32>,
+    /// The paths (`H:C:T:L`, or the kernel name) this node registered, for
+    /// targets without READ FULL STATUS, where the LUN cannot say which I_T
+    /// nexus carries the key: only paths missing here are registered again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// The registrations were made with ALL_TG_PT (unregistering repeats it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_tg_pt: bool,
 }
 
 impl Record {
@@ -69,6 +83,9 @@ impl Record {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             generation: None,
+            key_count: None,
+            paths: Vec::new(),
+            all_tg_pt: false,
         }
     }
 
@@ -136,6 +153,11 @@ impl StateStore {
         };
         s.load()?;
         Ok(s)
+    }
+
+    /// The file the records live in.
+    pub fn file(&self) -> &Path {
+        &self.path
     }
 
     fn load(&self) -> Result<BTreeMap<String, Record>, StateError> {

@@ -83,6 +83,32 @@ pub fn parse_standard(b: &[u8]) -> Result<StandardInquiry, ParseError> {
     })
 }
 
+impl StandardInquiry {
+    /// Encodes the 36 bytes of standard INQUIRY data every device returns
+    /// (SPC-4 table 142): RESPONSE DATA FORMAT 2, CMDQUE set, text fields
+    /// space-padded (and cut) to their widths.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; 36];
+        b[0] = ((self.peripheral_qualifier & 0x07) << 5) | (self.device_type & 0x1f);
+        b[2] = self.version;
+        b[3] = 0x02;
+        b[4] = 31;
+        b[5] = (self.tpgs & 0x03) << 4;
+        b[7] = 0x02;
+        put_ascii(&mut b[8..16], &self.vendor);
+        put_ascii(&mut b[16..32], &self.product);
+        put_ascii(&mut b[32..36], &self.revision);
+        b
+    }
+}
+
+fn put_ascii(field: &mut [u8], text: &str) {
+    field.fill(b' ');
+    for (f, c) in field.iter_mut().zip(text.bytes()) {
+        *f = c;
+    }
+}
+
 fn ascii_field(b: &[u8]) -> String {
     // Fields are space-padded, but some targets NUL-pad them (LIO's serial).
     // Only trailing padding goes: an embedded NUL stays visible (as '.'), so
@@ -116,6 +142,34 @@ fn vpd_body<'a>(what: &'static str, b: &'a [u8], page_code: u8) -> Result<&'a [u
         });
     }
     announced(what, b, 4, be16(b, 2) as usize)
+}
+
+/// A VPD page: peripheral byte 0 (connected direct-access device), the page
+/// code, the page length and `body`, cut to the 16-bit length the header holds.
+fn vpd_page(page_code: u8, mut body: Vec<u8>) -> Vec<u8> {
+    body.truncate(u16::MAX as usize);
+    let mut b = vec![0, page_code];
+    b.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    b.extend(body);
+    b
+}
+
+/// Encodes VPD 00h listing `pages` (in ascending order, as SPC-4 requires).
+pub fn encode_supported_pages(pages: &[u8]) -> Vec<u8> {
+    vpd_page(page::SUPPORTED, pages.to_vec())
+}
+
+/// Encodes VPD 80h carrying `serial` as ASCII.
+pub fn encode_serial(serial: &str) -> Vec<u8> {
+    vpd_page(page::SERIAL, serial.as_bytes().to_vec())
+}
+
+/// Encodes VPD 83h with these designation descriptors, in order.
+pub fn encode_device_id(ds: &[Designation]) -> Vec<u8> {
+    vpd_page(
+        page::DEVICE_ID,
+        ds.iter().flat_map(|d| d.encode()).collect(),
+    )
 }
 
 /// VPD 00h: the page codes the device supports.
@@ -293,6 +347,72 @@ fn parse_designation(b0: u8, b1: u8, d: &[u8]) -> Result<Designation, ParseError
         protocol: (b1 & 0x80 != 0).then_some(b0 >> 4),
         designator,
     })
+}
+
+impl Designation {
+    /// Encodes this designation descriptor (SPC-4 table 590). A designator
+    /// longer than the one-byte DESIGNATOR LENGTH allows is cut, and hex
+    /// that does not decode encodes as empty: encoding never panics.
+    pub fn encode(&self) -> Vec<u8> {
+        let code_set = match self.code_set {
+            CodeSet::Binary => 1,
+            CodeSet::Ascii => 2,
+            CodeSet::Utf8 => 3,
+            CodeSet::Other(c) => c & 0x0f,
+        };
+        let association: u8 = match self.association {
+            Association::LogicalUnit => 0,
+            Association::TargetPort => 1,
+            Association::TargetDevice => 2,
+            Association::Reserved => 3,
+        };
+        let hexbytes = |h: &str| decode_hex(h).unwrap_or_default();
+        let (dtype, mut d) = match &self.designator {
+            Designator::T10VendorId { vendor, id } => {
+                let mut v = vec![0u8; 8];
+                put_ascii(&mut v, vendor);
+                v.extend_from_slice(id.as_bytes());
+                (1, v)
+            }
+            Designator::Eui64 { id } => (2, hexbytes(id)),
+            Designator::Naa { id } => (3, hexbytes(id)),
+            Designator::RelativeTargetPort { port } => {
+                let [hi, lo] = port.to_be_bytes();
+                (4, vec![0, 0, hi, lo])
+            }
+            Designator::TargetPortGroup { group } => {
+                let [hi, lo] = group.to_be_bytes();
+                (5, vec![0, 0, hi, lo])
+            }
+            Designator::ScsiName { name } => {
+                // NUL-terminated, padded to a multiple of four (SPC-4 7.8.6.11).
+                let mut v = name.as_bytes().to_vec();
+                v.truncate(251);
+                v.push(0);
+                while v.len() % 4 != 0 {
+                    v.push(0);
+                }
+                (8, v)
+            }
+            Designator::Other {
+                designator_type,
+                raw,
+            } => (designator_type & 0x0f, hexbytes(raw)),
+        };
+        d.truncate(u8::MAX as usize);
+        let (piv, proto) = match self.protocol {
+            Some(p) => (0x80, (p & 0x0f) << 4),
+            None => (0, 0),
+        };
+        let mut b = vec![
+            proto | code_set,
+            piv | (association << 4) | dtype,
+            0,
+            d.len() as u8,
+        ];
+        b.extend(d);
+        b
+    }
 }
 
 fn bad_len(what: &'static str, field: &'static str, n: usize, why: &'static str) -> ParseError {
@@ -581,5 +701,103 @@ mod tests {
         for bad in ["", "naa.", "naa.zz", "4abcd", "3abc", "naa.0011"] {
             assert!(bad.parse::<Wwid>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn device_id_encode_round_trips_lio_byte_for_byte() {
+        let b = lio_vpd83();
+        let ds = parse_device_id(&b).unwrap();
+        assert_eq!(encode_device_id(&ds), b);
+    }
+
+    #[test]
+    fn device_id_encode_round_trips_every_designator() {
+        let ds = vec![
+            Designation {
+                association: Association::LogicalUnit,
+                code_set: CodeSet::Binary,
+                protocol: None,
+                designator: Designator::Naa {
+                    id: "5000c500a1b2c3d4".into(),
+                },
+            },
+            Designation {
+                association: Association::LogicalUnit,
+                code_set: CodeSet::Binary,
+                protocol: None,
+                designator: Designator::Eui64 {
+                    id: "0025385b71b00001".into(),
+                },
+            },
+            Designation {
+                association: Association::LogicalUnit,
+                code_set: CodeSet::Ascii,
+                protocol: None,
+                designator: Designator::T10VendorId {
+                    vendor: "CSIFSIM".into(),
+                    id: "lun0".into(),
+                },
+            },
+            Designation {
+                association: Association::TargetPort,
+                code_set: CodeSet::Binary,
+                protocol: Some(6),
+                designator: Designator::RelativeTargetPort { port: 0x1234 },
+            },
+            Designation {
+                association: Association::TargetPort,
+                code_set: CodeSet::Binary,
+                protocol: None,
+                designator: Designator::TargetPortGroup { group: 7 },
+            },
+            Designation {
+                association: Association::TargetDevice,
+                code_set: CodeSet::Utf8,
+                protocol: Some(5),
+                designator: Designator::ScsiName {
+                    name: "iqn.2025-01.test.rig:target".into(),
+                },
+            },
+            Designation {
+                association: Association::Reserved,
+                code_set: CodeSet::Other(9),
+                protocol: None,
+                designator: Designator::Other {
+                    designator_type: 0xa,
+                    raw: "0102".into(),
+                },
+            },
+        ];
+        let b = encode_device_id(&ds);
+        assert_eq!(parse_device_id(&b).unwrap(), ds);
+        assert_eq!(
+            Wwid::from_designations(&ds).unwrap().to_string(),
+            "naa.5000c500a1b2c3d4"
+        );
+    }
+
+    #[test]
+    fn standard_serial_and_supported_pages_encode_round_trip() {
+        let s = StandardInquiry {
+            peripheral_qualifier: 0,
+            device_type: 0,
+            version: 6,
+            tpgs: 1,
+            vendor: "CSIFSIM".into(),
+            product: "STRICT LUN".into(),
+            revision: "0001".into(),
+        };
+        let b = s.encode();
+        assert_eq!(b.len(), 36);
+        assert_eq!(&b[8..16], b"CSIFSIM ");
+        assert_eq!(parse_standard(&b).unwrap(), s);
+        assert_eq!(
+            parse_serial(&encode_serial("vol0serial")).unwrap(),
+            "vol0serial"
+        );
+        assert_eq!(
+            parse_supported_pages(&encode_supported_pages(&[0, 0x80, 0x83])).unwrap(),
+            vec![0, 0x80, 0x83]
+        );
     }
 }

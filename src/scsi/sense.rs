@@ -215,6 +215,12 @@ impl Sense {
     pub fn is_invalid_opcode(&self) -> bool {
         self.key == SenseKey::IllegalRequest && self.asc == 0x20 && self.ascq == 0x00
     }
+
+    /// ILLEGAL REQUEST, INVALID FIELD IN CDB (24/00): on a PR command, the
+    /// way targets refuse a service action (or type) they do not implement.
+    pub fn is_invalid_field_in_cdb(&self) -> bool {
+        self.key == SenseKey::IllegalRequest && self.asc == 0x24 && self.ascq == 0x00
+    }
 }
 
 impl fmt::Display for Sense {

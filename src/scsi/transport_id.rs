@@ -12,7 +12,7 @@ use super::error::{be16, hex, need, ParseError};
 const WHAT: &str = "TransportID";
 
 /// A decoded TransportID.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(tag = "protocol", rename_all = "kebab-case")]
 pub enum TransportId {
     /// Fibre Channel: the initiator's N_Port_Name (WWPN).

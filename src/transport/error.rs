@@ -190,9 +190,12 @@ pub enum ScsiError {
         /// The command.
         command: CommandId,
     },
-    /// The device does not implement persistent reservations.
+    /// The device does not implement persistent reservations (20/00), or
+    /// not this service action (24/00, e.g. READ FULL STATUS or PREEMPT AND
+    /// ABORT on targets that lack them).
     #[error(
-        "{device}: persistent reservations not supported: {command} was rejected with {sense}"
+        "{device}: {}: {command} was rejected with {sense}",
+        unsupported_what(sense)
     )]
     Unsupported {
         /// The device path.
@@ -244,6 +247,15 @@ pub enum ScsiError {
         /// What was wrong.
         source: Box<ParseError>,
     },
+}
+
+/// 20/00 means the whole command set is missing; 24/00 one service action.
+fn unsupported_what(sense: &Sense) -> &'static str {
+    if sense.is_invalid_opcode() {
+        "persistent reservations not supported"
+    } else {
+        "this service action is not supported by the target"
+    }
 }
 
 impl ScsiError {

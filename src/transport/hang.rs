@@ -48,6 +48,10 @@ impl<T: Transport> Transport for Hanging<T> {
         }
         self.inner.execute(path, cmd, timeout)
     }
+
+    fn device_number(&self, path: &Path) -> Option<u64> {
+        self.inner.device_number(path)
+    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,14 @@ pub trait Transport: Send + Sync {
         cmd: &Command,
         timeout: Duration,
     ) -> Result<Completion, ScsiError>;
+
+    /// The device number (`st_rdev`) behind `path` now, where there is one.
+    /// The engine proves a path's identity (VPD 83h) once per operation and
+    /// checks this number again right before each PR OUT: a name that the
+    /// kernel gave to another device meanwhile must not receive it (I3).
+    fn device_number(&self, _path: &Path) -> Option<u64> {
+        None
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for &T {
@@ -90,6 +98,10 @@ impl<T: Transport + ?Sized> Transport for &T {
     ) -> Result<Completion, ScsiError> {
         (**self).execute(path, cmd, timeout)
     }
+
+    fn device_number(&self, path: &Path) -> Option<u64> {
+        (**self).device_number(path)
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
@@ -100,5 +112,9 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
         timeout: Duration,
     ) -> Result<Completion, ScsiError> {
         (**self).execute(path, cmd, timeout)
+    }
+
+    fn device_number(&self, path: &Path) -> Option<u64> {
+        (**self).device_number(path)
     }
 }

@@ -263,7 +263,7 @@ pub fn classify(
             let is_pr = matches!(cmd.cdb.opcode(), prin::OPCODE | crate::scsi::prout::OPCODE);
             if sense.key == SenseKey::RecoveredError {
                 Ok(done.data) // completed, with recovery
-            } else if is_pr && sense.is_invalid_opcode() {
+            } else if is_pr && (sense.is_invalid_opcode() || sense.is_invalid_field_in_cdb()) {
                 Err(ScsiError::Unsupported {
                     device,
                     command,

@@ -140,6 +140,11 @@ impl Transport for SgIo {
             duration: Duration::from_millis(hdr.duration as u64),
         })
     }
+
+    fn device_number(&self, path: &Path) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| m.rdev())
+    }
 }
 
 fn open_path(path: &Path) -> Result<std::fs::File, ScsiError> {

@@ -1,5 +1,6 @@
-//! The engine's I/O: locating the LUN and proving identity, reading the PR
-//! state, sending the planned steps, reading back.
+//! The engine's reading side: locating the LUN and proving identity, reading
+//! the PR state (learning once what the target supports), matching
+//! registrations to this node's paths.
 //!
 //! Nothing here sends SG_IO to a dm map: through a map it lands on whichever
 //! path dm picks, and with `queue_if_no_path` and every path down it can
@@ -8,13 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{
-    registered_paths, Engine, FenceError, Located, Outcome, PathReport, UsablePath, VolumeState,
-};
+use super::{Engine, FenceError, Located, LunCaps, PathReport, Run, UsablePath, VolumeState};
 use crate::device::PathInfo;
-use crate::fence::decide::{Observed, PathRegistration, Step};
-use crate::scsi::{BasicParams, Designator, FullStatus, PrOut, TransportId, Wwid};
-use crate::transport::Transport;
+use crate::fence::decide::{Observed, PathRegistration, Signs};
+use crate::fence::state::Record;
+use crate::scsi::{Designator, FullStatus, ReservationKey, TransportId, Wwid};
+use crate::transport::{ScsiError, Transport};
 
 const DEVICE_POLL: Duration = Duration::from_millis(250);
 
@@ -68,6 +68,9 @@ impl<T: Transport> Engine<T> {
             report.problem = Some(format!("path state is {s}"));
             return (None, report);
         }
+        // The number first: if the name moves to another device after the
+        // VPD read, the number taken before it no longer matches (I3).
+        let devnum = self.transport.device_number(&report.info.dev);
         let ds = match self.path(&report.info.dev).device_id() {
             Ok(ds) => ds,
             Err(e) => {
@@ -96,91 +99,133 @@ impl<T: Transport> Engine<T> {
         report.usable = true;
         let usable = UsablePath {
             dev: report.info.dev.clone(),
+            id: report
+                .info
+                .hctl
+                .clone()
+                .unwrap_or_else(|| report.info.name.clone()),
+            devnum,
             rtpi,
             initiator: self.resolver.sysfs().initiator_port(&report.info.name),
         };
         (Some(usable), report)
     }
 
-    /// Reads the PR state through the first usable path that answers, and
-    /// records it in the outcome.
+    /// Reads the PR state and records it in the run's outcome.
     pub(super) fn observe_into(
         &self,
-        loc: &Located,
-        out: &mut Outcome,
+        run: &mut Run<'_>,
+        rec: Option<&Record>,
+        first: bool,
     ) -> Result<Observed, FenceError> {
-        let (obs, uas) = self.observe(loc, &out.volume)?;
-        out.generation = (obs.generation, obs.generation);
-        out.unit_attentions.extend(uas);
-        set_registrations(out, &obs);
+        let (obs, uas) = self.observe(run, rec)?;
+        if first {
+            run.out.generation.0 = obs.generation;
+        }
+        run.out.generation.1 = obs.generation;
+        run.out.unit_attentions.extend(uas);
+        set_registrations(&mut run.out, &obs);
         Ok(obs)
     }
 
-    fn observe(&self, loc: &Located, volume: &str) -> Result<(Observed, Vec<String>), FenceError> {
+    fn observe(
+        &self,
+        run: &Run<'_>,
+        rec: Option<&Record>,
+    ) -> Result<(Observed, Vec<String>), FenceError> {
+        let loc = &run.loc;
         if loc.usable.is_empty() {
-            let reasons: Vec<String> = loc
-                .reports
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{}: {}",
-                        r.info.name,
-                        r.problem.as_deref().unwrap_or("unusable")
-                    )
-                })
-                .collect();
-            return Err(FenceError::NoUsablePath {
-                volume: volume.to_string(),
-                reasons: if reasons.is_empty() {
-                    "the map has no paths".into()
-                } else {
-                    reasons.join("; ")
-                },
-            });
+            return Err(no_usable_path(&run.vol.name, loc));
         }
+        let wwid = run.vol.wwid.to_string();
+        let mut caps = self.lun_caps(&wwid);
         let mut last = None;
         for p in &loc.usable {
-            match self.consistent_state(&p.dev) {
+            match self.consistent_state(&p.dev, &mut caps) {
                 Ok((mut obs, fs, uas)) => {
-                    obs.paths = self.match_paths(loc, &fs);
+                    if let Ok(mut all) = self.caps.lock() {
+                        all.insert(wwid.clone(), caps.clone());
+                    }
+                    obs.paths = self.match_paths(loc, fs.as_ref(), rec, obs.ours_count > 0);
                     return Ok((obs, uas));
                 }
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or(FenceError::NoUsablePath {
-            volume: volume.to_string(),
-            reasons: "no path answered".into(),
-        }))
+        Err(last.unwrap_or_else(|| no_usable_path(&run.vol.name, loc)))
     }
 
-    /// READ KEYS, READ RESERVATION, REPORT CAPABILITIES and READ FULL STATUS,
-    /// again until the three generations agree: a decision must never mix a
-    /// state from before another node's PR OUT with one from after it.
+    /// What is known of the LUN's optional features.
+    pub(super) fn lun_caps(&self, wwid: &str) -> LunCaps {
+        self.caps
+            .lock()
+            .ok()
+            .and_then(|c| c.get(wwid).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Notes that the target refused PREEMPT AND ABORT.
+    pub(super) fn learn_no_preempt_and_abort(&self, wwid: &str) {
+        if let Ok(mut all) = self.caps.lock() {
+            all.entry(wwid.to_string())
+                .or_default()
+                .no_preempt_and_abort = true;
+        }
+    }
+
+    /// READ KEYS, READ RESERVATION and (where the target has it) READ FULL
+    /// STATUS, again until their generations agree: a decision must never mix
+    /// a state from before another node's PR OUT with one from after it.
+    /// REPORT CAPABILITIES is asked once per LUN.
     fn consistent_state(
         &self,
         dev: &Path,
-    ) -> Result<(Observed, FullStatus, Vec<String>), FenceError> {
+        caps: &mut LunCaps,
+    ) -> Result<(Observed, Option<FullStatus>, Vec<String>), FenceError> {
         let mut seen = Vec::new();
         for _ in 0..CONSISTENT_READ_ATTEMPTS {
             let mut p = self.path(dev);
             let keys = p.read_keys()?;
             let res = p.read_reservation()?;
-            let caps = p.capabilities().ok();
-            let fs = p.full_status()?;
-            seen = vec![keys.generation, res.generation, fs.generation];
+            if !caps.asked {
+                match p.capabilities() {
+                    Ok(c) => (caps.report, caps.asked) = (Some(c), true),
+                    Err(ScsiError::Unsupported { .. }) => (caps.report, caps.asked) = (None, true),
+                    Err(_) => {}
+                }
+            }
+            let fs = if caps.no_full_status {
+                None
+            } else {
+                match p.full_status() {
+                    Ok(fs) => Some(fs),
+                    Err(ScsiError::Unsupported { .. }) => {
+                        caps.no_full_status = true;
+                        None
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            seen = vec![keys.generation, res.generation];
+            seen.extend(fs.as_ref().map(|f| f.generation));
             if seen.iter().all(|g| *g == keys.generation) {
+                let signs = Signs::from_unit_attentions(p.unit_attentions());
                 let uas = p
                     .unit_attentions()
                     .iter()
                     .map(|s| format!("{}: {s}", dev.display()))
                     .collect();
+                let ours_count = keys.keys.iter().filter(|k| **k == self.key).count() as u32;
                 let obs = Observed {
                     generation: keys.generation,
                     keys: keys.keys,
                     reservation: res.reservation,
-                    caps,
+                    caps: caps.report.clone(),
                     paths: Vec::new(),
+                    ours_count,
+                    full_status: fs.is_some(),
+                    no_preempt_and_abort: caps.no_preempt_and_abort,
+                    signs,
                 };
                 return Ok((obs, fs, uas));
             }
@@ -191,192 +236,89 @@ impl<T: Transport> Engine<T> {
         })
     }
 
-    fn match_paths(&self, loc: &Located, fs: &FullStatus) -> Vec<(PathBuf, PathRegistration)> {
+    /// Each usable path's registration: from READ FULL STATUS where the
+    /// nexus can be named, else from the record of what this node
+    /// registered (never re-registered by reflex).
+    fn match_paths(
+        &self,
+        loc: &Located,
+        fs: Option<&FullStatus>,
+        rec: Option<&Record>,
+        ours_present: bool,
+    ) -> Vec<(PathBuf, PathRegistration)> {
         loc.usable
             .iter()
-            .map(|p| (p.dev.clone(), registration_of(p, &loc.usable, fs, self.key)))
+            .map(|p| {
+                let from_lun = match fs {
+                    Some(fs) => registration_of(p, &loc.usable, fs, self.key),
+                    None => PathRegistration::Unknown,
+                };
+                let reg = match from_lun {
+                    PathRegistration::Unknown if !ours_present => PathRegistration::NotRegistered,
+                    PathRegistration::Unknown => match rec {
+                        Some(r) if r.paths.contains(&p.id) => PathRegistration::Registered {
+                            all_tg_pt: r.all_tg_pt,
+                            holder: false,
+                        },
+                        _ => PathRegistration::Unknown,
+                    },
+                    known => known,
+                };
+                (p.dev.clone(), reg)
+            })
             .collect()
     }
+}
 
-    /// Sends the steps (or, in a dry run, only lists them).
-    pub(super) fn execute(
-        &self,
-        vol: &super::Volume,
-        loc: &Located,
-        obs: &Observed,
-        steps: &[Step],
-        out: &mut Outcome,
-    ) -> Result<(), FenceError> {
-        if self.cfg.dry_run {
-            out.steps = steps.to_vec();
-            return Ok(());
-        }
-        let mut registered = registered_paths(obs);
-        let mut errors = Vec::new();
-        let wanted_registration = steps.iter().any(|s| matches!(s, Step::Register { .. }));
-        // Test hook: stop as a crash would, after the REGISTERs (path steps
-        // come first) and before any reservation step.
-        let interrupt = self.cfg.interrupt_after_register && wanted_registration;
-        for step in steps {
-            if let Step::Register { path, .. } | Step::Unregister { path, .. } = step {
-                match self.path(path).prout(&self.prout_of(step)) {
-                    Ok(()) => {
-                        if matches!(step, Step::Register { .. }) {
-                            registered.push(path.clone());
-                        }
-                        out.steps.push(step.clone());
-                    }
-                    Err(e) => {
-                        set_problem(out, path, e.to_string());
-                        errors.push(format!("{}: {e}", path.display()));
-                    }
-                }
-                continue;
-            }
-            if interrupt {
-                return Err(FenceError::Interrupted);
-            }
-            self.lu_step(vol, step, &registered, loc, &errors, out)?;
-        }
-        if interrupt {
-            return Err(FenceError::Interrupted);
-        }
-        if wanted_registration && registered.is_empty() {
-            return Err(FenceError::NoPathRegistered {
-                volume: vol.name.clone(),
-                errors: errors.join("; "),
-            });
-        }
-        Ok(())
-    }
-
-    /// A logical-unit-wide step (RESERVE, PREEMPT, RELEASE) through one path.
-    fn lu_step(
-        &self,
-        vol: &super::Volume,
-        step: &Step,
-        registered: &[PathBuf],
-        loc: &Located,
-        errors: &[String],
-        out: &mut Outcome,
-    ) -> Result<(), FenceError> {
-        let via = self
-            .via(step, registered, loc)
-            .ok_or_else(|| FenceError::NoPathRegistered {
-                volume: vol.name.clone(),
-                errors: errors.join("; "),
-            })?;
-        if let Err(source) = self.path(&via).prout(&self.prout_of(step)) {
-            return Err(FenceError::Step {
-                volume: vol.name.clone(),
-                done: out.steps.clone(),
-                failed: Box::new(step.clone()),
-                source: Box::new(source),
-            });
-        }
-        if let Step::Preempt { victim, .. } = step {
-            out.preempted.push(victim.clone());
-        }
-        out.steps.push(step.clone());
-        Ok(())
-    }
-
-    /// The path a LU-wide step goes through: the holder for RELEASE, else a
-    /// path that carries our key.
-    fn via(&self, step: &Step, registered: &[PathBuf], loc: &Located) -> Option<PathBuf> {
-        if let Step::Release { path: Some(p), .. } = step {
-            return Some(p.clone());
-        }
-        registered.first().cloned().or_else(|| match step {
-            Step::Release { .. } => loc.usable.first().map(|p| p.dev.clone()),
-            _ => None,
+fn no_usable_path(volume: &str, loc: &Located) -> FenceError {
+    let reasons: Vec<String> = loc
+        .reports
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r.info.name,
+                r.problem.as_deref().unwrap_or("unusable")
+            )
         })
-    }
-
-    pub(super) fn prout_of(&self, step: &Step) -> PrOut {
-        let ours = self.key;
-        match step {
-            Step::Register {
-                all_tg_pt, aptpl, ..
-            } => PrOut::RegisterAndIgnore(BasicParams {
-                sa_key: ours,
-                all_tg_pt: *all_tg_pt,
-                aptpl: *aptpl,
-                ..Default::default()
-            }),
-            Step::Unregister {
-                all_tg_pt,
-                ignore_existing: true,
-                ..
-            } => PrOut::RegisterAndIgnore(BasicParams {
-                all_tg_pt: *all_tg_pt,
-                ..Default::default()
-            }),
-            Step::Unregister { all_tg_pt, .. } => PrOut::Register(BasicParams {
-                key: ours,
-                all_tg_pt: *all_tg_pt,
-                ..Default::default()
-            }),
-            Step::Reserve { rtype } => PrOut::Reserve {
-                key: ours,
-                rtype: *rtype,
-            },
-            Step::Release { rtype, .. } => PrOut::Release {
-                key: ours,
-                rtype: *rtype,
-            },
-            Step::Preempt {
-                victim,
-                abort,
-                rtype,
-                ..
-            } => PrOut::Preempt {
-                key: ours,
-                victim: victim.key,
-                rtype: *rtype,
-                abort: *abort,
-            },
-        }
-    }
-
-    /// Reads back and sets the outcome's state and path registrations. The
-    /// generation must have moved by exactly this operation's own commands;
-    /// more means another node changed the LUN meanwhile (`raced`).
-    pub(super) fn finish(
-        &self,
-        loc: &Located,
-        out: &mut Outcome,
-        before: &Observed,
-        steps: &[Step],
-    ) -> Result<(), FenceError> {
-        if self.cfg.dry_run {
-            out.state = state_of(before, self.key);
-            return Ok(());
-        }
-        let (obs, uas) = self.observe(loc, &out.volume)?;
-        out.generation.1 = obs.generation;
-        out.unit_attentions.extend(uas);
-        set_registrations(out, &obs);
-        let sent = out
-            .steps
-            .iter()
-            .filter(|s| steps.contains(s))
-            .filter(|s| bumps_generation(s))
-            .count();
-        let expected = before.generation.wrapping_add(sent as u32);
-        out.raced |= obs.generation != expected;
-        out.state = state_of(&obs, self.key);
-        Ok(())
+        .collect();
+    FenceError::NoUsablePath {
+        volume: volume.to_string(),
+        reasons: if reasons.is_empty() {
+            "the map has no paths".into()
+        } else {
+            reasons.join("; ")
+        },
     }
 }
 
-/// SPC: every successful PR OUT bumps PRGENERATION except RESERVE and RELEASE.
-fn bumps_generation(s: &Step) -> bool {
-    !matches!(s, Step::Reserve { .. } | Step::Release { .. })
+/// The record's `paths`: the ids of the paths that carry our key now.
+pub(super) fn remembered(loc: &Located, obs: &Observed) -> Vec<String> {
+    let mut ids: Vec<String> = obs
+        .paths
+        .iter()
+        .filter(|(_, r)| r.is_registered())
+        .filter_map(|(dev, _)| loc.usable.iter().find(|u| &u.dev == dev))
+        .map(|u| u.id.clone())
+        .collect();
+    ids.sort();
+    ids
 }
 
-fn state_of(obs: &Observed, ours: crate::scsi::ReservationKey) -> VolumeState {
-    let present = obs.keys.contains(&ours);
+/// The record's ids of these paths, sorted.
+pub(super) fn ids_of(loc: &Located, paths: &[PathBuf]) -> Vec<String> {
+    let mut ids: Vec<String> = loc
+        .usable
+        .iter()
+        .filter(|u| paths.contains(&u.dev))
+        .map(|u| u.id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+pub(super) fn state_of(obs: &Observed, ours: ReservationKey) -> VolumeState {
+    let present = obs.ours_count > 0;
     let holds = obs
         .reservation
         .as_ref()
@@ -388,7 +330,7 @@ fn state_of(obs: &Observed, ours: crate::scsi::ReservationKey) -> VolumeState {
     }
 }
 
-fn set_registrations(out: &mut Outcome, obs: &Observed) {
+pub(super) fn set_registrations(out: &mut super::Outcome, obs: &Observed) {
     for (p, reg) in &obs.paths {
         if let Some(r) = out.paths.iter_mut().find(|r| &r.info.dev == p) {
             r.registered = reg.is_registered();
@@ -402,7 +344,7 @@ fn registration_of(
     p: &UsablePath,
     all: &[UsablePath],
     fs: &FullStatus,
-    ours: crate::scsi::ReservationKey,
+    ours: ReservationKey,
 ) -> PathRegistration {
     let (Some(me), Some(rtpi)) = (&p.initiator, p.rtpi) else {
         return PathRegistration::Unknown;
@@ -470,23 +412,19 @@ fn same_port(a: &TransportId, b: &TransportId) -> bool {
     }
 }
 
-fn set_problem(out: &mut Outcome, path: &Path, problem: String) {
-    if let Some(r) = out.paths.iter_mut().find(|r| r.info.dev == path) {
-        r.problem = Some(problem);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::device::InitiatorPort;
-    use crate::scsi::{Registration, ReservationKey};
+    use crate::scsi::Registration;
 
     const NAME: &str = "iqn.2025-01.test.rig:nodea";
 
     fn path(dev: &str, rtpi: u16, isid: &str, guessed: bool) -> UsablePath {
         UsablePath {
             dev: PathBuf::from(dev),
+            id: dev.into(),
+            devnum: None,
             rtpi: Some(rtpi),
             initiator: Some(InitiatorPort {
                 id: TransportId::Iscsi {

@@ -1,0 +1,9 @@
+//! Deterministic SAN simulation: test support shared by the engine,
+//! reconciler and Kubernetes tests. A strict model of one LUN's persistent
+//! reservations ([`lun`]), a SAN that hands each node's commands to a seeded
+//! scheduler with faults ([`san`]), and a cluster of real engines on it
+//! whose safety properties are checked after every command ([`world`]).
+pub mod lun;
+pub mod san;
+pub mod schedule;
+pub mod world;

@@ -1,0 +1,738 @@
+//! The deterministic multi-node simulation: several nodes, each the real
+//! [`Engine`] over its own sysfs fixture and state store, sharing one strict
+//! LUN through the [`San`]; a control-plane model that moves attachments;
+//! and the safety properties checked after every SCSI command.
+//!
+//! - **S1** no two writers: for a single-node volume, never two settled
+//!   nodes that believe they hold it and can both write; when an acquire
+//!   returns Held, no settled node without a live attachment can write.
+//! - **S2** (I1): a node fenced under attachment X never regains write
+//!   access under X once its operation has ended.
+//! - **S3** no false fence: a node with a live attachment is never
+//!   preempted and never reports Fenced without having been preempted.
+//! - **S4** (I2): foreign keys are never removed (live keys: S3).
+//! - **S5** convergence: with faults off and attachments stable, a few
+//!   rounds of the reconciler's operations bring the LUN to the attached
+//!   node(s), and fenced nodes know it.
+//!
+//! "Settled" means the node has no operation in flight: inside one, a
+//! REGISTER for a new path that raced with a preemption can land before the
+//! read-back that undoes it (SPC has no conditional registration of a new
+//! I_T nexus); the properties hold at every point a node's operation is not
+//! running, and a crashed operation is followed by the restart check.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::lun::{Lun, Nexus, Profile};
+use super::san::{Fate, NodeTransport, Pending, San};
+use crate::device::{Resolver, Sysfs};
+use crate::fence::engine::{
+    Authorization, Engine, EngineConfig, FenceError, Outcome, Volume, VolumeState,
+};
+use crate::fence::keys::ClusterTag;
+use crate::fence::policy::{AccessMode, Policy};
+use crate::fence::state::{AttachmentId, StateStore};
+use crate::scsi::{BasicParams, PrOut, ReservationKey, Wwid};
+use crate::transport::RetryPolicy;
+
+/// The LUN's NAA designator.
+pub const NAA: [u8; 8] = [0x60, 0x01, 0x40, 0x50, 0, 0, 0, 0x51];
+/// This cluster's tag.
+pub const TAG: u16 = 0x5157;
+/// The initiator name of a node.
+pub fn initiator(node: &str) -> String {
+    format!("iqn.2026-12.sim:{node}")
+}
+
+/// A small deterministic generator (splitmix64): no dependency, same
+/// sequence on every machine.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    /// Next 64 bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform below `n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    /// True with probability `p` percent.
+    pub fn percent(&mut self, p: u32) -> bool {
+        self.next() % 100 < u64::from(p)
+    }
+}
+
+/// An engine operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// Acquire under the node's live attachment (read at the start).
+    Acquire,
+    /// Release.
+    Release,
+    /// Check (the monitor).
+    Check,
+}
+
+/// What one node believes (what its pods act on).
+#[derive(Debug, Clone, Default)]
+pub struct Belief {
+    /// Its last word was Held: its pods write.
+    pub holds: bool,
+    /// Under which attachment.
+    pub under: Option<AttachmentId>,
+}
+
+/// One simulated node.
+pub struct SimNode {
+    /// Its name.
+    pub name: String,
+    /// Its key.
+    pub key: ReservationKey,
+    dir: PathBuf,
+    engine: Arc<Engine<NodeTransport>>,
+    /// What it believes.
+    pub belief: Belief,
+    /// Model view: another node removed its registrations while it was
+    /// attached (or believed it held) under this attachment.
+    pub fenced_under: Option<AttachmentId>,
+    in_flight: bool,
+    was_registered: bool,
+}
+
+/// Faults the scheduler may inject, in percent per command.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Timeout to the caller, the command lands later.
+    pub late: u32,
+    /// Timeout, the command never lands.
+    pub lost: u32,
+    /// Path down for this command.
+    pub path_down: u32,
+    /// BUSY.
+    pub busy: u32,
+    /// The daemon crashes before this command.
+    pub crash: u32,
+    /// A target reset before this command.
+    pub reset: u32,
+    /// Virtual time jumps past every deadline and authorization.
+    pub stall: u32,
+}
+
+impl Faults {
+    /// Every fault, at rates that still let operations finish.
+    pub const ALL: Faults = Faults {
+        late: 3,
+        lost: 2,
+        path_down: 3,
+        busy: 2,
+        crash: 2,
+        reset: 1,
+        stall: 1,
+    };
+}
+
+/// The result of one finished operation.
+#[derive(Debug)]
+pub struct Finished {
+    /// Node index.
+    pub node: usize,
+    /// Which operation.
+    pub kind: OpKind,
+    /// What the engine returned (errors in words).
+    pub result: Result<Outcome, String>,
+    /// Its daemon crashed during it.
+    pub crashed: bool,
+}
+
+/// A whole simulated cluster around one LUN.
+pub struct Sim {
+    /// The SAN.
+    pub san: Arc<San>,
+    /// The nodes.
+    pub nodes: Vec<SimNode>,
+    /// The volume (as every node sees it).
+    pub volume: Volume,
+    /// Live attachments: node -> attachment.
+    pub live: BTreeMap<String, AttachmentId>,
+    next_uid: u64,
+    /// Violations found, with the step they were found at.
+    pub violations: Vec<String>,
+    /// Faults injected by [`Sim::run`]'s scheduler.
+    pub faults: Faults,
+    /// The schedule's generator.
+    pub rng: Rng,
+    done: Arc<Mutex<Vec<Finished>>>,
+    foreign: Nexus,
+    steps: u64,
+    root: PathBuf,
+}
+
+impl Sim {
+    /// `n` nodes on a LUN of `profile`, one foreign registration on it.
+    pub fn new(seed: u64, n: usize, profile: Profile, access: AccessMode) -> Sim {
+        let lun = Lun::new(NAA.to_vec(), &[1, 2], profile);
+        let san = San::new(lun);
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "csi-fencer-sim-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let wwid = Wwid::Naa(NAA.to_vec());
+        let nodes = (0..n)
+            .map(|i| {
+                SimNode::new(
+                    &root,
+                    &format!("node-{}", (b'a' + i as u8) as char),
+                    &san,
+                    &wwid,
+                    i,
+                )
+            })
+            .collect();
+        let foreign = Nexus::iscsi("iqn.2026-12.other:cluster", "00023d000009", 1);
+        let mut sim = Sim {
+            san,
+            nodes,
+            volume: Volume {
+                name: "pv-sim".into(),
+                wwid,
+                device: None,
+                access,
+                policy: Policy::default(),
+            },
+            live: BTreeMap::new(),
+            next_uid: 1,
+            violations: Vec::new(),
+            faults: Faults::default(),
+            rng: Rng::new(seed),
+            done: Arc::new(Mutex::new(Vec::new())),
+            foreign,
+            steps: 0,
+            root,
+        };
+        sim.register_foreign();
+        sim
+    }
+
+    fn register_foreign(&mut self) {
+        let key = ClusterTag::new(0x0f0f)
+            .map(|t| t.key_for("elsewhere"))
+            .unwrap_or(ReservationKey(0x0f0f_0000_0000_0001));
+        let cmd = PrOut::RegisterAndIgnore(BasicParams {
+            sa_key: key,
+            ..Default::default()
+        })
+        .command();
+        let f = self.foreign.clone();
+        self.san.with_lun(|l| l.execute(&f, &cmd));
+    }
+
+    /// Node index by name.
+    pub fn idx(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Creates a new attachment of the volume to `node`.
+    pub fn attach(&mut self, node: usize) -> AttachmentId {
+        let id = AttachmentId(format!("va-{}", self.next_uid));
+        self.next_uid += 1;
+        let name = self.nodes[node].name.clone();
+        self.san.note(format!("plane: attach {name} as {id}"));
+        self.live.insert(name, id.clone());
+        id
+    }
+
+    /// Deletes the node's attachment (a detach, or a force-detach).
+    pub fn detach(&mut self, node: usize) {
+        let name = self.nodes[node].name.clone();
+        self.san.note(format!("plane: detach {name}"));
+        self.live.remove(&name);
+    }
+
+    /// Runs the operations concurrently, the seeded scheduler choosing each
+    /// command and its fate; returns what they returned.
+    pub fn run(&mut self, ops: &[(usize, OpKind)]) -> Vec<Finished> {
+        let faults = self.faults;
+        self.run_with(ops, &mut |sim: &mut Sim, pending: &[Pending]| {
+            let i = sim.rng.below(pending.len());
+            (i, sim.fate(faults))
+        })
+    }
+
+    fn fate(&mut self, f: Faults) -> Fate {
+        let roll = self.rng.below(100) as u32;
+        let table = [
+            (f.late, Fate::LateLanding),
+            (f.lost, Fate::Lost),
+            (f.path_down, Fate::PathDown),
+            (f.busy, Fate::Busy),
+            (f.crash, Fate::Crash),
+        ];
+        let mut acc = 0;
+        for (p, fate) in table {
+            acc += p;
+            if roll < acc {
+                return fate;
+            }
+        }
+        Fate::Deliver
+    }
+
+    /// Like [`Sim::run`], with the caller choosing each command's turn and fate.
+    pub fn run_with(
+        &mut self,
+        ops: &[(usize, OpKind)],
+        choose: &mut dyn FnMut(&mut Sim, &[Pending]) -> (usize, Fate),
+    ) -> Vec<Finished> {
+        let mut snapshots: BTreeMap<usize, Option<Vec<u8>>> = BTreeMap::new();
+        for &(i, kind) in ops {
+            self.spawn(i, kind);
+        }
+        let mut finished = Vec::new();
+        loop {
+            let pending = self.san.quiesce();
+            finished.extend(self.collect());
+            self.check("step");
+            if pending.is_empty() {
+                break;
+            }
+            self.events();
+            let (pick, fate) = choose(self, &pending);
+            let p = &pending[pick.min(pending.len() - 1)];
+            if fate == Fate::Crash {
+                let i = self.idx(&p.node);
+                snapshots.insert(i, self.nodes[i].state_bytes());
+            }
+            self.steps += 1;
+            self.san.run(p.ticket, fate);
+        }
+        let restarts: Vec<usize> = snapshots.keys().copied().collect();
+        for (i, snap) in snapshots {
+            self.nodes[i].restart(snap, &self.san);
+            for f in finished.iter_mut().filter(|f| f.node == i) {
+                f.crashed = true;
+            }
+        }
+        for i in restarts {
+            // The daemon comes back and checks what it held first.
+            let again = self.run_with(&[(i, OpKind::Check)], choose);
+            finished.extend(again);
+        }
+        finished
+    }
+
+    fn events(&mut self) {
+        let f = self.faults;
+        if f.reset > 0 && self.rng.percent(f.reset) {
+            self.san.note("target reset / power loss".into());
+            self.san.with_lun(|l| l.reset());
+        }
+        if f.stall > 0 && self.rng.percent(f.stall) {
+            self.san.note("stall: virtual time +120 s".into());
+            self.san.clock.advance(Duration::from_secs(120));
+        }
+        if f.late > 0 && self.rng.percent(20) {
+            let pick = self.rng.below(8);
+            self.san.land_one_late(pick);
+        }
+    }
+
+    fn spawn(&mut self, i: usize, kind: OpKind) {
+        let node = &mut self.nodes[i];
+        node.in_flight = true;
+        let engine = Arc::clone(&node.engine);
+        let vol = self.volume.clone();
+        let live: BTreeSet<String> = self.live.keys().cloned().collect();
+        let auth = self.live.get(&node.name).map(|a| Authorization {
+            attachment: a.clone(),
+            read_at: crate::fence::clock::Clock::wall(&*self.san.clock),
+        });
+        let done = Arc::clone(&self.done);
+        let san = Arc::clone(&self.san);
+        san.actor_started();
+        self.san.note(format!("start {} {kind:?}", node.name));
+        std::thread::spawn(move || {
+            let r: Result<Outcome, FenceError> = match (kind, auth) {
+                (OpKind::Acquire, Some(a)) => engine.acquire(&vol, &a, &live),
+                (OpKind::Acquire, None) => Err(FenceError::Interrupted),
+                (OpKind::Release, _) => engine.release(&vol),
+                (OpKind::Check, _) => engine.check(&vol, &live),
+            };
+            if let Ok(mut d) = done.lock() {
+                d.push(Finished {
+                    node: i,
+                    kind,
+                    result: r.map_err(|e| e.to_string()),
+                    crashed: false,
+                });
+            }
+            san.actor_finished();
+        });
+    }
+
+    /// Takes the finished operations and updates what their nodes believe.
+    fn collect(&mut self) -> Vec<Finished> {
+        let mut done: Vec<Finished> = self
+            .done
+            .lock()
+            .map(|mut d| d.drain(..).collect())
+            .unwrap_or_default();
+        done.sort_by_key(|f| f.node);
+        for f in &done {
+            let under = self.live.get(&self.nodes[f.node].name).cloned();
+            let n = &mut self.nodes[f.node];
+            n.in_flight = false;
+            let line = match &f.result {
+                Ok(o) => format!(
+                    "end {} {:?}: {:?} {}",
+                    n.name,
+                    f.kind,
+                    o.state,
+                    o.notes.join("; ")
+                ),
+                Err(e) => format!("end {} {:?}: error {e}", n.name, f.kind),
+            };
+            self.san.note(line);
+            let Ok(o) = &f.result else { continue };
+            match (f.kind, o.state) {
+                (OpKind::Acquire, VolumeState::Held) => {
+                    n.belief = Belief {
+                        holds: true,
+                        under: under.clone(),
+                    }
+                }
+                (_, VolumeState::Held) => {}
+                (_, VolumeState::Registered) if self.volume.access == AccessMode::MultiNode => {}
+                _ => n.belief.holds = false,
+            }
+            if o.state == VolumeState::Fenced {
+                // Fenced under the attachment that is live now, which no
+                // other node ever preempted.
+                let recorded = n.record_attachment(&self.volume);
+                let live_same = under.is_some()
+                    && recorded == under
+                    && n.fenced_under.as_ref() != under.as_ref();
+                if live_same {
+                    let line = format!(
+                        "S3: {} reported Fenced under a live attachment that nobody preempted",
+                        n.name
+                    );
+                    self.violations.push(line);
+                }
+            }
+            if f.kind == OpKind::Acquire && o.state == VolumeState::Held {
+                self.check_held_by(f.node);
+            }
+        }
+        done
+    }
+
+    /// S1b: when an acquire returns Held, no settled node without a live
+    /// attachment can write.
+    fn check_held_by(&mut self, holder: usize) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if i == holder || n.in_flight || self.live.contains_key(&n.name) {
+                continue;
+            }
+            if self.san.node_may_write(&n.name) {
+                let line = format!(
+                    "S1: {} returned Held while {} (no live attachment) can write",
+                    self.nodes[holder].name, n.name
+                );
+                self.violations.push(line);
+            }
+        }
+    }
+
+    /// The properties that must hold between any two commands.
+    fn check(&mut self, at: &str) {
+        self.track_preemptions();
+        let single = self.volume.access == AccessMode::SingleNode;
+        let writers: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| !n.in_flight && n.belief.holds && self.san.node_may_write(&n.name))
+            .map(|n| n.name.clone())
+            .collect();
+        if single && writers.len() > 1 {
+            self.violation(format!(
+                "S1 at {at}: {writers:?} all believe they hold and can write"
+            ));
+        }
+        for n in &self.nodes {
+            if n.in_flight {
+                continue;
+            }
+            if let (Some(f), Some(u)) = (&n.fenced_under, &n.belief.under) {
+                // Registered again, not merely able to write: with no
+                // reservation at all (everyone released) any node can write.
+                let registered = !self
+                    .san
+                    .with_lun(|l| l.keys_of(&initiator(&n.name)))
+                    .is_empty();
+                if f == u && self.live.get(&n.name) != Some(u) && registered {
+                    let line = format!(
+                        "S2 at {at}: {} was fenced under {f} and is registered again under it",
+                        n.name
+                    );
+                    self.violations.push(line);
+                }
+            }
+        }
+        let foreign = self.foreign.clone();
+        if self.san.with_lun(|l| l.key_of(&foreign).is_none()) && !self.foreign_may_be_gone() {
+            self.violation(format!("S4 at {at}: the foreign key was removed"));
+        }
+    }
+
+    fn foreign_may_be_gone(&self) -> bool {
+        self.san.log().iter().any(|l| l.contains("target reset"))
+    }
+
+    fn violation(&mut self, v: String) {
+        if !self.violations.contains(&v) {
+            self.violations.push(v);
+        }
+    }
+
+    /// Marks nodes whose registrations another node's command removed.
+    fn track_preemptions(&mut self) {
+        let log = self.san.log();
+        let Some(last) = log.last() else { return };
+        if !last.contains("PREEMPT") || !last.contains("-> Good") {
+            return;
+        }
+        for i in 0..self.nodes.len() {
+            let name = self.nodes[i].name.clone();
+            if last.starts_with(&format!("{name} ")) {
+                continue;
+            }
+            let registered = !self
+                .san
+                .with_lun(|l| l.keys_of(&initiator(&name)))
+                .is_empty();
+            let n = &mut self.nodes[i];
+            if !registered && n.was_registered {
+                let under = self.live.get(&name).cloned().or(n.belief.under.clone());
+                if let Some(u) = self.live.get(&name) {
+                    let line = format!("S3: {name} was preempted while its attachment {u} is live");
+                    self.violations.push(line);
+                }
+                n.fenced_under = under;
+            }
+        }
+        for n in &mut self.nodes {
+            n.was_registered = !self
+                .san
+                .with_lun(|l| l.keys_of(&initiator(&n.name)))
+                .is_empty();
+        }
+    }
+
+    /// S5: with faults off, the reconciler's operations for the current
+    /// attachments converge within a few rounds.
+    pub fn converge(&mut self) {
+        self.faults = Faults::default();
+        for _ in 0..3 {
+            let ops: Vec<(usize, OpKind)> = (0..self.nodes.len())
+                .map(|i| {
+                    let n = &self.nodes[i];
+                    let kind = match (self.live.contains_key(&n.name), n.belief.holds) {
+                        (true, true) => OpKind::Check,
+                        (true, false) => OpKind::Acquire,
+                        (false, _) => OpKind::Release,
+                    };
+                    (i, kind)
+                })
+                .collect();
+            self.run(&ops);
+        }
+        let holder_ok = self.converged();
+        if let Err(why) = holder_ok {
+            self.violation(format!("S5: not converged: {why}"));
+        }
+    }
+
+    fn converged(&self) -> Result<(), String> {
+        let (res, regs) = self.san.with_lun(|l| (l.reservation(), l.registrations()));
+        for n in &self.nodes {
+            let registered = regs.iter().any(|(x, _)| nexus_of(x, &n.name));
+            let attached = self.live.contains_key(&n.name);
+            if attached && !registered {
+                return Err(format!("{} is attached but not registered", n.name));
+            }
+            if !attached && registered {
+                return Err(format!("{} is not attached but still registered", n.name));
+            }
+        }
+        if self.volume.access == AccessMode::SingleNode {
+            if let Some(holder) = self.live.keys().next() {
+                let key = self.nodes[self.idx(holder)].key;
+                if res.as_ref().map(|r| r.1) != Some(key) {
+                    return Err(format!(
+                        "{holder} is attached but the reservation is {res:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The trace of the schedule so far.
+    pub fn trace(&self) -> String {
+        self.san.log().join("\n")
+    }
+}
+
+fn nexus_of(n: &Nexus, node: &str) -> bool {
+    matches!(&n.initiator, crate::scsi::TransportId::Iscsi { name, .. } if name == &initiator(node))
+}
+
+impl SimNode {
+    fn new(root: &Path, name: &str, san: &Arc<San>, wwid: &Wwid, i: usize) -> SimNode {
+        let dir = root.join(name);
+        let sys = dir.join("sys");
+        fixture(&sys, name, wwid);
+        for (k, dev) in ["sdc", "sdd"].iter().enumerate() {
+            let session = k + 1;
+            let nexus = Nexus::iscsi(
+                &initiator(name),
+                &format!("00023d{session:06x}"),
+                session as u16,
+            );
+            let devnum = ((i as u64) << 16) | (k as u64 + 1);
+            san.add_path(name, &Path::new("/dev").join(dev), nexus, devnum);
+        }
+        let tag = ClusterTag::new(TAG).expect("nonzero tag");
+        let mut n = SimNode {
+            name: name.to_string(),
+            key: tag.key_for(name),
+            dir,
+            engine: Arc::new(placeholder_engine(name, san)),
+            belief: Belief::default(),
+            fenced_under: None,
+            in_flight: false,
+            was_registered: false,
+        };
+        n.engine = Arc::new(n.make_engine(san));
+        n
+    }
+
+    fn make_engine(&self, san: &Arc<San>) -> Engine<NodeTransport> {
+        let tag = ClusterTag::new(TAG).expect("nonzero tag");
+        let mut cfg = EngineConfig::new(self.name.clone(), tag);
+        cfg.clock = san.clock.clone();
+        cfg.retry = RetryPolicy {
+            not_ready_delay: Duration::ZERO,
+            ..RetryPolicy::default()
+        };
+        let store =
+            StateStore::open(&self.dir.join("state")).expect("state dir in the sim's temp dir");
+        Engine::new(
+            cfg,
+            NodeTransport {
+                node: self.name.clone(),
+                san: Arc::clone(san),
+            },
+            Resolver::new(Sysfs::new(self.dir.join("sys"), "/dev"), "mpath-"),
+            store,
+        )
+    }
+
+    /// The attachment of the node's state record for the volume.
+    fn record_attachment(&self, vol: &Volume) -> Option<AttachmentId> {
+        StateStore::open(&self.dir.join("state"))
+            .ok()?
+            .get(&vol.wwid.to_string())
+            .ok()
+            .flatten()
+            .map(|r| r.attachment)
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.dir.join("state/reservations.json")
+    }
+
+    fn state_bytes(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.state_file()).ok()
+    }
+
+    /// The daemon restarts: its state file as it was at the crash, a new
+    /// engine (nothing cached), commands reach the LUN again.
+    fn restart(&mut self, snap: Option<Vec<u8>>, san: &Arc<San>) {
+        let _ = match snap {
+            Some(b) => std::fs::write(self.state_file(), b),
+            None => std::fs::remove_file(self.state_file()),
+        };
+        san.restart(&self.name);
+        san.note(format!("restart {}", self.name));
+        self.engine = Arc::new(self.make_engine(san));
+    }
+}
+
+fn placeholder_engine(name: &str, san: &Arc<San>) -> Engine<NodeTransport> {
+    let tag = ClusterTag::new(TAG).expect("nonzero tag");
+    let dir = std::env::temp_dir();
+    Engine::new(
+        EngineConfig::new(name, tag),
+        NodeTransport {
+            node: name.to_string(),
+            san: Arc::clone(san),
+        },
+        Resolver::new(Sysfs::new(&dir, "/dev"), "mpath-"),
+        StateStore::open(&dir.join(format!("csi-fencer-sim-placeholder-{}", std::process::id())))
+            .expect("temp dir"),
+    )
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A node's sysfs: dm-0 (the LUN's map) over sdc (session1) and sdd (session2).
+fn fixture(root: &Path, node: &str, wwid: &Wwid) {
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    let w = |p: PathBuf, s: &str| {
+        if let Some(d) = p.parent() {
+            let _ = fs::create_dir_all(d);
+        }
+        let _ = fs::write(p, s);
+    };
+    w(
+        root.join("class/block/dm-0/dm/uuid"),
+        &format!("mpath-{}", wwid.multipath_form()),
+    );
+    for (sd, n) in [("sdc", 1), ("sdd", 2)] {
+        let dev = root.join(format!(
+            "devices/platform/host{n}/session{n}/target{n}:0:0/{n}:0:0:0"
+        ));
+        w(dev.join("state"), "running\n");
+        let _ = fs::create_dir_all(root.join(format!("class/block/dm-0/slaves/{sd}")));
+        let _ = fs::create_dir_all(root.join(format!("class/block/{sd}")));
+        let _ = symlink(&dev, root.join(format!("class/block/{sd}/device")));
+        w(
+            root.join(format!("class/iscsi_session/session{n}/initiatorname")),
+            &initiator(node),
+        );
+    }
+}
