@@ -359,6 +359,9 @@ struct Run<'a> {
     deadline: Duration,
     /// Paths this operation sent a REGISTER to (landed or possibly landed).
     touched: Vec<PathBuf>,
+    /// A reset unit attention came back on one of this operation's PR OUTs:
+    /// registrations made before it may be gone, so none is counted as sure.
+    reset_seen: bool,
 }
 
 /// The engine for one node.
@@ -417,6 +420,7 @@ impl<T: Transport> Engine<T> {
             out,
             deadline,
             touched: Vec::new(),
+            reset_seen: false,
         })
     }
 
@@ -506,6 +510,10 @@ impl<T: Transport> Engine<T> {
             run.out.state = io::state_of(&obs, self.key);
             return Ok(run.out);
         }
+        if steps.iter().any(|s| matches!(s, Step::Unregister { .. })) {
+            // Said before it is done (as for a rollback).
+            self.recount(&run, None)?;
+        }
         for step in &steps {
             self.send_releasing(&mut run, step)?;
         }
@@ -516,7 +524,7 @@ impl<T: Transport> Engine<T> {
             self.state.set(&vol.wwid.to_string(), None)?;
         } else if !gone {
             // Partly released: what is left is still ours, and counted.
-            self.recount(&run, &after)?;
+            self.recount(&run, Some(&after))?;
         }
         Ok(run.out)
     }
@@ -537,6 +545,16 @@ impl<T: Transport> Engine<T> {
             Evidence::Lost => {
                 run.out.notes.push(LOST_NOTE.into());
                 run.out.state = VolumeState::Lost;
+                // The unit attention that told it is consumed now: the record
+                // must carry the knowledge, or the next check, finding other
+                // nodes registered since, would take the loss for a fence.
+                if let Some(r) = rec.as_ref() {
+                    let mut lost = Record::now(&vol.name, Phase::Registering, &r.attachment)
+                        .at_generation(obs.generation);
+                    lost.key_count = Some(0);
+                    lost.all_tg_pt = r.all_tg_pt;
+                    self.write(vol, lost)?;
+                }
                 return Ok(run.out);
             }
             Evidence::None => {}
@@ -596,7 +614,7 @@ impl<T: Transport> Engine<T> {
         }
         let after = self.observe_into(run, rec, false)?;
         self.finish(run, obs, &after);
-        if after.ours_count < obs.ours_count + landed && !after.signs.reset {
+        if after.ours_count < obs.ours_count + landed && !after.signs.reset && !run.reset_seen {
             run.out.raced = true;
             run.out.notes.push(
                 "a registration vanished while new paths were registered: another node preempted this one".into(),
@@ -640,7 +658,8 @@ impl<T: Transport> Engine<T> {
         // Every path about to be registered is named before the REGISTER
         // goes out: after a crash in between, a target without READ FULL
         // STATUS must not see it registered a second time by reflex.
-        rec.paths = io::remembered(&run.loc, obs);
+        let known = self.state.get(&vol.wwid.to_string())?;
+        rec.paths = io::remembered(&run.loc, obs, known.as_ref());
         rec.paths.extend(io::ids_of(&run.loc, &registering(steps)));
         rec.paths.sort();
         rec.paths.dedup();
@@ -677,22 +696,53 @@ impl<T: Transport> Engine<T> {
                     .any(|(q, r)| q == *p && *r == decide::PathRegistration::NotRegistered)
             })
             .count() as u32;
-        rec.key_count = Some(obs.ours_count + sure);
-        rec.paths = io::ids_of(&run.loc, registered);
+        rec.key_count = Some(if run.reset_seen {
+            0
+        } else {
+            obs.ours_count + sure
+        });
+        // A REGISTER that timed out may have landed: still named.
+        let mut maybe = registered.to_vec();
+        maybe.extend(run.touched.iter().cloned());
+        rec.paths = io::ids_of(&run.loc, &maybe);
         self.write(run.vol, rec)
+    }
+
+    /// A power-on or reset unit attention was just consumed: the
+    /// registrations it dropped are not a preemption. Written at once, since
+    /// the attention is gone once read and a crash must not forget it.
+    pub(super) fn note_reset(&self, wwid: &str) -> Result<(), FenceError> {
+        let Some(mut rec) = self.state.get(wwid)? else {
+            return Ok(());
+        };
+        if rec.phase == Phase::Fenced || rec.key_count == Some(0) {
+            return Ok(());
+        }
+        rec.phase = Phase::Registering;
+        rec.key_count = Some(0);
+        if !self.cfg.dry_run {
+            self.state.set(wwid, Some(rec))?;
+        }
+        Ok(())
     }
 
     /// After this node's own unregisters: the record keeps its phase and
     /// attachment, with the registrations the LUN shows now.
-    fn recount(&self, run: &Run<'_>, after: &Observed) -> Result<(), FenceError> {
+    /// `None`: about to unregister everything (the count drops to 0 first).
+    fn recount(&self, run: &Run<'_>, after: Option<&Observed>) -> Result<(), FenceError> {
         let Some(mut rec) = self.record_for(run.vol, None)? else {
             return Ok(());
         };
         if rec.phase == Phase::Fenced {
             return Ok(());
         }
-        rec.key_count = Some(after.ours_count);
-        rec.paths = io::remembered(&run.loc, after);
+        rec.key_count = Some(after.map_or(0, |a| a.ours_count));
+        // Before the unregisters the paths stay named: a crash half-way
+        // leaves some registered, and the record must never name fewer
+        // paths than carry the key.
+        if let Some(a) = after {
+            rec.paths = io::remembered(&run.loc, a, Some(&rec));
+        }
         self.write(run.vol, rec)
     }
 
@@ -713,7 +763,8 @@ impl<T: Transport> Engine<T> {
             rec.since
         };
         rec.key_count = Some(obs.ours_count);
-        rec.paths = io::remembered(&run.loc, obs);
+        let known = self.state.get(&vol.wwid.to_string())?;
+        rec.paths = io::remembered(&run.loc, obs, known.as_ref());
         rec.all_tg_pt = prev.all_tg_pt;
         if Some(&rec) != Some(prev) {
             self.write(vol, rec)?;

@@ -364,6 +364,16 @@ impl Sim {
             attachment: a.clone(),
             read_at: crate::fence::clock::Clock::wall(&*self.san.clock),
         });
+        if kind == OpKind::Release {
+            // A release runs on a confirmed detach: the node's pods are gone.
+            node.belief.holds = false;
+        }
+        if let (OpKind::Acquire, Some(a)) = (kind, &auth) {
+            // Registering under a new attachment is what I1 allows.
+            if node.fenced_under.as_ref() != Some(&a.attachment) {
+                node.fenced_under = None;
+            }
+        }
         let done = Arc::clone(&self.done);
         let san = Arc::clone(&self.san);
         san.actor_started();
@@ -399,9 +409,11 @@ impl Sim {
             let under = self.live.get(&self.nodes[f.node].name).cloned();
             let n = &mut self.nodes[f.node];
             n.in_flight = false;
+            let rec = std::fs::read_to_string(n.state_file()).unwrap_or_default();
+            let rec: String = rec.split_whitespace().collect::<Vec<_>>().join(" ");
             let line = match &f.result {
                 Ok(o) => format!(
-                    "end {} {:?}: {:?} {}",
+                    "end {} {:?}: {:?} {} | {rec}",
                     n.name,
                     f.kind,
                     o.state,
@@ -471,9 +483,14 @@ impl Sim {
             .filter(|n| !n.in_flight && n.belief.holds && self.san.node_may_write(&n.name))
             .map(|n| n.name.clone())
             .collect();
-        if single && writers.len() > 1 {
+        // With no reservation at all (before the first acquire, after the
+        // holder released, or after a power loss without APTPL) SCSI PR
+        // fences nobody; the engine's part is to re-acquire (S5).
+        let reserved = self.san.with_lun(|l| l.reservation().is_some());
+        if single && reserved && writers.len() > 1 {
+            let (line, state) = (self.san.log().len(), self.lun_state());
             self.violation(format!(
-                "S1 at {at}: {writers:?} all believe they hold and can write"
+                "S1 at {at} (trace line {line}): {writers:?} all believe they hold and can write; LUN: {state}"
             ));
         }
         for n in &self.nodes {
@@ -500,6 +517,19 @@ impl Sim {
         if self.san.with_lun(|l| l.key_of(&foreign).is_none()) && !self.foreign_may_be_gone() {
             self.violation(format!("S4 at {at}: the foreign key was removed"));
         }
+    }
+
+    /// The LUN's registrations and reservation, in words.
+    pub fn lun_state(&self) -> String {
+        let (res, regs) = self.san.with_lun(|l| (l.reservation(), l.registrations()));
+        let regs: Vec<String> = regs
+            .iter()
+            .map(|(n, k)| format!("{}>t{}={k}", who(n), n.target_port))
+            .collect();
+        let res = res
+            .map(|(_, k, t)| format!("{k} type {}", t.code()))
+            .unwrap_or_else(|| "none".into());
+        format!("registrations [{}], reservation {res}", regs.join(", "))
     }
 
     fn foreign_may_be_gone(&self) -> bool {
@@ -601,6 +631,17 @@ impl Sim {
     }
 }
 
+fn who(n: &Nexus) -> String {
+    match &n.initiator {
+        crate::scsi::TransportId::Iscsi { name, isid } => format!(
+            "{}/{}",
+            name.rsplit(':').next().unwrap_or(name),
+            isid.as_deref().unwrap_or("?")
+        ),
+        other => other.to_string(),
+    }
+}
+
 fn nexus_of(n: &Nexus, node: &str) -> bool {
     matches!(&n.initiator, crate::scsi::TransportId::Iscsi { name, .. } if name == &initiator(node))
 }
@@ -682,7 +723,12 @@ impl SimNode {
             None => std::fs::remove_file(self.state_file()),
         };
         san.restart(&self.name);
-        san.note(format!("restart {}", self.name));
+        let rec = std::fs::read_to_string(self.state_file()).unwrap_or_default();
+        san.note(format!(
+            "restart {} with {}",
+            self.name,
+            rec.replace('\n', " ")
+        ));
         self.engine = Arc::new(self.make_engine(san));
     }
 }

@@ -165,11 +165,27 @@ impl<T: Transport> Engine<T> {
             return Err(Send::Stop(r.to_string()));
         }
         self.same_device(run, via).map_err(Send::Stop)?;
-        self.path(via)
-            .prout(&self.prout_of(step))
-            .map_err(Send::Path)?;
+        self.send(run, via, step).map_err(Send::Path)?;
         run.out.steps.push(step.clone());
         Ok(())
+    }
+
+    /// One PR OUT through one path. A reset unit attention met on the way
+    /// is noted at once (see [`Engine::note_reset`]).
+    fn send(&self, run: &mut Run<'_>, via: &Path, step: &Step) -> Result<(), ScsiError> {
+        let mut p = self.path(via);
+        let r = p.prout(&self.prout_of(step));
+        let uas = p.unit_attentions().to_vec();
+        if decide::Signs::from_unit_attentions(&uas).reset {
+            run.reset_seen = true;
+            if let Err(e) = self.note_reset(&run.vol.wwid.to_string()) {
+                tracing::warn!(volume = %run.vol.name, "{e}");
+            }
+        }
+        run.out
+            .unit_attentions
+            .extend(uas.iter().map(|s| format!("{}: {s}", via.display())));
+        r
     }
 
     fn same_device(&self, run: &Run<'_>, via: &Path) -> Result<(), String> {
@@ -198,7 +214,7 @@ impl<T: Transport> Engine<T> {
                     set_problem(&mut run.out, path, e);
                     return Ok(());
                 }
-                match self.path(path).prout(&self.prout_of(step)) {
+                match self.send(run, path, step) {
                     Ok(()) => run.out.steps.push(step.clone()),
                     Err(e) => set_problem(&mut run.out, path, e.to_string()),
                 }
@@ -210,7 +226,7 @@ impl<T: Transport> Engine<T> {
                     _ => run.loc.usable.first().map(|u| u.dev.clone()),
                 };
                 let Some(via) = via else { return Ok(()) };
-                if let Err(source) = self.path(&via).prout(&self.prout_of(step)) {
+                if let Err(source) = self.send(run, &via, step) {
                     return Err(FenceError::Step {
                         volume: run.vol.name.clone(),
                         done: run.out.steps.clone(),
@@ -247,6 +263,9 @@ impl<T: Transport> Engine<T> {
                 paths.push((p.clone(), all_tg_pt));
             }
         }
+        // Said before it is done: after a crash half-way, fewer registrations
+        // than recorded must not read as a preemption.
+        self.recount(run, None)?;
         for (path, all_tg_pt) in paths {
             let undo = Step::Unregister {
                 path,
@@ -260,7 +279,7 @@ impl<T: Transport> Engine<T> {
         run.out.state = io::state_of(&after, self.key);
         // Our own unregisters lowered the count: the record must say so, or
         // the next operation would take the difference for a preemption.
-        self.recount(run, &after)?;
+        self.recount(run, Some(&after))?;
         if after.ours_count > 0 {
             run.out.notes.push(format!(
                 "rollback incomplete: {} registration(s) of this node remain; the next check retries",

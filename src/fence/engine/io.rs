@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::{Engine, FenceError, Located, LunCaps, PathReport, Run, UsablePath, VolumeState};
 use crate::device::PathInfo;
 use crate::fence::decide::{Observed, PathRegistration, Signs};
-use crate::fence::state::Record;
+use crate::fence::state::{Phase, Record};
 use crate::scsi::{Designator, FullStatus, ReservationKey, TransportId, Wwid};
 use crate::transport::{ScsiError, Transport};
 
@@ -131,9 +131,13 @@ impl<T: Transport> Engine<T> {
     fn observe(
         &self,
         run: &Run<'_>,
-        rec: Option<&Record>,
+        _rec: Option<&Record>,
     ) -> Result<(Observed, Vec<String>), FenceError> {
         let loc = &run.loc;
+        // Which paths carry the key is known from the LUN's record whatever
+        // attachment wrote it: a new attachment inherits the registrations.
+        let known = self.state.get(&run.vol.wwid.to_string())?;
+        let rec = known.as_ref();
         if loc.usable.is_empty() {
             return Err(no_usable_path(&run.vol.name, loc));
         }
@@ -141,7 +145,7 @@ impl<T: Transport> Engine<T> {
         let mut caps = self.lun_caps(&wwid);
         let mut last = None;
         for p in &loc.usable {
-            match self.consistent_state(&p.dev, &mut caps) {
+            match self.consistent_state(&p.dev, &wwid, &mut caps) {
                 Ok((mut obs, fs, uas)) => {
                     if let Ok(mut all) = self.caps.lock() {
                         all.insert(wwid.clone(), caps.clone());
@@ -180,13 +184,19 @@ impl<T: Transport> Engine<T> {
     fn consistent_state(
         &self,
         dev: &Path,
+        wwid: &str,
         caps: &mut LunCaps,
     ) -> Result<(Observed, Option<FullStatus>, Vec<String>), FenceError> {
         let mut seen = Vec::new();
+        // One path object for every attempt: a unit attention consumed by a
+        // discarded attempt still tells what happened.
+        let mut p = self.path(dev);
         for _ in 0..CONSISTENT_READ_ATTEMPTS {
-            let mut p = self.path(dev);
             let keys = p.read_keys()?;
             let res = p.read_reservation()?;
+            if Signs::from_unit_attentions(p.unit_attentions()).reset {
+                self.note_reset(wwid)?;
+            }
             if !caps.asked {
                 match p.capabilities() {
                     Ok(c) => (caps.report, caps.asked) = (Some(c), true),
@@ -255,11 +265,15 @@ impl<T: Transport> Engine<T> {
                 };
                 let reg = match from_lun {
                     PathRegistration::Unknown if !ours_present => PathRegistration::NotRegistered,
+                    // The record names every path this node registered or
+                    // was about to (written before each REGISTER): a path it
+                    // does not name carries no key of ours.
                     PathRegistration::Unknown => match rec {
                         Some(r) if r.paths.contains(&p.id) => PathRegistration::Registered {
                             all_tg_pt: r.all_tg_pt,
                             holder: false,
                         },
+                        Some(r) if r.phase != Phase::Fenced => PathRegistration::NotRegistered,
                         _ => PathRegistration::Unknown,
                     },
                     known => known,
@@ -292,8 +306,10 @@ fn no_usable_path(volume: &str, loc: &Located) -> FenceError {
     }
 }
 
-/// The record's `paths`: the ids of the paths that carry our key now.
-pub(super) fn remembered(loc: &Located, obs: &Observed) -> Vec<String> {
+/// The record's `paths`: the ids of the usable paths that carry our key
+/// now, and the paths the record named that this operation could not use
+/// (an unusable path keeps whatever registration it had).
+pub(super) fn remembered(loc: &Located, obs: &Observed, prev: Option<&Record>) -> Vec<String> {
     let mut ids: Vec<String> = obs
         .paths
         .iter()
@@ -301,7 +317,12 @@ pub(super) fn remembered(loc: &Located, obs: &Observed) -> Vec<String> {
         .filter_map(|(dev, _)| loc.usable.iter().find(|u| &u.dev == dev))
         .map(|u| u.id.clone())
         .collect();
+    let used = |id: &String| loc.usable.iter().any(|u| &u.id == id);
+    if let Some(p) = prev.filter(|p| p.phase != Phase::Fenced) {
+        ids.extend(p.paths.iter().filter(|id| !used(id)).cloned());
+    }
     ids.sort();
+    ids.dedup();
     ids
 }
 
