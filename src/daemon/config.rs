@@ -343,7 +343,7 @@ mod tests {
             ),
             (
                 "clusterName: a\npolicy: {preempt: nuke}\n",
-                "policy.preempt: \"nuke\": allowed preempt-and-abort, preempt",
+                "policy.preempt: \"nuke\": allowed preempt-and-abort (falls back to preempt where the target lacks it), preempt-and-abort-only, preempt",
             ),
             (
                 "clusterName: a\nmonitorIntervalSeconds: 0\n",

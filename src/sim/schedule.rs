@@ -40,7 +40,7 @@ pub fn run(seed: u64) -> Report {
         AccessMode::MultiNode
     };
     let n = 2 + rng.below(2);
-    let mut sim = Sim::new(rng.next(), n, profile, access);
+    let mut sim = Sim::new(rng.next_u64(), n, profile, access);
     if rng.percent(15) {
         sim.volume.policy.preempt = PreemptMode::Preempt;
     }

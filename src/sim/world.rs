@@ -58,7 +58,7 @@ impl Rng {
         Rng(seed)
     }
     /// Next 64 bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -67,11 +67,11 @@ impl Rng {
     }
     /// Uniform below `n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
     /// True with probability `p` percent.
     pub fn percent(&mut self, p: u32) -> bool {
-        self.next() % 100 < u64::from(p)
+        self.next_u64() % 100 < u64::from(p)
     }
 }
 
@@ -143,6 +143,9 @@ impl Faults {
         stall: 1,
     };
 }
+
+/// Picks the next command to run among the waiting ones, and its fate.
+pub type Chooser<'a> = dyn FnMut(&mut Sim, &[Pending]) -> (usize, Fate) + 'a;
 
 /// The result of one finished operation.
 #[derive(Debug)]
@@ -299,7 +302,7 @@ impl Sim {
     pub fn run_with(
         &mut self,
         ops: &[(usize, OpKind)],
-        choose: &mut dyn FnMut(&mut Sim, &[Pending]) -> (usize, Fate),
+        choose: &mut Chooser<'_>,
     ) -> Vec<Finished> {
         let mut snapshots: BTreeMap<usize, Option<Vec<u8>>> = BTreeMap::new();
         for &(i, kind) in ops {
