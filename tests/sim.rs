@@ -36,3 +36,350 @@ fn random_schedules_keep_every_invariant() {
         );
     }
 }
+
+mod cases {
+    //! Each case of the issue that asked for the simulation, scripted: the
+    //! interleaving is chosen, not drawn, so the test says exactly what it
+    //! proves. Every case also checks S1–S4 after each command (`violations`).
+
+    use csi_fencer::fence::engine::VolumeState;
+    use csi_fencer::fence::policy::{AccessMode, PreemptMode};
+    use csi_fencer::sim::lun::Profile;
+    use csi_fencer::sim::san::{Fate, Pending};
+    use csi_fencer::sim::world::{Finished, OpKind, Sim};
+
+    const A: usize = 0;
+    const B: usize = 1;
+    const C: usize = 2;
+
+    /// Runs `first`'s commands until its next one's name contains `stop`,
+    /// then everything else to the end, then `first` again.
+    fn hold_before(first: &str, stop: &str) -> impl FnMut(&mut Sim, &[Pending]) -> (usize, Fate) {
+        let (first, stop) = (first.to_string(), stop.to_string());
+        move |_, pending| {
+            let mine = pending.iter().position(|p| p.node == first);
+            let other = pending.iter().position(|p| p.node != first);
+            let held = mine.is_some_and(|i| pending[i].cmd.name.contains(&stop));
+            match (mine, other) {
+                (Some(i), _) if !held => (i, Fate::Deliver),
+                (_, Some(j)) => (j, Fate::Deliver),
+                (Some(i), None) => (i, Fate::Deliver),
+                (None, None) => (0, Fate::Deliver),
+            }
+        }
+    }
+
+    fn state(done: &[Finished], node: usize) -> Result<VolumeState, String> {
+        done.iter()
+            .find(|f| f.node == node)
+            .map(|f| f.result.as_ref().map(|o| o.state).map_err(Clone::clone))
+            .unwrap_or_else(|| Err("did not run".into()))
+    }
+
+    fn holding(profile: Profile, access: AccessMode, nodes: usize) -> Sim {
+        let mut sim = Sim::new(7, nodes, profile, access);
+        sim.attach(A);
+        let done = sim.run(&[(A, OpKind::Acquire)]);
+        assert_eq!(state(&done, A), Ok(VolumeState::Held), "{}", sim.trace());
+        sim
+    }
+
+    fn clean(sim: &Sim) {
+        assert!(
+            sim.violations.is_empty(),
+            "{:?}\n{}",
+            sim.violations,
+            sim.trace()
+        );
+    }
+
+    /// Why 1: the new node's PREEMPT meets the old node's release and
+    /// conflicts; the acquire re-plans and ends Held in the same call.
+    #[test]
+    fn a_move_while_the_old_node_releases_converges_in_one_call() {
+        for profile in [
+            Profile::FULL,
+            Profile::NO_READ_FULL_STATUS,
+            Profile::MINIMAL,
+        ] {
+            let mut sim = holding(profile, AccessMode::SingleNode, 2);
+            sim.detach(A);
+            sim.attach(B);
+            let done = sim.run_with(
+                &[(B, OpKind::Acquire), (A, OpKind::Release)],
+                &mut hold_before("node-b", "PREEMPT"),
+            );
+            let o = done
+                .iter()
+                .find(|f| f.node == B)
+                .and_then(|f| f.result.as_ref().ok())
+                .expect("an outcome");
+            assert_eq!(o.state, VolumeState::Held, "{}", sim.trace());
+            // The PREEMPT met the release: a conflict (or, on a target
+            // without PREEMPT AND ABORT, its refusal) and a second round.
+            assert!(
+                o.notes.iter().any(|n| n.contains("re-planned")),
+                "{:?}\n{}",
+                o.notes,
+                sim.trace()
+            );
+            assert_eq!(sim.registrations_of(A), 0);
+            assert_eq!(sim.holder(), Some(sim.nodes[B].key));
+            clean(&sim);
+        }
+    }
+
+    /// Why 2: without READ FULL STATUS, acquire, failover and the fenced
+    /// node's check all work, and the old node learns it was fenced (I7).
+    #[test]
+    fn a_target_without_read_full_status_fences_and_the_old_node_knows() {
+        let mut sim = holding(Profile::NO_READ_FULL_STATUS, AccessMode::SingleNode, 2);
+        sim.detach(A);
+        sim.attach(B);
+        let done = sim.run(&[(B, OpKind::Acquire)]);
+        assert_eq!(state(&done, B), Ok(VolumeState::Held), "{}", sim.trace());
+        let done = sim.run(&[(A, OpKind::Check)]);
+        assert_eq!(state(&done, A), Ok(VolumeState::Fenced), "{}", sim.trace());
+        assert!(!sim.may_write(A));
+        // And a second check of the held volume registers nothing again.
+        let before = sim.san.with_lun(|l| l.generation());
+        let done = sim.run(&[(B, OpKind::Check)]);
+        assert_eq!(state(&done, B), Ok(VolumeState::Held));
+        assert_eq!(
+            sim.san.with_lun(|l| l.generation()),
+            before,
+            "no re-registration by reflex"
+        );
+        clean(&sim);
+    }
+
+    /// Why 3: without PREEMPT AND ABORT the new holder falls back to
+    /// PREEMPT and says so; with `preempt-and-abort-only` it fails and takes
+    /// its registrations back, so there is never a second writer.
+    #[test]
+    fn a_target_without_preempt_and_abort_never_leaves_two_writers() {
+        let mut sim = holding(Profile::NO_PREEMPT_AND_ABORT, AccessMode::SingleNode, 2);
+        sim.detach(A);
+        sim.attach(B);
+        let done = sim.run(&[(B, OpKind::Acquire)]);
+        let o = done
+            .iter()
+            .find(|f| f.node == B)
+            .and_then(|f| f.result.as_ref().ok())
+            .expect("an outcome");
+        assert_eq!(o.state, VolumeState::Held, "{}", sim.trace());
+        assert!(
+            o.notes
+                .iter()
+                .any(|n| n.contains("plain PREEMPT is used instead")),
+            "{:?}",
+            o.notes
+        );
+        assert!(!sim.may_write(A));
+
+        let mut sim = holding(Profile::NO_PREEMPT_AND_ABORT, AccessMode::SingleNode, 2);
+        sim.volume.policy.preempt = PreemptMode::PreemptAndAbortOnly;
+        sim.detach(A);
+        sim.attach(B);
+        let done = sim.run(&[(B, OpKind::Acquire)]);
+        let e = state(&done, B).expect_err("refused to fall back");
+        assert!(
+            e.contains("does not support PREEMPT AND ABORT") && e.contains("taken back"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("Some(") && !e.contains("ReservationKey("),
+            "no Debug in words: {e}"
+        );
+        assert_eq!(
+            sim.registrations_of(B),
+            0,
+            "no registration left beside A's reservation"
+        );
+        assert!(!sim.may_write(B));
+        clean(&sim);
+    }
+
+    /// Why 4: two live nodes checking a multi-node volume at the same
+    /// moment, on a target whose registrations cannot be matched to paths,
+    /// never fence themselves, whatever the interleaving.
+    #[test]
+    fn live_nodes_checking_a_multi_node_volume_never_fence_themselves() {
+        for profile in [
+            Profile::NO_READ_FULL_STATUS,
+            Profile::MINIMAL,
+            Profile::FULL,
+        ] {
+            let mut sim = holding(profile, AccessMode::MultiNode, 3);
+            sim.attach(B);
+            sim.run(&[(B, OpKind::Acquire)]);
+            for round in 0..30u64 {
+                // A third node joins now and then: the generation moves.
+                let mut ops = vec![(A, OpKind::Check), (B, OpKind::Check)];
+                if round % 5 == 0 {
+                    sim.attach(C);
+                    ops.push((C, OpKind::Acquire));
+                } else if round % 5 == 2 {
+                    sim.detach(C);
+                    ops.push((C, OpKind::Release));
+                }
+                let done = sim.run(&ops);
+                for n in [A, B] {
+                    assert_eq!(
+                        state(&done, n),
+                        Ok(VolumeState::Held),
+                        "round {round}\n{}",
+                        sim.trace()
+                    );
+                }
+            }
+            clean(&sim);
+        }
+    }
+
+    /// Why 5: an acquire whose REGISTER times out for the caller and lands
+    /// later, past the deadline, sends nothing more and leaves no
+    /// registration behind.
+    #[test]
+    fn a_late_completion_past_the_deadline_leaves_nothing_registered() {
+        let mut sim = holding(Profile::FULL, AccessMode::SingleNode, 2);
+        sim.detach(A);
+        sim.attach(B);
+        let mut late = false;
+        let done = sim.run_with(
+            &[(B, OpKind::Acquire)],
+            &mut |sim: &mut Sim, pending: &[Pending]| {
+                let p = &pending[0];
+                if !late && p.cmd.name.contains("REGISTER AND IGNORE") {
+                    late = true;
+                    // Stuck in the kernel past the caller's patience.
+                    sim.san.clock.advance(std::time::Duration::from_secs(300));
+                    return (0, Fate::LateLanding);
+                }
+                (0, Fate::Deliver)
+            },
+        );
+        let e = state(&done, B).expect_err("stopped");
+        assert!(
+            e.contains("deadline") && e.contains("nothing more was sent"),
+            "{e}"
+        );
+        assert!(
+            !sim.trace().contains("PREEMPT"),
+            "no PREEMPT after the deadline:\n{}",
+            sim.trace()
+        );
+        assert_eq!(
+            sim.registrations_of(B),
+            0,
+            "the late REGISTER was taken back:\n{}",
+            sim.trace()
+        );
+        clean(&sim);
+    }
+
+    /// Why 5: every REGISTER failing while another node changes the LUN is
+    /// not a fence.
+    #[test]
+    fn failed_registers_and_an_unrelated_change_are_not_a_fence() {
+        let mut sim = holding(Profile::FULL, AccessMode::MultiNode, 3);
+        sim.attach(B);
+        sim.attach(C);
+        let done = sim.run_with(
+            &[(B, OpKind::Acquire), (C, OpKind::Acquire)],
+            &mut |_, pending: &[Pending]| {
+                let i = pending.iter().position(|p| p.node == "node-c").unwrap_or(0);
+                let p = &pending[i];
+                let fate = if p.node == "node-b" && p.cmd.name.contains("PERSISTENT RESERVE OUT") {
+                    Fate::PathDown
+                } else {
+                    Fate::Deliver
+                };
+                (i, fate)
+            },
+        );
+        assert!(state(&done, B).is_err(), "B could not register");
+        assert_eq!(state(&done, C), Ok(VolumeState::Held));
+        let done = sim.run(&[(B, OpKind::Acquire)]);
+        assert_eq!(
+            state(&done, B),
+            Ok(VolumeState::Held),
+            "not fenced:\n{}",
+            sim.trace()
+        );
+        clean(&sim);
+    }
+
+    /// Why 5: a device name given to another device between the identity
+    /// proof and the PR OUT receives nothing (I3).
+    #[test]
+    fn a_device_renumbered_after_its_identity_was_proven_gets_no_pr_out() {
+        let mut sim = Sim::new(7, 2, Profile::FULL, AccessMode::SingleNode);
+        sim.attach(A);
+        let mut renamed = false;
+        let done = sim.run_with(
+            &[(A, OpKind::Acquire)],
+            &mut |sim: &mut Sim, pending: &[Pending]| {
+                if !renamed && pending[0].cmd.name.contains("READ KEYS") {
+                    renamed = true;
+                    sim.san
+                        .renumber("node-a", std::path::Path::new("/dev/sdc"), 0xdead);
+                }
+                (0, Fate::Deliver)
+            },
+        );
+        let e = state(&done, A).expect_err("stopped before sending to the renamed device");
+        assert!(e.contains("device number changed"), "{e}");
+        assert_eq!(sim.registrations_of(A), 0, "{}", sim.trace());
+        clean(&sim);
+    }
+
+    /// Why 5: a power loss without APTPL is "registrations lost", reported,
+    /// and acquired again under the same attachment; never a fence.
+    #[test]
+    fn a_target_reset_is_registrations_lost_then_acquired_again() {
+        for profile in [Profile::FULL, Profile::NO_READ_FULL_STATUS] {
+            let mut sim = holding(profile, AccessMode::SingleNode, 2);
+            sim.reset();
+            let done = sim.run(&[(A, OpKind::Check)]);
+            assert_eq!(state(&done, A), Ok(VolumeState::Lost), "{}", sim.trace());
+            let done = sim.run(&[(A, OpKind::Acquire)]);
+            assert_eq!(
+                state(&done, A),
+                Ok(VolumeState::Held),
+                "same attachment:\n{}",
+                sim.trace()
+            );
+            assert_eq!(sim.registrations_of(A), 2);
+            clean(&sim);
+        }
+    }
+
+    /// Why 4: a check that registers a new path while another node preempts
+    /// this one finds out on its read-back, records the fence first and takes
+    /// the registration back.
+    #[test]
+    fn a_check_racing_a_preemption_is_fenced_and_keeps_nothing() {
+        for profile in [Profile::FULL, Profile::NO_READ_FULL_STATUS] {
+            let mut sim = Sim::new(7, 2, profile, AccessMode::SingleNode);
+            sim.attach(A);
+            // A holds on one path only: the other was down at acquire.
+            let sdd = std::path::Path::new("/dev/sdd");
+            sim.san.set_path_up("node-a", sdd, false);
+            sim.run(&[(A, OpKind::Acquire)]);
+            sim.san.set_path_up("node-a", sdd, true);
+            assert_eq!(sim.registrations_of(A), 1, "{}", sim.trace());
+            sim.detach(A);
+            sim.attach(B);
+            // A's check reads, B preempts, then A's REGISTER on sdd lands.
+            let done = sim.run_with(
+                &[(A, OpKind::Check), (B, OpKind::Acquire)],
+                &mut hold_before("node-a", "REGISTER"),
+            );
+            assert_eq!(state(&done, B), Ok(VolumeState::Held), "{}", sim.trace());
+            assert_eq!(state(&done, A), Ok(VolumeState::Fenced), "{}", sim.trace());
+            assert_eq!(sim.registrations_of(A), 0, "{}", sim.trace());
+            clean(&sim);
+        }
+    }
+}

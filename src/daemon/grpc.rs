@@ -132,43 +132,31 @@ impl<F: Fencer> FencerApi for Api<F> {
                     r.volume, self.world.node
                 ))
             })?;
-        let current = self.rec.statuses().get(&r.volume).cloned();
-        let held = current.as_ref().is_some_and(|s| {
-            s.attachment.as_deref() == Some(a.id.0.as_str())
-                && matches!(
-                    s.phase,
-                    reconcile::Phase::Held | reconcile::Phase::Registered
-                )
-        });
-        // An explicit request: acquire now unless already held under this
-        // attachment (the engine still refuses a fenced one, I1).
-        let status = match (held, current) {
-            (true, Some(s)) => s,
-            _ => {
-                let op = Op::Acquire {
-                    vol: Volume {
-                        name: a.volume.clone(),
-                        wwid: a.wwid.clone(),
-                        device: None,
-                        access: a.access,
-                        policy: a.overrides.apply(&self.world.policy),
-                    },
-                    auth: crate::fence::engine::Authorization {
-                        attachment: a.id.clone(),
-                        read_at,
-                    },
-                    live: snap.nodes_of(&a.volume),
-                };
-                self.run_and_wait(op, self.timeout(r.timeout_seconds))
-                    .await?
-            }
+        // Always on the LUN: a status held a minute ago is no proof now, and
+        // the acquire of a held volume costs only its reads.
+        let op = Op::Acquire {
+            vol: Volume {
+                name: a.volume.clone(),
+                wwid: a.wwid.clone(),
+                device: None,
+                access: a.access,
+                policy: a.overrides.apply(&self.world.policy),
+            },
+            auth: crate::fence::engine::Authorization {
+                attachment: a.id.clone(),
+                read_at,
+            },
+            live: snap.nodes_of(&a.volume),
         };
+        let status = self
+            .run_and_wait(op, self.timeout(r.timeout_seconds))
+            .await?;
+        // Only Held lets a node write safely: Registered under another
+        // node's reservation is exactly what fencing must prevent.
         match status.phase {
-            reconcile::Phase::Held | reconcile::Phase::Registered => {
-                Ok(Response::new(to_pb(&status)))
-            }
+            reconcile::Phase::Held => Ok(Response::new(to_pb(&status))),
             _ => Err(Status::failed_precondition(format!(
-                "volume {}: {:?}: {}",
+                "volume {}: {}: {}",
                 status.volume, status.phase, status.message
             ))),
         }
@@ -206,7 +194,7 @@ impl<F: Fencer> FencerApi for Api<F> {
         match status.phase {
             reconcile::Phase::Released => Ok(Response::new(to_pb(&status))),
             _ => Err(Status::failed_precondition(format!(
-                "volume {}: {:?}: {}",
+                "volume {}: {}: {}",
                 status.volume, status.phase, status.message
             ))),
         }

@@ -104,6 +104,19 @@ pub enum Phase {
     Error,
 }
 
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Pending => "pending",
+            Phase::Held => "held",
+            Phase::Registered => "registered (another node holds the reservation)",
+            Phase::Fenced => "fenced",
+            Phase::Released => "released",
+            Phase::Error => "error",
+        })
+    }
+}
+
 /// The status of one volume on this node.
 #[derive(Debug, Clone, Serialize)]
 pub struct VolumeStatus {
@@ -271,7 +284,23 @@ pub struct Reconciler<F: Fencer> {
     permits: Arc<Semaphore>,
     timeout: Duration,
     changes: tokio::sync::broadcast::Sender<Update>,
+    retry: Retry,
 }
+
+/// Failed operations come back soon, not at the next resync: the most
+/// ordinary failover (the old node releasing while the new one acquires)
+/// can fail once and succeed 200 ms later.
+struct Retry {
+    /// Each volume's next delay.
+    delays: Mutex<BTreeMap<String, Duration>>,
+    /// Wakes the daemon's loop to plan again.
+    due: tokio::sync::Notify,
+    /// The longest delay (the resync interval).
+    max: Mutex<Duration>,
+}
+
+/// The first retry's delay; it doubles up to the resync interval.
+pub const FIRST_RETRY: Duration = Duration::from_millis(200);
 
 /// The operation an update answers: its kind, and an acquire's attachment.
 type Answers = (&'static str, Option<String>);
@@ -331,7 +360,45 @@ impl<F: Fencer> Reconciler<F> {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             timeout,
             changes: tokio::sync::broadcast::channel(256).0,
+            retry: Retry {
+                delays: Mutex::new(BTreeMap::new()),
+                due: tokio::sync::Notify::new(),
+                max: Mutex::new(Duration::from_secs(60)),
+            },
         })
+    }
+
+    /// The longest delay between retries of a failing volume (the resync interval).
+    pub fn set_max_retry_delay(&self, max: Duration) {
+        if let Ok(mut m) = self.retry.max.lock() {
+            *m = max.max(FIRST_RETRY);
+        }
+    }
+
+    /// Resolves when a failed operation's retry is due: the daemon's loop
+    /// then plans again (with a fresh read of its source).
+    pub async fn retry_due(&self) {
+        self.retry.due.notified().await
+    }
+
+    /// Schedules a retry of the volume's failed operation (200 ms, then
+    /// doubling), or forgets its delay after a success.
+    fn schedule_retry(self: &Arc<Self>, volume: &str, failed: bool) {
+        let Ok(mut delays) = self.retry.delays.lock() else {
+            return;
+        };
+        if !failed {
+            delays.remove(volume);
+            return;
+        }
+        let max = self.retry.max.lock().map(|m| *m).unwrap_or(FIRST_RETRY);
+        let delay = delays.get(volume).copied().unwrap_or(FIRST_RETRY);
+        delays.insert(volume.to_string(), (delay * 2).min(max));
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            me.retry.due.notify_one();
+        });
     }
 
     /// Every volume's status.
@@ -413,6 +480,7 @@ impl<F: Fencer> Reconciler<F> {
             Err(d) => {
                 self.denied(&op, d);
                 self.finished(&name);
+                self.schedule_retry(&name, matches!(op, Op::Acquire { .. }));
                 return;
             }
         };
@@ -423,8 +491,11 @@ impl<F: Fencer> Reconciler<F> {
             Op::Release { vol, .. } => fencer.release(vol),
             Op::Check { vol, live } => fencer.check(vol, live),
         });
-        if let Ok(done) = tokio::time::timeout(self.timeout, &mut handle).await {
-            self.update(&op, flatten(done), started, true);
+        let failed = if let Ok(done) = tokio::time::timeout(self.timeout, &mut handle).await {
+            let done = flatten(done);
+            let failed = needs_retry(&op, &done);
+            self.update(&op, done, started, true);
+            failed
         } else {
             // The call is stuck in the kernel (SG_IO sleeps uninterruptibly):
             // report it, free the permit for other volumes, and keep this one
@@ -438,9 +509,12 @@ impl<F: Fencer> Reconciler<F> {
             drop(_permit);
             // Its real result is recorded, but the operation was counted once.
             let late = flatten(handle.await);
+            let failed = needs_retry(&op, &late);
             self.update(&op, late, started, false);
-        }
+            failed
+        };
         self.finished(&name);
+        self.schedule_retry(&name, failed);
     }
 
     /// Reports an operation its source did not confirm; nothing was sent.
@@ -647,6 +721,22 @@ impl<F: Fencer> Reconciler<F> {
 
 type Done = Result<Outcome, (&'static str, String)>;
 
+/// Whether an operation's end calls for another attempt soon: an error, a
+/// refusal other than a fence (a live holder may be releasing right now),
+/// an acquire that did not end held, or registrations lost to a reset.
+fn needs_retry(op: &Op, r: &Done) -> bool {
+    let Ok(o) = r else { return true };
+    match o.state {
+        VolumeState::Fenced => false,
+        VolumeState::Refused | VolumeState::Lost => true,
+        VolumeState::Held => false,
+        VolumeState::Registered => {
+            matches!(op, Op::Acquire { vol, .. } if vol.access == AccessMode::SingleNode)
+        }
+        VolumeState::NotRegistered => matches!(op, Op::Acquire { .. }),
+    }
+}
+
 fn flatten(r: Result<Result<Outcome, FenceError>, tokio::task::JoinError>) -> Done {
     match r {
         Ok(r) => r.map_err(|e| (e.kind(), e.to_string())),
@@ -673,7 +763,11 @@ fn summary(o: &Outcome) -> String {
         return r.to_string();
     }
     let reg = o.paths.iter().filter(|p| p.registered).count();
-    let mut s = format!("{:?}: {reg}/{} paths registered", o.state, o.paths.len());
+    let state = serde_json::to_value(o.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut s = format!("{state}: {reg}/{} paths registered", o.paths.len());
     if !o.preempted.is_empty() {
         let who: Vec<String> = o
             .preempted
@@ -681,6 +775,10 @@ fn summary(o: &Outcome) -> String {
             .map(|k| k.node.clone().unwrap_or_else(|| k.key.to_string()))
             .collect();
         s.push_str(&format!(", preempted {}", who.join(", ")));
+    }
+    for n in &o.notes {
+        s.push_str("; ");
+        s.push_str(n);
     }
     s
 }

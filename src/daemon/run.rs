@@ -152,6 +152,7 @@ async fn run_source(
         SourceSpec::File(_) => {
             let engine = Arc::new(build_engine(opts, metrics.clone(), &[])?);
             let rec = Reconciler::new(engine, metrics.clone(), conc, op_timeout);
+            rec.set_max_retry_delay(c.resync_interval);
             tokio::select! {
                 _ = drive(opts, Arc::clone(&rec), metrics, ready, world.clone()) => {}
                 r = serve_grpc(opts, &rec, &world) => r?,
@@ -166,6 +167,7 @@ async fn run_source(
             let authority = Box::new(ApiAuthority(Arc::clone(&cluster)));
             let rec =
                 Reconciler::with_authority(engine, metrics.clone(), conc, op_timeout, authority);
+            rec.set_max_retry_delay(c.resync_interval);
             let tick = Tick {
                 monitor: c.monitor_interval,
                 resync: c.resync_interval,
@@ -216,6 +218,8 @@ fn build_engine(
     let c = &opts.config;
     let mut cfg = EngineConfig::new(opts.node.clone(), c.tag);
     cfg.command_timeout = c.command_timeout;
+    // The reconciler stops waiting then; the engine stops granting then.
+    cfg.operation_deadline = c.operation_timeout;
     cfg.device_wait = c.device_wait;
     cfg.known_nodes = c.known_nodes.clone();
     // Names the stale keys of nodes in reports; liveness comes from the source.
@@ -290,6 +294,7 @@ async fn drive<F: Fencer>(
             }
             _ = monitor.tick() => true,
             _ = resync.tick() => false,
+            _ = rec.retry_due() => false,
         };
         // Until the source was read once there is nothing to reconcile; after
         // that the monitor goes on even while the source is broken (I7).

@@ -76,6 +76,7 @@ pub async fn drive<F: Fencer>(
             }
             _ = monitor.tick() => true,
             _ = resync.tick() => false,
+            _ = rec.retry_due() => false,
         };
         publish_health(&cluster, &metrics, &ready, loaded);
         if !loaded {

@@ -299,11 +299,7 @@ impl Sim {
     }
 
     /// Like [`Sim::run`], with the caller choosing each command's turn and fate.
-    pub fn run_with(
-        &mut self,
-        ops: &[(usize, OpKind)],
-        choose: &mut Chooser<'_>,
-    ) -> Vec<Finished> {
+    pub fn run_with(&mut self, ops: &[(usize, OpKind)], choose: &mut Chooser<'_>) -> Vec<Finished> {
         let mut snapshots: BTreeMap<usize, Option<Vec<u8>>> = BTreeMap::new();
         for &(i, kind) in ops {
             self.spawn(i, kind);
@@ -344,8 +340,7 @@ impl Sim {
     fn events(&mut self) {
         let f = self.faults;
         if f.reset > 0 && self.rng.percent(f.reset) {
-            self.san.note("target reset / power loss".into());
-            self.san.with_lun(|l| l.reset());
+            self.reset();
         }
         if f.stall > 0 && self.rng.percent(f.stall) {
             self.san.note("stall: virtual time +120 s".into());
@@ -626,6 +621,28 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// A target reset / power loss now.
+    pub fn reset(&self) {
+        self.san.note("target reset / power loss".into());
+        self.san.with_lun(|l| l.reset());
+    }
+
+    /// How many registrations carry node `i`'s key.
+    pub fn registrations_of(&self, i: usize) -> usize {
+        let name = initiator(&self.nodes[i].name);
+        self.san.with_lun(|l| l.keys_of(&name).len())
+    }
+
+    /// May node `i` write through any of its paths now?
+    pub fn may_write(&self, i: usize) -> bool {
+        self.san.node_may_write(&self.nodes[i].name)
+    }
+
+    /// The key holding the reservation, if any.
+    pub fn holder(&self) -> Option<ReservationKey> {
+        self.san.with_lun(|l| l.reservation().map(|r| r.1))
     }
 
     /// The trace of the schedule so far.

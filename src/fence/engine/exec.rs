@@ -130,8 +130,7 @@ impl<T: Transport> Engine<T> {
         let abort = matches!(step, Step::Preempt { abort: true, .. });
         if abort && run.vol.policy.preempt == PreemptMode::PreemptAndAbort {
             self.learn_no_preempt_and_abort(&run.vol.wwid.to_string());
-            let note = "the target does not support PREEMPT AND ABORT: PREEMPT sent instead (commands the preempted node had queued are not aborted)";
-            run.out.notes.push(note.into());
+            let note = "the target does not support PREEMPT AND ABORT: plain PREEMPT is used instead (commands the preempted node had queued are not aborted)";
             return Ok(Executed::Replan(note.into()));
         }
         self.roll_back_unless_holding(run, obs)?;

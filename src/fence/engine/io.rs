@@ -192,11 +192,14 @@ impl<T: Transport> Engine<T> {
         // discarded attempt still tells what happened.
         let mut p = self.path(dev);
         for _ in 0..CONSISTENT_READ_ATTEMPTS {
-            let keys = p.read_keys()?;
-            let res = p.read_reservation()?;
-            if Signs::from_unit_attentions(p.unit_attentions()).reset {
-                self.note_reset(wwid)?;
-            }
+            let keys = p.read_keys();
+            // Right after the command that may have consumed it, whatever
+            // comes next (a failure of this path, a crash).
+            self.reset_seen_on(&p, wwid)?;
+            let keys = keys?;
+            let res = p.read_reservation();
+            self.reset_seen_on(&p, wwid)?;
+            let res = res?;
             if !caps.asked {
                 match p.capabilities() {
                     Ok(c) => (caps.report, caps.asked) = (Some(c), true),
@@ -207,7 +210,9 @@ impl<T: Transport> Engine<T> {
             let fs = if caps.no_full_status {
                 None
             } else {
-                match p.full_status() {
+                let fs = p.full_status();
+                self.reset_seen_on(&p, wwid)?;
+                match fs {
                     Ok(fs) => Some(fs),
                     Err(ScsiError::Unsupported { .. }) => {
                         caps.no_full_status = true;
@@ -244,6 +249,17 @@ impl<T: Transport> Engine<T> {
             device: dev.to_path_buf(),
             generations: seen,
         })
+    }
+
+    fn reset_seen_on(
+        &self,
+        p: &crate::transport::ScsiPath<'_>,
+        wwid: &str,
+    ) -> Result<(), FenceError> {
+        if Signs::from_unit_attentions(p.unit_attentions()).reset {
+            self.note_reset(wwid)?;
+        }
+        Ok(())
     }
 
     /// Each usable path's registration: from READ FULL STATUS where the
