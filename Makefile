@@ -1,7 +1,7 @@
 # csi-fencer: the two commands of the README, and their parts.
 #   make demo    the failover demo against a real SCSI target in a VM
 #   make test    every test: fmt, clippy, unit + property + mock-API tests, the chart, then the VM rig
-.PHONY: test test-host test-vm demo bench-vm bench-kube fuzz lint help
+.PHONY: test test-host test-vm demo bench-vm bench-kube fuzz lint help sim
 
 CARGO ?= cargo
 
@@ -31,6 +31,11 @@ bench-vm:
 ## bench-kube: the daemon's watch cache against a mock API server: 100k VolumeAttachments, 10k+10k watch events, a relist; peak RSS and CPU (ROUNDS=3).
 bench-kube:
 	tests/bench/kube-bench.sh
+
+## sim: random schedules of the deterministic SAN simulation (every capability profile, faults, crashes) for SIM_SECONDS (default 300); ends "sim: N schedules, M violations". SIM_SEED=N replays one with its trace.
+SIM_SECONDS ?= 300
+sim:
+	SIM_SECONDS=$(SIM_SECONDS) $(CARGO) run --release --example sim
 
 lint:
 	$(CARGO) fmt --all -- --check

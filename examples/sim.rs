@@ -1,9 +1,11 @@
 //! `make sim`: random schedules of the deterministic SAN simulation for
-//! SIM_SECONDS (default 60), across every capability profile; ends with
-//! `sim: N schedules, M violations`. `SIM_SEED=N` replays one schedule and
-//! prints its trace.
+//! SIM_SECONDS (default 60) on every core, across every capability profile;
+//! ends with `sim: N schedules, M violations`. `SIM_SEED=N` replays one
+//! schedule and prints its trace.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use csi_fencer::sim::schedule;
@@ -11,7 +13,7 @@ use csi_fencer::sim::schedule;
 fn main() {
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     if let Some(seed) = env("SIM_SEED") {
-        let r = schedule::run(seed);
+        let r = schedule::run_traced(seed, true);
         println!(
             "{}\n--- seed {seed}: {} target, {:?}",
             r.trace, r.profile, r.access
@@ -22,36 +24,53 @@ fn main() {
         std::process::exit(i32::from(!r.violations.is_empty()));
     }
     let secs = env("SIM_SECONDS").unwrap_or(60);
-    let first = env("SIM_FIRST").unwrap_or(1);
-    let stop = Instant::now() + Duration::from_secs(secs);
-    let (mut n, mut bad) = (0u64, 0u64);
-    let mut kinds: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    let mut per_profile: BTreeMap<&str, u64> = BTreeMap::new();
-    while Instant::now() < stop {
-        let seed = first + n;
-        let r = schedule::run(seed);
-        n += 1;
-        *per_profile.entry(r.profile).or_default() += 1;
-        if !r.violations.is_empty() {
-            bad += 1;
-            for v in &r.violations {
-                let kind = v
-                    .split(':')
-                    .next()
-                    .unwrap_or("?")
-                    .split(" at ")
-                    .next()
-                    .unwrap_or("?")
-                    .to_string();
-                let e = kinds.entry(kind).or_insert((0, seed));
-                e.0 += 1;
-            }
+    let next = AtomicU64::new(env("SIM_FIRST").unwrap_or(1));
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let t0 = Instant::now();
+    let stop = t0 + Duration::from_secs(secs);
+    // Per violation kind: how many schedules, and the smallest seed.
+    let found: Mutex<BTreeMap<String, (u64, u64)>> = Mutex::new(BTreeMap::new());
+    let per_profile: Mutex<BTreeMap<&str, u64>> = Mutex::new(BTreeMap::new());
+    let (done, bad) = (AtomicU64::new(0), AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                while Instant::now() < stop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    let r = schedule::run(seed);
+                    done.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut p) = per_profile.lock() {
+                        *p.entry(r.profile).or_default() += 1;
+                    }
+                    if r.violations.is_empty() {
+                        continue;
+                    }
+                    bad.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut f) = found.lock() {
+                        for v in &r.violations {
+                            let kind = v.split([':', ' ']).next().unwrap_or("?").to_string();
+                            let e = f.entry(kind).or_insert((0, seed));
+                            e.0 += 1;
+                            e.1 = e.1.min(seed);
+                        }
+                    }
+                }
+            });
         }
+    });
+    for (k, (count, seed)) in found.lock().map(|f| f.clone()).unwrap_or_default() {
+        println!("{k}: {count} (smallest seed {seed}; replay with SIM_SEED={seed} make sim)");
     }
-    for (k, (count, seed)) in &kinds {
-        println!("{k}: {count} (first seed {seed})");
-    }
-    println!("profiles: {per_profile:?}");
-    println!("sim: {n} schedules, {bad} violations");
-    std::process::exit(i32::from(bad > 0));
+    let (n, m) = (done.load(Ordering::Relaxed), bad.load(Ordering::Relaxed));
+    println!(
+        "profiles: {:?}",
+        per_profile.lock().map(|p| p.clone()).unwrap_or_default()
+    );
+    println!(
+        "{workers} workers, {:.0} s, {:.1} schedules/s",
+        t0.elapsed().as_secs_f64(),
+        n as f64 / t0.elapsed().as_secs_f64()
+    );
+    println!("sim: {n} schedules, {m} violations");
+    std::process::exit(i32::from(m > 0));
 }

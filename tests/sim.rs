@@ -13,7 +13,7 @@ fn random_schedules_keep_every_invariant() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(BUDGET);
-    let first: u64 = std::env::var("SIM_SEED")
+    let first: u64 = std::env::var("SIM_FIRST")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);

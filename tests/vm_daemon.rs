@@ -35,6 +35,23 @@ impl Daemon {
         }
     }
 
+    /// The monitor and resync intervals, in seconds.
+    fn intervals(self, monitor: u32, resync: u32) -> Daemon {
+        let path = self.dir.join("config.yaml");
+        let c = std::fs::read_to_string(&path).expect("config");
+        let c = c
+            .replace(
+                "monitorIntervalSeconds: 1",
+                &format!("monitorIntervalSeconds: {monitor}"),
+            )
+            .replace(
+                "resyncIntervalSeconds: 2",
+                &format!("resyncIntervalSeconds: {resync}"),
+            );
+        std::fs::write(&path, c).expect("config");
+        self
+    }
+
     fn attach(&self, node: &str, generation: u32) {
         let text = format!(
             "- {{volume: pv-0, wwid: {}, node: {node}, accessMode: ReadWriteOnce, generation: {generation}}}\n",
@@ -350,5 +367,61 @@ fn a_hung_path_does_not_delay_another_volume() {
         String::from_utf8_lossy(&out.stdout).contains("did not finish"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Fifty moves of one RWO volume between two daemons, half of them with the
+/// old node releasing at the same moment (its PREEMPT then meets the release),
+/// half with the old node cut off (found fenced by its monitor). The resync is
+/// a minute and each move must finish in 10 s: a move that failed once is
+/// retried by the reconciler, not by the resync.
+#[test]
+#[ignore = "runs in the VM rig: make test-vm"]
+fn fifty_moves_half_with_the_old_node_releasing_at_the_same_moment() {
+    reset_lun(VOL0);
+    let mut d = [
+        Daemon::new("node-a", "mpath-", 9811).intervals(2, 60),
+        Daemon::new("node-b", "mpathb-", 9812).intervals(2, 60),
+    ];
+    let keys = [key_a().0, key_b().0];
+    d[0].attach("node-a", 1);
+    d[1].attach("node-a", 1);
+    d[0].start();
+    d[1].start();
+    d[0].wait_phase("held", Duration::from_secs(20));
+    let mut took = Vec::new();
+    for n in 0..50u32 {
+        let (old, new) = if n % 2 == 0 { (0, 1) } else { (1, 0) };
+        let to = d[new].node;
+        let generation = n + 2;
+        let together = n % 4 < 2;
+        if together {
+            d[old].attach(to, generation);
+        }
+        d[new].attach(to, generation);
+        took.push(d[new].wait_phase("held", Duration::from_secs(10)));
+        if together {
+            d[old].wait_phase("released", Duration::from_secs(10));
+        } else {
+            d[old].wait_phase("fenced", Duration::from_secs(10));
+            d[old].attach(to, generation);
+            d[old].wait_phase("released", Duration::from_secs(10));
+        }
+        assert_eq!(
+            sg_read_keys(&VOL0.sd("B1")),
+            vec![keys[new], keys[new]],
+            "move {n}: only the new holder's key"
+        );
+        assert_eq!(holder(VOL0), Some(keys[new]), "move {n}");
+        assert_conflict(
+            direct_write(&VOL0.dm(if old == 0 { "A" } else { "B" }), 0, 4096, 0xaa),
+            "the old holder after the move",
+        );
+    }
+    took.sort();
+    println!(
+        "50 moves: time to held median {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() - 1]
     );
 }

@@ -100,6 +100,9 @@ struct Inner {
     crashed: BTreeSet<String>,
     late: Vec<(String, Nexus, Command)>,
     log: Vec<String>,
+    /// Nodes whose PREEMPT succeeded since the harness last asked.
+    preempts: Vec<String>,
+    resets: u32,
 }
 
 /// The SAN shared by every node of a simulation.
@@ -199,6 +202,31 @@ impl San {
         self.lock().log.clone()
     }
 
+    /// How many lines the log has.
+    pub fn log_len(&self) -> usize {
+        self.lock().log.len()
+    }
+
+    /// The nodes whose PREEMPT (AND ABORT) succeeded since the last call.
+    pub fn take_preempts(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().preempts)
+    }
+
+    /// A target reset / power loss, now.
+    pub fn reset(&self) {
+        let mut g = self.lock();
+        g.resets += 1;
+        g.log.push("target reset / power loss".into());
+        if let Some(l) = g.luns.as_mut() {
+            l.reset();
+        }
+    }
+
+    /// How many resets there were.
+    pub fn resets(&self) -> u32 {
+        self.lock().resets
+    }
+
     /// Appends a line to the log.
     pub fn note(&self, line: String) {
         self.lock().log.push(line);
@@ -259,6 +287,12 @@ impl San {
     fn land(g: &mut Inner, node: &str, nexus: &Nexus, cmd: &Command, how: &str) -> Completion {
         let lun = g.luns.as_mut().expect("the SAN always holds its LUN");
         let done = lun.execute(nexus, cmd);
+        let preempt = cmd.cdb.opcode() == crate::scsi::prout::OPCODE
+            && matches!(cmd.cdb.as_bytes()[1] & 0x1f, 4 | 5)
+            && done.status == ScsiStatus::Good;
+        if preempt {
+            g.preempts.push(node.to_string());
+        }
         let line = format!(
             "{node} {} {how}: {}{} -> {:?}{} gen={}",
             port_name(nexus),

@@ -31,6 +31,11 @@ pub fn profiles() -> Vec<(&'static str, Profile)> {
 
 /// Runs the schedule of `seed`.
 pub fn run(seed: u64) -> Report {
+    run_traced(seed, false)
+}
+
+/// Runs the schedule of `seed`; `verbose` traces the nodes' records too.
+pub fn run_traced(seed: u64, verbose: bool) -> Report {
     let mut rng = Rng::new(seed);
     let all = profiles();
     let (name, profile) = all[rng.below(all.len())];
@@ -41,6 +46,7 @@ pub fn run(seed: u64) -> Report {
     };
     let n = 2 + rng.below(2);
     let mut sim = Sim::new(rng.next_u64(), n, profile, access);
+    sim.verbose = verbose;
     if rng.percent(15) {
         sim.volume.policy.preempt = PreemptMode::Preempt;
     }

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use super::lun::{Lun, Nexus, Profile};
@@ -177,6 +177,8 @@ pub struct Sim {
     pub faults: Faults,
     /// The schedule's generator.
     pub rng: Rng,
+    /// Trace the nodes' state records too (for replaying one seed).
+    pub verbose: bool,
     done: Arc<Mutex<Vec<Finished>>>,
     foreign: Nexus,
     steps: u64,
@@ -189,9 +191,8 @@ impl Sim {
         let lun = Lun::new(NAA.to_vec(), &[1, 2], profile);
         let san = San::new(lun);
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "csi-fencer-sim-{}-{}",
-            std::process::id(),
+        let root = scratch().join(format!(
+            "sim-{}",
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let wwid = Wwid::Naa(NAA.to_vec());
@@ -201,7 +202,6 @@ impl Sim {
                     &root,
                     &format!("node-{}", (b'a' + i as u8) as char),
                     &san,
-                    &wwid,
                     i,
                 )
             })
@@ -222,6 +222,7 @@ impl Sim {
             violations: Vec::new(),
             faults: Faults::default(),
             rng: Rng::new(seed),
+            verbose: false,
             done: Arc::new(Mutex::new(Vec::new())),
             foreign,
             steps: 0,
@@ -407,11 +408,15 @@ impl Sim {
             let under = self.live.get(&self.nodes[f.node].name).cloned();
             let n = &mut self.nodes[f.node];
             n.in_flight = false;
-            let rec = std::fs::read_to_string(n.state_file()).unwrap_or_default();
-            let rec: String = rec.split_whitespace().collect::<Vec<_>>().join(" ");
+            let rec = if self.verbose {
+                let r = std::fs::read_to_string(n.state_file()).unwrap_or_default();
+                format!(" | {}", r.split_whitespace().collect::<Vec<_>>().join(" "))
+            } else {
+                String::new()
+            };
             let line = match &f.result {
                 Ok(o) => format!(
-                    "end {} {:?}: {:?} {} | {rec}",
+                    "end {} {:?}: {:?} {}{rec}",
                     n.name,
                     f.kind,
                     o.state,
@@ -486,7 +491,7 @@ impl Sim {
         // fences nobody; the engine's part is to re-acquire (S5).
         let reserved = self.san.with_lun(|l| l.reservation().is_some());
         if single && reserved && writers.len() > 1 {
-            let (line, state) = (self.san.log().len(), self.lun_state());
+            let (line, state) = (self.san.log_len(), self.lun_state());
             self.violation(format!(
                 "S1 at {at} (trace line {line}): {writers:?} all believe they hold and can write; LUN: {state}"
             ));
@@ -531,7 +536,7 @@ impl Sim {
     }
 
     fn foreign_may_be_gone(&self) -> bool {
-        self.san.log().iter().any(|l| l.contains("target reset"))
+        self.san.resets() > 0
     }
 
     fn violation(&mut self, v: String) {
@@ -540,24 +545,15 @@ impl Sim {
         }
     }
 
-    /// Marks nodes whose registrations another node's command removed.
+    /// Marks nodes whose registrations another node's PREEMPT removed.
     fn track_preemptions(&mut self) {
-        let log = self.san.log();
-        let Some(last) = log.last() else { return };
-        if !last.contains("PREEMPT") || !last.contains("-> Good") {
-            return;
-        }
+        let preemptors = self.san.take_preempts();
         for i in 0..self.nodes.len() {
             let name = self.nodes[i].name.clone();
-            if last.starts_with(&format!("{name} ")) {
-                continue;
-            }
-            let registered = !self
-                .san
-                .with_lun(|l| l.keys_of(&initiator(&name)))
-                .is_empty();
+            let registered = self.registrations_of(i) > 0;
+            let by_other = preemptors.iter().any(|p| p != &name);
             let n = &mut self.nodes[i];
-            if !registered && n.was_registered {
+            if by_other && n.was_registered && !registered {
                 let under = self.live.get(&name).cloned().or(n.belief.under.clone());
                 if let Some(u) = self.live.get(&name) {
                     let line = format!("S3: {name} was preempted while its attachment {u} is live");
@@ -565,12 +561,7 @@ impl Sim {
                 }
                 n.fenced_under = under;
             }
-        }
-        for n in &mut self.nodes {
-            n.was_registered = !self
-                .san
-                .with_lun(|l| l.keys_of(&initiator(&n.name)))
-                .is_empty();
+            n.was_registered = registered;
         }
     }
 
@@ -625,8 +616,7 @@ impl Sim {
 
     /// A target reset / power loss now.
     pub fn reset(&self) {
-        self.san.note("target reset / power loss".into());
-        self.san.with_lun(|l| l.reset());
+        self.san.reset();
     }
 
     /// How many registrations carry node `i`'s key.
@@ -667,10 +657,8 @@ fn nexus_of(n: &Nexus, node: &str) -> bool {
 }
 
 impl SimNode {
-    fn new(root: &Path, name: &str, san: &Arc<San>, wwid: &Wwid, i: usize) -> SimNode {
+    fn new(root: &Path, name: &str, san: &Arc<San>, i: usize) -> SimNode {
         let dir = root.join(name);
-        let sys = dir.join("sys");
-        fixture(&sys, name, wwid);
         for (k, dev) in ["sdc", "sdd"].iter().enumerate() {
             let session = k + 1;
             let nexus = Nexus::iscsi(
@@ -682,39 +670,16 @@ impl SimNode {
             san.add_path(name, &Path::new("/dev").join(dev), nexus, devnum);
         }
         let tag = ClusterTag::new(TAG).expect("nonzero tag");
-        let mut n = SimNode {
+        SimNode {
             name: name.to_string(),
             key: tag.key_for(name),
+            engine: Arc::new(make_engine(name, &dir, san)),
             dir,
-            engine: Arc::new(placeholder_engine(name, san)),
             belief: Belief::default(),
             fenced_under: None,
             in_flight: false,
             was_registered: false,
-        };
-        n.engine = Arc::new(n.make_engine(san));
-        n
-    }
-
-    fn make_engine(&self, san: &Arc<San>) -> Engine<NodeTransport> {
-        let tag = ClusterTag::new(TAG).expect("nonzero tag");
-        let mut cfg = EngineConfig::new(self.name.clone(), tag);
-        cfg.clock = san.clock.clone();
-        cfg.retry = RetryPolicy {
-            not_ready_delay: Duration::ZERO,
-            ..RetryPolicy::default()
-        };
-        let store =
-            StateStore::open(&self.dir.join("state")).expect("state dir in the sim's temp dir");
-        Engine::new(
-            cfg,
-            NodeTransport {
-                node: self.name.clone(),
-                san: Arc::clone(san),
-            },
-            Resolver::new(Sysfs::new(self.dir.join("sys"), "/dev"), "mpath-"),
-            store,
-        )
+        }
     }
 
     /// The attachment of the node's state record for the volume.
@@ -749,23 +714,59 @@ impl SimNode {
             self.name,
             rec.replace('\n', " ")
         ));
-        self.engine = Arc::new(self.make_engine(san));
+        self.engine = Arc::new(make_engine(&self.name, &self.dir, san));
     }
 }
 
-fn placeholder_engine(name: &str, san: &Arc<San>) -> Engine<NodeTransport> {
+/// A node's engine, as its daemon would build it, on virtual time.
+fn make_engine(name: &str, dir: &Path, san: &Arc<San>) -> Engine<NodeTransport> {
     let tag = ClusterTag::new(TAG).expect("nonzero tag");
-    let dir = std::env::temp_dir();
+    let mut cfg = EngineConfig::new(name, tag);
+    cfg.clock = san.clock.clone();
+    cfg.retry = RetryPolicy {
+        not_ready_delay: Duration::ZERO,
+        ..RetryPolicy::default()
+    };
+    let store = StateStore::open(&dir.join("state")).expect("state dir in the sim's scratch dir");
+    let wwid = Wwid::Naa(NAA.to_vec());
     Engine::new(
-        EngineConfig::new(name, tag),
+        cfg,
         NodeTransport {
             node: name.to_string(),
             san: Arc::clone(san),
         },
-        Resolver::new(Sysfs::new(&dir, "/dev"), "mpath-"),
-        StateStore::open(&dir.join(format!("csi-fencer-sim-placeholder-{}", std::process::id())))
-            .expect("temp dir"),
+        Resolver::new(Sysfs::new(sysfs_of(name, &wwid), "/dev"), "mpath-"),
+        store,
     )
+}
+
+/// Where the simulation keeps its files: tmpfs when there is one (the state
+/// store syncs every write), one directory per process.
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        base.join(format!("csi-fencer-sim-{}", std::process::id()))
+    })
+}
+
+/// A node's sysfs fixture, built once per process and shared read-only by
+/// every schedule.
+fn sysfs_of(node: &str, wwid: &Wwid) -> PathBuf {
+    static BUILT: OnceLock<Mutex<BTreeSet<String>>> = OnceLock::new();
+    let dir = scratch().join("sysfs").join(node);
+    let built = BUILT.get_or_init(|| Mutex::new(BTreeSet::new()));
+    if let Ok(mut b) = built.lock() {
+        if b.insert(node.to_string()) {
+            fixture(&dir, node, wwid);
+        }
+    }
+    dir
 }
 
 impl Drop for Sim {

@@ -52,6 +52,7 @@ pub struct ScsiPath<'t> {
     timeout: Duration,
     retry: RetryPolicy,
     unit_attentions: Vec<Sense>,
+    on_unit_attention: Option<&'t dyn Fn(&Sense)>,
 }
 
 impl<'t> ScsiPath<'t> {
@@ -63,7 +64,16 @@ impl<'t> ScsiPath<'t> {
             timeout,
             retry: RetryPolicy::default(),
             unit_attentions: Vec::new(),
+            on_unit_attention: None,
         }
+    }
+
+    /// Calls `f` the moment a unit attention is consumed, before the retry:
+    /// what it tells (a reset dropped the registrations) must be kept even if
+    /// nothing after it runs.
+    pub fn on_unit_attention(mut self, f: &'t dyn Fn(&Sense)) -> Self {
+        self.on_unit_attention = Some(f);
+        self
     }
 
     /// Replaces the retry policy.
@@ -93,6 +103,9 @@ impl<'t> ScsiPath<'t> {
                     if sense.is_unit_attention() && ua_left > 0 =>
                 {
                     ua_left -= 1;
+                    if let Some(f) = self.on_unit_attention {
+                        f(&sense);
+                    }
                     self.unit_attentions.push(sense);
                 }
                 Err(e) if is_transient(&e) && nr_left > 0 => {

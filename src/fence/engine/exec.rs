@@ -172,14 +172,13 @@ impl<T: Transport> Engine<T> {
     /// One PR OUT through one path. A reset unit attention met on the way
     /// is noted at once (see [`Engine::note_reset`]).
     fn send(&self, run: &mut Run<'_>, via: &Path, step: &Step) -> Result<(), ScsiError> {
-        let mut p = self.path(via);
+        let wwid = run.vol.wwid.to_string();
+        let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, s);
+        let mut p = self.path(via).on_unit_attention(&noted);
         let r = p.prout(&self.prout_of(step));
         let uas = p.unit_attentions().to_vec();
         if decide::Signs::from_unit_attentions(&uas).reset {
             run.reset_seen = true;
-            if let Err(e) = self.note_reset(&run.vol.wwid.to_string()) {
-                tracing::warn!(volume = %run.vol.name, "{e}");
-            }
         }
         run.out
             .unit_attentions

@@ -190,16 +190,11 @@ impl<T: Transport> Engine<T> {
         let mut seen = Vec::new();
         // One path object for every attempt: a unit attention consumed by a
         // discarded attempt still tells what happened.
-        let mut p = self.path(dev);
+        let noted = |s: &crate::scsi::Sense| self.unit_attention(wwid, s);
+        let mut p = self.path(dev).on_unit_attention(&noted);
         for _ in 0..CONSISTENT_READ_ATTEMPTS {
-            let keys = p.read_keys();
-            // Right after the command that may have consumed it, whatever
-            // comes next (a failure of this path, a crash).
-            self.reset_seen_on(&p, wwid)?;
-            let keys = keys?;
-            let res = p.read_reservation();
-            self.reset_seen_on(&p, wwid)?;
-            let res = res?;
+            let keys = p.read_keys()?;
+            let res = p.read_reservation()?;
             if !caps.asked {
                 match p.capabilities() {
                     Ok(c) => (caps.report, caps.asked) = (Some(c), true),
@@ -210,9 +205,7 @@ impl<T: Transport> Engine<T> {
             let fs = if caps.no_full_status {
                 None
             } else {
-                let fs = p.full_status();
-                self.reset_seen_on(&p, wwid)?;
-                match fs {
+                match p.full_status() {
                     Ok(fs) => Some(fs),
                     Err(ScsiError::Unsupported { .. }) => {
                         caps.no_full_status = true;
@@ -251,15 +244,15 @@ impl<T: Transport> Engine<T> {
         })
     }
 
-    fn reset_seen_on(
-        &self,
-        p: &crate::transport::ScsiPath<'_>,
-        wwid: &str,
-    ) -> Result<(), FenceError> {
-        if Signs::from_unit_attentions(p.unit_attentions()).reset {
-            self.note_reset(wwid)?;
+    /// A unit attention, the moment it is consumed: a reset (29/xx) is
+    /// written down at once (see [`Engine::note_reset`]); a crash right
+    /// after must not forget it.
+    pub(super) fn unit_attention(&self, wwid: &str, s: &crate::scsi::Sense) {
+        if s.asc == 0x29 {
+            if let Err(e) = self.note_reset(wwid) {
+                tracing::warn!(wwid, "{e}");
+            }
         }
-        Ok(())
     }
 
     /// Each usable path's registration: from READ FULL STATUS where the
