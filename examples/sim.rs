@@ -10,6 +10,16 @@ use std::time::{Duration, Instant};
 
 use csi_fencer::sim::schedule;
 
+/// One schedule's threads hand the baton to each other several hundred
+/// times: on one core that is a cheap switch, across cores an interrupt.
+/// Threads a worker spawns inherit its CPU.
+fn pin_to_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
 fn main() {
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     if let Some(seed) = env("SIM_SEED") {
@@ -33,8 +43,11 @@ fn main() {
     let per_profile: Mutex<BTreeMap<&str, u64>> = Mutex::new(BTreeMap::new());
     let (done, bad) = (AtomicU64::new(0), AtomicU64::new(0));
     std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
+        for w in 0..workers {
+            let (next, stop, done, bad, found, per_profile) =
+                (&next, stop, &done, &bad, &found, &per_profile);
+            s.spawn(move || {
+                pin_to_cpu(w);
                 while Instant::now() < stop {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
                     let r = schedule::run(seed);

@@ -359,6 +359,9 @@ struct Run<'a> {
     deadline: Duration,
     /// Paths this operation sent a REGISTER to (landed or possibly landed).
     touched: Vec<PathBuf>,
+    /// The first observation found this node holding the reservation: its
+    /// registrations are its own to keep whatever fails later.
+    held_before: bool,
     /// A reset unit attention came back on one of this operation's PR OUTs:
     /// registrations made before it may be gone, so none is counted as sure.
     reset_seen: bool,
@@ -420,6 +423,7 @@ impl<T: Transport> Engine<T> {
             out,
             deadline,
             touched: Vec::new(),
+            held_before: false,
             reset_seen: false,
         })
     }
@@ -440,37 +444,58 @@ impl<T: Transport> Engine<T> {
         }
         let (lives, known) = self.key_maps(live);
         let ctx = self.context(vol, &lives, &known);
+        let r = self.acquire_rounds(&mut run, auth, &ctx);
+        // (Not after the test hook, which stands for a crash: nothing runs.)
+        let crashed = matches!(r, Err(FenceError::Interrupted));
+        if r.is_err() && !crashed && !run.touched.is_empty() && !run.held_before {
+            // Whatever failed (a read, a path, the state store), this node
+            // must not stay registered beside another node's reservation.
+            self.abandon(&mut run);
+        }
+        r
+    }
+
+    fn acquire_rounds(
+        &self,
+        run: &mut Run<'_>,
+        auth: &Authorization,
+        ctx: &Context<'_>,
+    ) -> Result<Outcome, FenceError> {
+        let vol = run.vol;
         let mut last = String::new();
         for round in 0..ROUNDS {
             let rec = self.record_for(vol, Some(&auth.attachment))?;
             // Only PR IN until the fence checks below have passed (I1).
-            let obs = self.observe_into(&mut run, rec.as_ref(), round == 0)?;
+            let obs = self.observe_into(run, rec.as_ref(), round == 0)?;
+            if round == 0 {
+                run.held_before = io::state_of(&obs, self.key) == VolumeState::Held;
+            }
             run.out.keys = decide::classify(&obs.keys, &ctx);
             match decide::evidence(rec.as_ref(), &obs, self.key, vol.access) {
-                Evidence::Preempted => return self.fenced_refusal(&mut run, &obs, auth),
+                Evidence::Preempted => return self.fenced_refusal(run, &obs, auth),
                 Evidence::Lost => run.out.notes.push(LOST_NOTE.into()),
                 Evidence::None => {}
             }
-            let steps = match decide::plan_acquire(&obs, &ctx) {
+            let steps = match decide::plan_acquire(&obs, ctx) {
                 Ok(s) => s,
-                Err(r) => return self.refuse_acquire(&mut run, &obs, rec.as_ref(), r),
+                Err(r) => return self.refuse_acquire(run, &obs, rec.as_ref(), r),
             };
             if self.cfg.dry_run {
                 run.out.steps = steps;
                 run.out.state = io::state_of(&obs, self.key);
-                return Ok(run.out);
+                return Ok(run.out.clone());
             }
             if steps.is_empty() {
-                return self.settle(&mut run, &obs, auth);
+                return self.settle(run, &obs, auth);
             }
             let registers = steps.iter().any(|s| matches!(s, Step::Register { .. }));
             if registers {
                 // The intent goes to disk before the first REGISTER, with the
                 // PR generation and our registrations it starts from: a crash
                 // anywhere after it is recoverable.
-                self.note_registering(&run, &auth.attachment, &obs, rec.as_ref(), &steps)?;
+                self.note_registering(run, &auth.attachment, &obs, rec.as_ref(), &steps)?;
             }
-            match self.execute_acquire(&mut run, &obs, &steps)? {
+            match self.execute_acquire(run, &obs, &steps)? {
                 Executed::Done => {}
                 Executed::Replan(why) => {
                     run.out
@@ -482,11 +507,11 @@ impl<T: Transport> Engine<T> {
         }
         // The final read-back decides; a last plan with nothing to do is held.
         let rec = self.record_for(vol, Some(&auth.attachment))?;
-        let obs = self.observe_into(&mut run, rec.as_ref(), false)?;
-        if decide::plan_acquire(&obs, &ctx).is_ok_and(|s| s.is_empty()) {
-            return self.settle(&mut run, &obs, auth);
+        let obs = self.observe_into(run, rec.as_ref(), false)?;
+        if decide::plan_acquire(&obs, ctx).is_ok_and(|s| s.is_empty()) {
+            return self.settle(run, &obs, auth);
         }
-        self.roll_back(&mut run, &obs)?;
+        self.roll_back(run, &obs)?;
         Err(FenceError::NotConverged {
             volume: vol.name.clone(),
             rounds: ROUNDS,
@@ -614,7 +639,8 @@ impl<T: Transport> Engine<T> {
         }
         let after = self.observe_into(run, rec, false)?;
         self.finish(run, obs, &after);
-        if after.ours_count < obs.ours_count + landed && !after.signs.reset && !run.reset_seen {
+        let reset = obs.signs.reset || after.signs.reset || run.reset_seen;
+        if after.ours_count < obs.ours_count + landed && !reset {
             run.out.raced = true;
             run.out.notes.push(
                 "a registration vanished while new paths were registered: another node preempted this one".into(),

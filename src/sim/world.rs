@@ -109,6 +109,8 @@ pub struct SimNode {
     /// attached (or believed it held) under this attachment.
     pub fenced_under: Option<AttachmentId>,
     in_flight: bool,
+    /// Crashed, its restart check not run yet.
+    down: bool,
     was_registered: bool,
 }
 
@@ -319,6 +321,9 @@ impl Sim {
             if fate == Fate::Crash {
                 let i = self.idx(&p.node);
                 snapshots.insert(i, self.nodes[i].state_bytes());
+                // Down until its restart check has run: a daemon that is not
+                // running is judged by what it does when it comes back.
+                self.nodes[i].down = true;
             }
             self.steps += 1;
             self.san.run(p.ticket, fate);
@@ -407,7 +412,7 @@ impl Sim {
         for f in &done {
             let under = self.live.get(&self.nodes[f.node].name).cloned();
             let n = &mut self.nodes[f.node];
-            n.in_flight = false;
+            n.in_flight = n.down;
             let rec = if self.verbose {
                 let r = std::fs::read_to_string(n.state_file()).unwrap_or_default();
                 format!(" | {}", r.split_whitespace().collect::<Vec<_>>().join(" "))
@@ -678,6 +683,7 @@ impl SimNode {
             belief: Belief::default(),
             fenced_under: None,
             in_flight: false,
+            down: false,
             was_registered: false,
         }
     }
@@ -708,6 +714,7 @@ impl SimNode {
             None => std::fs::remove_file(self.state_file()),
         };
         san.restart(&self.name);
+        self.down = false;
         let rec = std::fs::read_to_string(self.state_file()).unwrap_or_default();
         san.note(format!(
             "restart {} with {}",

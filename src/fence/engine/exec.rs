@@ -291,6 +291,32 @@ impl<T: Transport> Engine<T> {
         Ok(())
     }
 
+    /// Best effort after a failure that left the LUN unread: unregister
+    /// every path (the form that is a no-op where not registered), errors
+    /// ignored; the next check finishes what this could not.
+    pub(super) fn abandon(&self, run: &mut Run<'_>) {
+        let all_tg_pt = self
+            .record_for(run.vol, None)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.all_tg_pt);
+        if let Err(e) = self.recount(run, None) {
+            tracing::warn!(volume = %run.vol.name, "{e}");
+        }
+        let paths: Vec<PathBuf> = run.loc.usable.iter().map(|u| u.dev.clone()).collect();
+        for path in paths {
+            let undo = Step::Unregister {
+                path,
+                all_tg_pt,
+                ignore_existing: true,
+            };
+            if let Err(e) = self.send_releasing(run, &undo) {
+                tracing::warn!(volume = %run.vol.name, "{e}");
+            }
+        }
+        run.touched.clear();
+    }
+
     /// Rolls back unless this node held the reservation before the
     /// operation began (then its registrations are its own to keep).
     fn roll_back_unless_holding(

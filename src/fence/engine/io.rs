@@ -194,6 +194,10 @@ impl<T: Transport> Engine<T> {
         let mut p = self.path(dev).on_unit_attention(&noted);
         for _ in 0..CONSISTENT_READ_ATTEMPTS {
             let keys = p.read_keys()?;
+            // A unit attention met by a later read of the same attempt says
+            // the LUN changed between the reads (a reset even sets the
+            // generation back, so the generations alone may agree).
+            let settled = p.unit_attentions().len();
             let res = p.read_reservation()?;
             if !caps.asked {
                 match p.capabilities() {
@@ -216,7 +220,8 @@ impl<T: Transport> Engine<T> {
             };
             seen = vec![keys.generation, res.generation];
             seen.extend(fs.as_ref().map(|f| f.generation));
-            if seen.iter().all(|g| *g == keys.generation) {
+            let quiet = p.unit_attentions().len() == settled;
+            if quiet && seen.iter().all(|g| *g == keys.generation) {
                 let signs = Signs::from_unit_attentions(p.unit_attentions());
                 let uas = p
                     .unit_attentions()
