@@ -71,7 +71,7 @@ impl Observed {
 pub struct Signs {
     /// 29/xx: power on, reset, I_T nexus loss: registrations without APTPL are gone.
     pub reset: bool,
-    /// 2A/03, 2A/04, 2A/05: reservations preempted or released, registrations preempted.
+    /// 2A/05: registrations preempted (our key removed from that nexus).
     pub preempted: bool,
 }
 
@@ -80,9 +80,10 @@ impl Signs {
     pub fn from_unit_attentions(uas: &[Sense]) -> Signs {
         Signs {
             reset: uas.iter().any(|s| s.asc == 0x29),
-            preempted: uas
-                .iter()
-                .any(|s| s.asc == 0x2a && matches!(s.ascq, 0x03..=0x05)),
+            // 2A/05 REGISTRATIONS PREEMPTED only: 2A/03 and 2A/04 also come
+            // when another node takes or releases a reservation we merely
+            // shared, which removes nothing of ours.
+            preempted: uas.iter().any(|s| s.asc == 0x2a && s.ascq == 0x05),
         }
     }
 }

@@ -362,6 +362,9 @@ struct Run<'a> {
     /// The first observation found this node holding the reservation: its
     /// registrations are its own to keep whatever fails later.
     held_before: bool,
+    /// A path that carries our key, for a RELEASE whose holder path the LUN
+    /// did not name.
+    release_via: Option<PathBuf>,
     /// A reset unit attention came back on one of this operation's PR OUTs:
     /// registrations made before it may be gone, so none is counted as sure.
     reset_seen: bool,
@@ -424,6 +427,7 @@ impl<T: Transport> Engine<T> {
             deadline,
             touched: Vec::new(),
             held_before: false,
+            release_via: None,
             reset_seen: false,
         })
     }
@@ -464,9 +468,10 @@ impl<T: Transport> Engine<T> {
         let vol = run.vol;
         let mut last = String::new();
         for round in 0..ROUNDS {
+            // Only PR IN until the fence checks below have passed (I1). The
+            // record is read after the LUN: reading may have noted a reset.
+            let obs = self.observe_into(run, round == 0)?;
             let rec = self.record_for(vol, Some(&auth.attachment))?;
-            // Only PR IN until the fence checks below have passed (I1).
-            let obs = self.observe_into(run, rec.as_ref(), round == 0)?;
             if round == 0 {
                 run.held_before = io::state_of(&obs, self.key) == VolumeState::Held;
             }
@@ -506,8 +511,7 @@ impl<T: Transport> Engine<T> {
             }
         }
         // The final read-back decides; a last plan with nothing to do is held.
-        let rec = self.record_for(vol, Some(&auth.attachment))?;
-        let obs = self.observe_into(run, rec.as_ref(), false)?;
+        let obs = self.observe_into(run, false)?;
         if decide::plan_acquire(&obs, ctx).is_ok_and(|s| s.is_empty()) {
             return self.settle(run, &obs, auth);
         }
@@ -524,12 +528,17 @@ impl<T: Transport> Engine<T> {
     /// kept (I1); any other record goes once the key is gone.
     pub fn release(&self, vol: &Volume) -> Result<Outcome, FenceError> {
         let mut run = self.start(vol, None)?;
+        let obs = self.observe_into(&mut run, true)?;
         let rec = self.record_for(vol, None)?;
-        let obs = self.observe_into(&mut run, rec.as_ref(), true)?;
         let empty = BTreeMap::new();
         let ctx = self.context(vol, &empty, &empty);
         run.out.keys = decide::classify(&obs.keys, &ctx);
         let steps = decide::plan_release(&obs, &ctx);
+        run.release_via = obs
+            .paths
+            .iter()
+            .find(|(_, r)| r.is_registered())
+            .map(|(p, _)| p.clone());
         if self.cfg.dry_run {
             run.out.steps = steps;
             run.out.state = io::state_of(&obs, self.key);
@@ -542,7 +551,7 @@ impl<T: Transport> Engine<T> {
         for step in &steps {
             self.send_releasing(&mut run, step)?;
         }
-        let after = self.observe_into(&mut run, rec.as_ref(), false)?;
+        let after = self.observe_into(&mut run, false)?;
         self.finish(&mut run, &obs, &after);
         let gone = run.out.state == VolumeState::NotRegistered;
         if gone && rec.is_some_and(|r| r.phase != Phase::Fenced) {
@@ -559,8 +568,8 @@ impl<T: Transport> Engine<T> {
     /// must not be (a late registration after a fence)?
     pub fn check(&self, vol: &Volume, live: &BTreeSet<String>) -> Result<Outcome, FenceError> {
         let mut run = self.start(vol, None)?;
+        let obs = self.observe_into(&mut run, true)?;
         let rec = self.record_for(vol, None)?;
-        let obs = self.observe_into(&mut run, rec.as_ref(), true)?;
         let (lives, known) = self.key_maps(live);
         let ctx = self.context(vol, &lives, &known);
         run.out.keys = decide::classify(&obs.keys, &ctx);
@@ -637,10 +646,15 @@ impl<T: Transport> Engine<T> {
                 Err(Send::Stop(why)) => return Err(self.stopped(run, obs, step, why)?),
             }
         }
-        let after = self.observe_into(run, rec, false)?;
+        let after = self.observe_into(run, false)?;
         self.finish(run, obs, &after);
         let reset = obs.signs.reset || after.signs.reset || run.reset_seen;
-        if after.ours_count < obs.ours_count + landed && !reset {
+        // Fewer registrations than we had plus the new ones, or the read-back
+        // path told us (2A/05) its registration was preempted: every path of
+        // this operation consumed its older attentions before, so this one is
+        // news (and it covers a REGISTER whose answer was lost).
+        let vanished = after.ours_count < obs.ours_count + landed || after.signs.preempted;
+        if vanished && !reset {
             run.out.raced = true;
             run.out.notes.push(
                 "a registration vanished while new paths were registered: another node preempted this one".into(),
@@ -730,7 +744,16 @@ impl<T: Transport> Engine<T> {
         // A REGISTER that timed out may have landed: still named.
         let mut maybe = registered.to_vec();
         maybe.extend(run.touched.iter().cloned());
-        rec.paths = io::ids_of(&run.loc, &maybe);
+        // Paths this operation could not use keep what the record said.
+        let unused = rec
+            .paths
+            .iter()
+            .filter(|id| !run.loc.usable.iter().any(|u| &u.id == *id))
+            .cloned();
+        let mut paths: Vec<String> = unused.chain(io::ids_of(&run.loc, &maybe)).collect();
+        paths.sort();
+        paths.dedup();
+        rec.paths = paths;
         self.write(run.vol, rec)
     }
 

@@ -98,7 +98,9 @@ struct Inner {
     answers: HashMap<u64, Result<Completion, ScsiError>>,
     next_ticket: u64,
     crashed: BTreeSet<String>,
-    late: Vec<(String, Nexus, Command)>,
+    /// Commands whose answer is lost: they land at a moment the scheduler
+    /// picks, and only then does the sender learn of a timeout.
+    late: Vec<(u64, String, Nexus, Command)>,
     log: Vec<String>,
     /// Nodes whose PREEMPT succeeded since the harness last asked.
     preempts: Vec<String>,
@@ -265,23 +267,36 @@ impl San {
         };
         let p = g.pending.remove(i);
         self.clock.advance(STEP);
-        let answer = Self::apply(&mut g, &p, fate);
+        let Some(answer) = Self::apply(&mut g, &p, fate) else {
+            return;
+        };
         g.answers.insert(ticket, answer);
         // Counted as running again now, so the next quiesce waits for it.
         g.running += 1;
         self.cv.notify_all();
     }
 
-    /// Lands one command that was answered with a timeout earlier, if any.
+    /// Lands one command whose answer was lost, and lets its sender see the
+    /// timeout: SG_IO returns only after the abort, so the command lands
+    /// (or not) before its sender goes on, while other nodes may go on.
     pub fn land_one_late(&self, pick: usize) -> bool {
         let mut g = self.lock();
         if g.late.is_empty() {
             return false;
         }
         let i = pick % g.late.len();
-        let (node, nexus, cmd) = g.late.remove(i);
+        let (ticket, node, nexus, cmd) = g.late.remove(i);
+        self.clock.advance(STEP);
         Self::land(&mut g, &node, &nexus, &cmd, "late");
+        g.answers.insert(ticket, Ok(host(HostStatus::TimeOut)));
+        g.running += 1;
+        self.cv.notify_all();
         true
+    }
+
+    /// Commands waiting to land late.
+    pub fn late_count(&self) -> usize {
+        self.lock().late.len()
     }
 
     fn land(g: &mut Inner, node: &str, nexus: &Nexus, cmd: &Command, how: &str) -> Completion {
@@ -306,33 +321,24 @@ impl San {
         done
     }
 
-    fn apply(g: &mut Inner, p: &Pending, fate: Fate) -> Result<Completion, ScsiError> {
+    /// The answer, or `None` while the command waits to land late.
+    fn apply(g: &mut Inner, p: &Pending, fate: Fate) -> Option<Result<Completion, ScsiError>> {
         let Some(slot) = g.paths.get(&(p.node.clone(), p.path.clone())).cloned() else {
-            return Err(no_device(&p.path));
+            return Some(Err(no_device(&p.path)));
         };
-        // A late command of this node lands before its next one.
-        let mine: Vec<(String, Nexus, Command)> = {
-            let (mine, rest) = std::mem::take(&mut g.late)
-                .into_iter()
-                .partition(|(n, _, _)| n == &p.node);
-            g.late = rest;
-            mine
-        };
-        for (n, nexus, cmd) in mine {
-            Self::land(g, &n, &nexus, &cmd, "late");
-        }
         let fate = if slot.up { fate } else { Fate::PathDown };
-        match fate {
+        Some(match fate {
             Fate::Deliver => Ok(Self::land(g, &p.node, &slot.nexus, &p.cmd, "ran")),
             Fate::LateLanding => {
                 g.log.push(format!(
-                    "{} {} timeout (lands later): {}",
+                    "{} {} answer lost (lands later, then times out): {}",
                     p.node,
                     port_name(&slot.nexus),
                     p.cmd.name
                 ));
-                g.late.push((p.node.clone(), slot.nexus, p.cmd.clone()));
-                Ok(host(HostStatus::TimeOut))
+                g.late
+                    .push((p.ticket, p.node.clone(), slot.nexus, p.cmd.clone()));
+                return None;
             }
             Fate::Lost => {
                 g.log.push(format!(
@@ -367,7 +373,7 @@ impl San {
                 g.crashed.insert(p.node.clone());
                 Err(crashed(&p.path))
             }
-        }
+        })
     }
 
     fn submit(&self, node: &str, path: &Path, cmd: &Command) -> Result<Completion, ScsiError> {

@@ -313,6 +313,11 @@ impl Sim {
             finished.extend(self.collect());
             self.check("step");
             if pending.is_empty() {
+                // Only commands waiting to land late: one lands now.
+                let pick = self.rng.below(8);
+                if self.san.land_one_late(pick) {
+                    continue;
+                }
                 break;
             }
             self.events();
@@ -376,6 +381,12 @@ impl Sim {
             // Registering under a new attachment is what I1 allows.
             if node.fenced_under.as_ref() != Some(&a.attachment) {
                 node.fenced_under = None;
+            }
+            // Authorised again: what its pods do from here on is this
+            // attachment's business, and the node believes it holds only
+            // once this acquire says Held.
+            if node.belief.under.as_ref() != Some(&a.attachment) {
+                node.belief.holds = false;
             }
         }
         let done = Arc::clone(&self.done);

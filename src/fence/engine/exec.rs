@@ -219,21 +219,20 @@ impl<T: Transport> Engine<T> {
                 Ok(())
             }
             _ => {
+                // Through the holder's path when the LUN named it, else a
+                // path that carries our key: RELEASE from any other nexus
+                // conflicts. Without one, unregistering the holder releases.
                 let via = match step {
                     Step::Release { path: Some(p), .. } => Some(p.clone()),
-                    _ => run.loc.usable.first().map(|u| u.dev.clone()),
+                    _ => run.release_via.clone(),
                 };
                 let Some(via) = via else { return Ok(()) };
-                if let Err(source) = self.send(run, &via, step) {
-                    return Err(FenceError::Step {
-                        volume: run.vol.name.clone(),
-                        done: run.out.steps.clone(),
-                        failed: Box::new(step.clone()),
-                        rolled_back: false,
-                        source: Box::new(source),
-                    });
+                match self.send(run, &via, step) {
+                    Ok(()) => run.out.steps.push(step.clone()),
+                    // Not fatal: the unregisters that follow end the
+                    // reservation with the holder's registration.
+                    Err(e) => set_problem(&mut run.out, &via, e.to_string()),
                 }
-                run.out.steps.push(step.clone());
                 Ok(())
             }
         }
@@ -273,7 +272,7 @@ impl<T: Transport> Engine<T> {
             self.send_releasing(run, &undo)?;
         }
         run.touched.clear();
-        let after = self.observe_into(run, None, false)?;
+        let after = self.observe_into(run, false)?;
         run.out.state = io::state_of(&after, self.key);
         // Our own unregisters lowered the count: the record must say so, or
         // the next operation would take the difference for a preemption.

@@ -115,10 +115,9 @@ impl<T: Transport> Engine<T> {
     pub(super) fn observe_into(
         &self,
         run: &mut Run<'_>,
-        rec: Option<&Record>,
         first: bool,
     ) -> Result<Observed, FenceError> {
-        let (obs, uas) = self.observe(run, rec)?;
+        let (obs, uas) = self.observe(run)?;
         if first {
             run.out.generation.0 = obs.generation;
         }
@@ -128,11 +127,7 @@ impl<T: Transport> Engine<T> {
         Ok(obs)
     }
 
-    fn observe(
-        &self,
-        run: &Run<'_>,
-        _rec: Option<&Record>,
-    ) -> Result<(Observed, Vec<String>), FenceError> {
+    fn observe(&self, run: &Run<'_>) -> Result<(Observed, Vec<String>), FenceError> {
         let loc = &run.loc;
         // Which paths carry the key is known from the LUN's record whatever
         // attachment wrote it: a new attachment inherits the registrations.
