@@ -726,6 +726,9 @@ type Done = Result<Outcome, (&'static str, String)>;
 /// an acquire that did not end held, or registrations lost to a reset.
 fn needs_retry(op: &Op, r: &Done) -> bool {
     let Ok(o) = r else { return true };
+    if o.leftover {
+        return true;
+    }
     match o.state {
         VolumeState::Fenced => false,
         VolumeState::Refused | VolumeState::Lost => true,
@@ -951,6 +954,7 @@ mod tests {
             unit_attentions: vec![],
             raced: false,
             notes: vec![],
+            leftover: false,
         }
     }
 

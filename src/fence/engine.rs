@@ -179,6 +179,9 @@ pub struct Outcome {
     /// target lacks and what was done instead, a re-plan after a conflict,
     /// registrations lost to a reset, a rollback.
     pub notes: Vec<String>,
+    /// Registrations of this node that had to go could not all be removed
+    /// (a path failed): the next operation must come soon.
+    pub leftover: bool,
 }
 
 /// Why an operation failed (not a refusal: something went wrong).
@@ -362,6 +365,8 @@ struct Run<'a> {
     /// The first observation found this node holding the reservation: its
     /// registrations are its own to keep whatever fails later.
     held_before: bool,
+    /// The path to read through first.
+    prefer: Option<PathBuf>,
     /// A path that carries our key, for a RELEASE whose holder path the LUN
     /// did not name.
     release_via: Option<PathBuf>,
@@ -428,6 +433,7 @@ impl<T: Transport> Engine<T> {
             touched: Vec::new(),
             held_before: false,
             release_via: None,
+            prefer: None,
             reset_seen: false,
         })
     }
@@ -634,6 +640,7 @@ impl<T: Transport> Engine<T> {
             .map(|(p, _)| p.clone())
             .collect();
         let mut landed = 0;
+        let mut missed = Vec::new();
         for step in steps {
             let Step::Register { path, .. } = step else {
                 continue;
@@ -642,10 +649,24 @@ impl<T: Transport> Engine<T> {
                 // Only a path known unregistered adds one for sure; an
                 // unknown one may have carried the key already.
                 Ok(()) => landed += u32::from(unregistered.contains(path)),
+                // Not delivered at all: the record must not name it. (A
+                // timeout may have landed: it stays named.)
+                Err(Send::Path(e))
+                    if unregistered.contains(path)
+                        && !matches!(e, crate::transport::ScsiError::Timeout { .. }) =>
+                {
+                    missed.push(path.clone())
+                }
                 Err(Send::Path(_)) => {}
                 Err(Send::Stop(why)) => return Err(self.stopped(run, obs, step, why)?),
             }
         }
+        self.forget_paths(run, &missed)?;
+        run.prefer = obs
+            .paths
+            .iter()
+            .find(|(_, r)| r.is_registered())
+            .map(|(p, _)| p.clone());
         let after = self.observe_into(run, false)?;
         self.finish(run, obs, &after);
         let reset = obs.signs.reset || after.signs.reset || run.reset_seen;
@@ -653,7 +674,9 @@ impl<T: Transport> Engine<T> {
         // path told us (2A/05) its registration was preempted: every path of
         // this operation consumed its older attentions before, so this one is
         // news (and it covers a REGISTER whose answer was lost).
-        let vanished = after.ours_count < obs.ours_count + landed || after.signs.preempted;
+        let vanished = after.ours_count < obs.ours_count + landed
+            || after.signs.preempted
+            || decide::evidence(rec, &after, self.key, run.vol.access) == Evidence::Preempted;
         if vanished && !reset {
             run.out.raced = true;
             run.out.notes.push(
@@ -773,6 +796,19 @@ impl<T: Transport> Engine<T> {
             self.state.set(wwid, Some(rec))?;
         }
         Ok(())
+    }
+
+    /// Takes paths whose REGISTER was never delivered out of the record.
+    fn forget_paths(&self, run: &Run<'_>, missed: &[PathBuf]) -> Result<(), FenceError> {
+        if missed.is_empty() {
+            return Ok(());
+        }
+        let Some(mut rec) = self.record_for(run.vol, None)? else {
+            return Ok(());
+        };
+        let gone = io::ids_of(&run.loc, missed);
+        rec.paths.retain(|id| !gone.contains(id));
+        self.write(run.vol, rec)
     }
 
     /// After this node's own unregisters: the record keeps its phase and
@@ -973,6 +1009,7 @@ impl<T: Transport> Engine<T> {
             unit_attentions: Vec::new(),
             raced: false,
             notes: Vec::new(),
+            leftover: false,
         }
     }
 }

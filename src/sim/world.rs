@@ -111,6 +111,8 @@ pub struct SimNode {
     in_flight: bool,
     /// Crashed, its restart check not run yet.
     down: bool,
+    /// Its last operation could not remove all it had to (a path failed).
+    cleanup: bool,
     was_registered: bool,
 }
 
@@ -442,6 +444,8 @@ impl Sim {
             };
             self.san.note(line);
             let Ok(o) = &f.result else { continue };
+            // It knows, and its next operation (soon) finishes the job.
+            n.cleanup = o.leftover;
             match (f.kind, o.state) {
                 (OpKind::Acquire, VolumeState::Held) => {
                     n.belief = Belief {
@@ -513,7 +517,7 @@ impl Sim {
             ));
         }
         for n in &self.nodes {
-            if n.in_flight {
+            if n.in_flight || n.cleanup {
                 continue;
             }
             if let (Some(f), Some(u)) = (&n.fenced_under, &n.belief.under) {
@@ -695,6 +699,7 @@ impl SimNode {
             fenced_under: None,
             in_flight: false,
             down: false,
+            cleanup: false,
             was_registered: false,
         }
     }

@@ -212,11 +212,17 @@ impl<T: Transport> Engine<T> {
                     set_problem(&mut run.out, path, e);
                     return Ok(());
                 }
-                match self.send(run, path, step) {
-                    Ok(()) => run.out.steps.push(step.clone()),
-                    Err(e) => set_problem(&mut run.out, path, e.to_string()),
+                // Giving access up is worth a second try on a flaky path.
+                let mut tries = UNREGISTER_TRIES;
+                loop {
+                    tries -= 1;
+                    match self.send(run, path, step) {
+                        Ok(()) => run.out.steps.push(step.clone()),
+                        Err(e) if tries > 0 && is_path_problem(&e) => continue,
+                        Err(e) => set_problem(&mut run.out, path, e.to_string()),
+                    }
+                    return Ok(());
                 }
-                Ok(())
             }
             _ => {
                 // Through the holder's path when the LUN named it, else a
@@ -278,6 +284,7 @@ impl<T: Transport> Engine<T> {
         // the next operation would take the difference for a preemption.
         self.recount(run, Some(&after))?;
         if after.ours_count > 0 {
+            run.out.leftover = true;
             run.out.notes.push(format!(
                 "rollback incomplete: {} registration(s) of this node remain; the next check retries",
                 after.ours_count
@@ -404,6 +411,9 @@ impl<T: Transport> Engine<T> {
         }
     }
 }
+
+/// Attempts of one unregister on a path that fails.
+const UNREGISTER_TRIES: u32 = 3;
 
 /// Failures of one path, where another path may do.
 fn is_path_problem(e: &ScsiError) -> bool {

@@ -139,7 +139,13 @@ impl<T: Transport> Engine<T> {
         let wwid = run.vol.wwid.to_string();
         let mut caps = self.lun_caps(&wwid);
         let mut last = None;
-        for p in &loc.usable {
+        // The preferred path first (a check's read-back goes through a path
+        // registered before it, whose attention would tell of a preemption).
+        let mut order: Vec<&UsablePath> = loc.usable.iter().collect();
+        if let Some(i) = run.prefer.as_ref().and_then(|d| order.iter().position(|u| &u.dev == d)) {
+            order.rotate_left(i);
+        }
+        for p in order {
             match self.consistent_state(&p.dev, &wwid, &mut caps) {
                 Ok((mut obs, fs, uas)) => {
                     if let Ok(mut all) = self.caps.lock() {
