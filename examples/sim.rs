@@ -35,7 +35,9 @@ fn main() {
     }
     let secs = env("SIM_SECONDS").unwrap_or(60);
     let next = AtomicU64::new(env("SIM_FIRST").unwrap_or(1));
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = env("SIM_WORKERS")
+        .map(|w| w.max(1) as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let t0 = Instant::now();
     let stop = t0 + Duration::from_secs(secs);
     // Per violation kind: how many schedules, and the smallest seed.

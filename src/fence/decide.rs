@@ -120,6 +120,11 @@ pub fn evidence(
     if r.phase == Phase::Fenced {
         return Evidence::Preempted;
     }
+    // The reset attention was just read (and already noted in the record,
+    // whose count it set to 0): gone by the reset, not by another node.
+    if obs.signs.reset && !obs.signs.preempted && obs.ours_count == 0 {
+        return Evidence::Lost;
+    }
     let had = r.key_count.unwrap_or(match r.phase {
         Phase::Held => 1,
         _ => 0,

@@ -481,7 +481,7 @@ impl<T: Transport> Engine<T> {
             if round == 0 {
                 run.held_before = io::state_of(&obs, self.key) == VolumeState::Held;
             }
-            run.out.keys = decide::classify(&obs.keys, &ctx);
+            run.out.keys = decide::classify(&obs.keys, ctx);
             match decide::evidence(rec.as_ref(), &obs, self.key, vol.access) {
                 Evidence::Preempted => return self.fenced_refusal(run, &obs, auth),
                 Evidence::Lost => run.out.notes.push(LOST_NOTE.into()),

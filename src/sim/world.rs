@@ -529,7 +529,8 @@ impl Sim {
                     .is_empty();
                 if f == u && self.live.get(&n.name) != Some(u) && registered {
                     let line = format!(
-                        "S2 at {at}: {} was fenced under {f} and is registered again under it",
+                        "S2 at {at} (trace line {}): {} was fenced under {f} and is registered again under it",
+                        self.san.log_len(),
                         n.name
                     );
                     self.violations.push(line);
@@ -576,7 +577,10 @@ impl Sim {
             if by_other && n.was_registered && !registered {
                 let under = self.live.get(&name).cloned().or(n.belief.under.clone());
                 if let Some(u) = self.live.get(&name) {
-                    let line = format!("S3: {name} was preempted while its attachment {u} is live");
+                    let line = format!(
+                        "S3 (trace line {}): {name} was preempted while its attachment {u} is live",
+                        self.san.log_len()
+                    );
                     self.violations.push(line);
                 }
                 n.fenced_under = under;

@@ -142,7 +142,11 @@ impl<T: Transport> Engine<T> {
         // The preferred path first (a check's read-back goes through a path
         // registered before it, whose attention would tell of a preemption).
         let mut order: Vec<&UsablePath> = loc.usable.iter().collect();
-        if let Some(i) = run.prefer.as_ref().and_then(|d| order.iter().position(|u| &u.dev == d)) {
+        if let Some(i) = run
+            .prefer
+            .as_ref()
+            .and_then(|d| order.iter().position(|u| &u.dev == d))
+        {
             order.rotate_left(i);
         }
         for p in order {
