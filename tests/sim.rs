@@ -278,6 +278,38 @@ mod cases {
         clean(&sim);
     }
 
+    /// Why 5: the authorization is checked before every PR OUT that grants
+    /// access, not only at the start: one that ages past its limit in the
+    /// middle of an acquire (the deadline far away) stops it there.
+    #[test]
+    fn an_authorization_that_ages_mid_acquire_sends_nothing_more() {
+        let mut sim = holding(Profile::FULL, AccessMode::SingleNode, 2);
+        sim.set_operation_deadline(std::time::Duration::from_secs(3600));
+        sim.detach(A);
+        sim.attach(B);
+        let mut aged = false;
+        let done = sim.run_with(
+            &[(B, OpKind::Acquire)],
+            &mut |sim: &mut Sim, pending: &[Pending]| {
+                if !aged && pending[0].cmd.name.contains("REGISTER AND IGNORE") {
+                    aged = true;
+                    // The REGISTER goes out; the authorization is old before the next step.
+                    sim.san.clock.advance(std::time::Duration::from_secs(120));
+                }
+                (0, Fate::Deliver)
+            },
+        );
+        let e = state(&done, B).expect_err("stopped");
+        assert!(
+            e.contains("authorization") && e.contains("nothing more was sent"),
+            "{e}"
+        );
+        assert!(!sim.trace().contains("PREEMPT"), "{}", sim.trace());
+        assert_eq!(sim.registrations_of(B), 0, "taken back:\n{}", sim.trace());
+        assert_eq!(sim.holder(), Some(sim.nodes[A].key));
+        clean(&sim);
+    }
+
     /// Why 5: every REGISTER failing while another node changes the LUN is
     /// not a fence.
     #[test]

@@ -42,6 +42,8 @@ use crate::transport::RetryPolicy;
 pub const NAA: [u8; 8] = [0x60, 0x01, 0x40, 0x50, 0, 0, 0, 0x51];
 /// This cluster's tag.
 pub const TAG: u16 = 0x5157;
+/// The engines' operation deadline (the daemon's default operation timeout).
+const DEADLINE: Duration = Duration::from_secs(60);
 /// The initiator name of a node.
 pub fn initiator(node: &str) -> String {
     format!("iqn.2026-12.sim:{node}")
@@ -109,6 +111,8 @@ pub struct SimNode {
     /// attached (or believed it held) under this attachment.
     pub fenced_under: Option<AttachmentId>,
     in_flight: bool,
+    /// Its engine's operation deadline.
+    deadline: Duration,
     /// Crashed, its restart check not run yet.
     down: bool,
     /// Its last operation could not remove all it had to (a path failed).
@@ -638,6 +642,15 @@ impl Sim {
         Ok(())
     }
 
+    /// Every node's engine with another operation deadline (a new engine,
+    /// as after a restart with another setting).
+    pub fn set_operation_deadline(&mut self, d: Duration) {
+        for n in &mut self.nodes {
+            n.deadline = d;
+            n.engine = Arc::new(make_engine(&n.name, &n.dir, &self.san, d));
+        }
+    }
+
     /// A target reset / power loss now.
     pub fn reset(&self) {
         self.san.reset();
@@ -697,7 +710,8 @@ impl SimNode {
         SimNode {
             name: name.to_string(),
             key: tag.key_for(name),
-            engine: Arc::new(make_engine(name, &dir, san)),
+            engine: Arc::new(make_engine(name, &dir, san, DEADLINE)),
+            deadline: DEADLINE,
             dir,
             belief: Belief::default(),
             fenced_under: None,
@@ -741,14 +755,20 @@ impl SimNode {
             self.name,
             rec.replace('\n', " ")
         ));
-        self.engine = Arc::new(make_engine(&self.name, &self.dir, san));
+        self.engine = Arc::new(make_engine(&self.name, &self.dir, san, self.deadline));
     }
 }
 
 /// A node's engine, as its daemon would build it, on virtual time.
-fn make_engine(name: &str, dir: &Path, san: &Arc<San>) -> Engine<NodeTransport> {
+fn make_engine(
+    name: &str,
+    dir: &Path,
+    san: &Arc<San>,
+    deadline: Duration,
+) -> Engine<NodeTransport> {
     let tag = ClusterTag::new(TAG).expect("nonzero tag");
     let mut cfg = EngineConfig::new(name, tag);
+    cfg.operation_deadline = deadline;
     cfg.clock = san.clock.clone();
     cfg.retry = RetryPolicy {
         not_ready_delay: Duration::ZERO,
