@@ -330,41 +330,21 @@ impl San {
         Some(match fate {
             Fate::Deliver => Ok(Self::land(g, &p.node, &slot.nexus, &p.cmd, "ran")),
             Fate::LateLanding => {
-                g.log.push(format!(
-                    "{} {} answer lost (lands later, then times out): {}",
-                    p.node,
-                    port_name(&slot.nexus),
-                    p.cmd.name
-                ));
+                fault(g, p, &slot, "answer lost (lands later, then times out)");
                 g.late
                     .push((p.ticket, p.node.clone(), slot.nexus, p.cmd.clone()));
                 return None;
             }
             Fate::Lost => {
-                g.log.push(format!(
-                    "{} {} timeout (lost): {}",
-                    p.node,
-                    port_name(&slot.nexus),
-                    p.cmd.name
-                ));
+                fault(g, p, &slot, "timeout (lost)");
                 Ok(host(HostStatus::TimeOut))
             }
             Fate::PathDown => {
-                g.log.push(format!(
-                    "{} {} path down: {}",
-                    p.node,
-                    port_name(&slot.nexus),
-                    p.cmd.name
-                ));
+                fault(g, p, &slot, "path down");
                 Ok(host(HostStatus::NoConnect))
             }
             Fate::Busy => {
-                g.log.push(format!(
-                    "{} {} BUSY: {}",
-                    p.node,
-                    port_name(&slot.nexus),
-                    p.cmd.name
-                ));
+                fault(g, p, &slot, "BUSY");
                 Ok(Completion::with_status(ScsiStatus::Busy))
             }
             Fate::Crash => {
@@ -405,6 +385,16 @@ impl San {
             .get(&(node.to_string(), path.to_path_buf()))
             .map(|s| s.devnum)
     }
+}
+
+/// Logs a fault met by a command that never reached the LUN (or whose answer did not come back).
+fn fault(g: &mut Inner, p: &Pending, slot: &PathSlot, what: &str) {
+    g.log.push(format!(
+        "{} {} {what}: {}",
+        p.node,
+        port_name(&slot.nexus),
+        p.cmd.name
+    ));
 }
 
 fn host(h: HostStatus) -> Completion {
