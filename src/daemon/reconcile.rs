@@ -836,6 +836,53 @@ mod tests {
         ))
     }
 
+    /// Which ends bring the volume back soon (200 ms doubling), and which wait.
+    #[test]
+    fn retry_table() {
+        let vol = |access| Volume {
+            name: "pv".into(),
+            wwid: "naa.6001405000000001".parse().unwrap(),
+            device: None,
+            access,
+            policy: Policy::default(),
+        };
+        let acquire = |access| Op::Acquire {
+            vol: vol(access),
+            auth: Authorization {
+                attachment: AttachmentId("u".into()),
+                read_at: SystemTime::now(),
+            },
+            live: BTreeSet::new(),
+        };
+        let check = Op::Check {
+            vol: vol(AccessMode::SingleNode),
+            live: BTreeSet::new(),
+        };
+        let ended = |state, leftover| -> Done {
+            let mut o = held_outcome(&vol(AccessMode::SingleNode));
+            o.state = state;
+            o.leftover = leftover;
+            Ok(o)
+        };
+        let single = acquire(AccessMode::SingleNode);
+        let multi = acquire(AccessMode::MultiNode);
+        #[rustfmt::skip]
+        let rows: Vec<(&Op, Done, bool, &str)> = vec![
+            (&single, Err(("reservation_conflict", "x".into())), true, "an error"),
+            (&single, ended(VolumeState::Refused, false), true, "refused: a live holder may be releasing"),
+            (&single, ended(VolumeState::Registered, false), true, "single-node not held"),
+            (&multi, ended(VolumeState::Registered, false), false, "multi-node registered"),
+            (&single, ended(VolumeState::Held, false), false, "held"),
+            (&single, ended(VolumeState::Fenced, false), false, "fenced: only a new attachment"),
+            (&single, ended(VolumeState::Fenced, true), true, "fenced with a leftover registration"),
+            (&check, ended(VolumeState::Lost, false), true, "registrations lost: acquire again"),
+            (&check, ended(VolumeState::NotRegistered, false), false, "a check that finds nothing"),
+        ];
+        for (op, done, want, why) in rows {
+            assert_eq!(needs_retry(op, &done), want, "{why}");
+        }
+    }
+
     #[test]
     fn plan_table() {
         use Phase::*;
