@@ -486,6 +486,11 @@ impl Sim {
     /// S1b: when an acquire returns Held, no settled node without a live
     /// attachment can write.
     fn check_held_by(&mut self, holder: usize) {
+        // As for S1: a power loss right after the acquire's last read leaves
+        // no reservation at all, and SCSI fences nobody until it is taken again.
+        if self.san.with_lun(|l| l.reservation().is_none()) {
+            return;
+        }
         for (i, n) in self.nodes.iter().enumerate() {
             if i == holder || n.in_flight || self.live.contains_key(&n.name) {
                 continue;
