@@ -68,6 +68,9 @@ fn main() {
                             e.0 += 1;
                             e.1 = e.1.min(seed);
                         }
+                        if std::env::var_os("SIM_LIST").is_some() {
+                            println!("seed {seed}: {}", r.violations.join(" | "));
+                        }
                     }
                 }
             });

@@ -260,7 +260,9 @@ fn fence_failure(e: FenceError) -> Failure {
         FenceError::Interrupted => 70,
         FenceError::Step { source, .. } => exit::for_scsi(source),
         FenceError::NoUsablePath { .. } => PARTIAL,
-        FenceError::Unstable { .. } | FenceError::NotConverged { .. } => UNSTABLE,
+        FenceError::Unstable { .. }
+        | FenceError::NotConverged { .. }
+        | FenceError::Undecided { .. } => UNSTABLE,
         FenceError::Unsupported { .. } => exit::UNSUPPORTED,
         FenceError::Stopped { .. } => exit::TIMEOUT,
     };

@@ -268,6 +268,16 @@ pub enum FenceError {
         /// The last thing that got in the way.
         last: String,
     },
+    /// This node's registrations are fewer than it left them, a lost answer
+    /// may have taken the unit attention that would tell a target reset from
+    /// a preemption, and a path that could still tell did not answer.
+    #[error("volume {volume}: this node's registrations are gone and it cannot tell yet whether a target reset or another node's PREEMPT removed them ({why}); nothing is acquired again until a path answers")]
+    Undecided {
+        /// The volume.
+        volume: String,
+        /// The path that did not answer, and how.
+        why: String,
+    },
     /// No path of the LUN can be used; nothing is sent through the map
     /// (SG_IO there can block without a timeout when dm queues I/O).
     #[error("volume {volume}: no usable path ({reasons})")]
@@ -312,6 +322,7 @@ impl FenceError {
             FenceError::Unsupported { .. } => "unsupported",
             FenceError::Stopped { .. } => "deadline",
             FenceError::NotConverged { .. } => "not_converged",
+            FenceError::Undecided { .. } => "undecided",
             FenceError::NoUsablePath { .. } => "no_usable_path",
             FenceError::Unstable { .. } => "unstable",
         }
@@ -482,7 +493,7 @@ impl<T: Transport> Engine<T> {
                 run.held_before = io::state_of(&obs, self.key) == VolumeState::Held;
             }
             run.out.keys = decide::classify(&obs.keys, ctx);
-            match decide::evidence(rec.as_ref(), &obs, self.key, vol.access) {
+            match self.judge(run, rec.as_ref(), &obs)? {
                 Evidence::Preempted => return self.fenced_refusal(run, &obs, auth),
                 Evidence::Lost => run.out.notes.push(LOST_NOTE.into()),
                 Evidence::None => {}
@@ -580,23 +591,9 @@ impl<T: Transport> Engine<T> {
         let ctx = self.context(vol, &lives, &known);
         run.out.keys = decide::classify(&obs.keys, &ctx);
         run.out.state = io::state_of(&obs, self.key);
-        match decide::evidence(rec.as_ref(), &obs, self.key, vol.access) {
+        match self.judge(&mut run, rec.as_ref(), &obs)? {
             Evidence::Preempted => return self.fenced_check(&mut run, &obs, rec.as_ref()),
-            Evidence::Lost => {
-                run.out.notes.push(LOST_NOTE.into());
-                run.out.state = VolumeState::Lost;
-                // The unit attention that told it is consumed now: the record
-                // must carry the knowledge, or the next check, finding other
-                // nodes registered since, would take the loss for a fence.
-                if let Some(r) = rec.as_ref() {
-                    let mut lost = Record::now(&vol.name, Phase::Registering, &r.attachment)
-                        .at_generation(obs.generation);
-                    lost.key_count = Some(0);
-                    lost.all_tg_pt = r.all_tg_pt;
-                    self.write(vol, lost)?;
-                }
-                return Ok(run.out);
-            }
+            Evidence::Lost => return self.lost_check(&mut run, &obs, rec.as_ref()),
             Evidence::None => {}
         }
         if obs.ours_count == 0 {
@@ -617,6 +614,30 @@ impl<T: Transport> Engine<T> {
             return Ok(run.out);
         }
         self.repair_paths(&mut run, &obs, rec.as_ref(), &steps)
+    }
+
+    /// Our registrations went with a target reset: reported, and recorded
+    /// with none left, so that the acquire that follows takes the volume
+    /// again under the same attachment.
+    fn lost_check(
+        &self,
+        run: &mut Run<'_>,
+        obs: &Observed,
+        rec: Option<&Record>,
+    ) -> Result<Outcome, FenceError> {
+        run.out.notes.push(LOST_NOTE.into());
+        run.out.state = VolumeState::Lost;
+        // The unit attention that told it is consumed now: the record must
+        // carry the knowledge, or the next check, finding other nodes
+        // registered since, would take the loss for a fence.
+        if let Some(r) = rec {
+            let mut lost = Record::now(&run.vol.name, Phase::Registering, &r.attachment)
+                .at_generation(obs.generation);
+            lost.key_count = Some(0);
+            lost.all_tg_pt = r.all_tg_pt;
+            self.write(run.vol, lost)?;
+        }
+        Ok(run.out.clone())
     }
 
     /// Registers new paths of a held volume, then proves on the read-back
@@ -640,26 +661,30 @@ impl<T: Transport> Engine<T> {
             .map(|(p, _)| p.clone())
             .collect();
         let mut landed = 0;
-        let mut missed = Vec::new();
+        let (mut missed, mut unanswered) = (Vec::new(), Vec::new());
         for step in steps {
-            let Step::Register { path, .. } = step else {
+            let Step::Register { path, all_tg_pt, .. } = step else {
                 continue;
             };
             match self.send_granting(run, step, path) {
                 // Only a path known unregistered adds one for sure; an
                 // unknown one may have carried the key already.
                 Ok(()) => landed += u32::from(unregistered.contains(path)),
-                // Not delivered at all: the record must not name it. (A
-                // timeout may have landed: it stays named.)
-                Err(Send::Path(e))
-                    if unregistered.contains(path)
-                        && !matches!(e, crate::transport::ScsiError::Timeout { .. }) =>
+                // A lost answer may have landed: asked below.
+                Err(Send::Path(crate::transport::ScsiError::Timeout { .. }))
+                    if unregistered.contains(path) =>
                 {
-                    missed.push(path.clone())
+                    unanswered.push((path.clone(), *all_tg_pt))
                 }
+                // Not delivered at all: the record must not name it.
+                Err(Send::Path(_)) if unregistered.contains(path) => missed.push(path.clone()),
                 Err(Send::Path(_)) => {}
                 Err(Send::Stop(why)) => return Err(self.stopped(run, obs, step, why)?),
             }
+        }
+        let aptpl = run.vol.policy.use_aptpl(obs.caps.as_ref());
+        for (path, all_tg_pt) in unanswered {
+            landed += u32::from(self.carries_key(run, &path, all_tg_pt, aptpl)?);
         }
         self.forget_paths(run, &missed)?;
         run.prefer = obs
@@ -677,6 +702,10 @@ impl<T: Transport> Engine<T> {
         let vanished = after.ours_count < obs.ours_count + landed
             || after.signs.preempted
             || decide::evidence(rec, &after, self.key, run.vol.access) == Evidence::Preempted;
+        let blind = self.record_for(run.vol, None)?.is_some_and(|r| r.blind);
+        if vanished && !reset && blind && self.weigh_testimony(run)? == Evidence::Lost {
+            return self.lost_check(run, &after, rec);
+        }
         if vanished && !reset {
             run.out.raced = true;
             run.out.notes.push(
@@ -723,6 +752,13 @@ impl<T: Transport> Engine<T> {
         // STATUS must not see it registered a second time by reflex.
         let known = self.state.get(&vol.wwid.to_string())?;
         rec.paths = io::remembered(&run.loc, obs, known.as_ref());
+        // Only a path known to carry none of our keys can hide a fence by
+        // landing late (see `doubt`).
+        let fresh: Vec<PathBuf> = registering(steps)
+            .into_iter()
+            .filter(|p| io::known_unregistered(obs, p))
+            .collect();
+        rec.unsure = io::ids_of(&run.loc, &fresh);
         rec.paths.extend(io::ids_of(&run.loc, &registering(steps)));
         rec.paths.sort();
         rec.paths.dedup();
@@ -764,7 +800,15 @@ impl<T: Transport> Engine<T> {
         } else {
             obs.ours_count + sure
         });
-        // A REGISTER that timed out may have landed: still named.
+        // A REGISTER that timed out may have landed: still named, and
+        // asked before the count is trusted again.
+        let unanswered: Vec<PathBuf> = run
+            .touched
+            .iter()
+            .filter(|p| !registered.contains(p) && io::known_unregistered(obs, p))
+            .cloned()
+            .collect();
+        rec.unsure = io::ids_of(&run.loc, &unanswered);
         let mut maybe = registered.to_vec();
         maybe.extend(run.touched.iter().cloned());
         // Paths this operation could not use keep what the record said.
@@ -827,6 +871,7 @@ impl<T: Transport> Engine<T> {
         // paths than carry the key.
         if let Some(a) = after {
             rec.paths = io::remembered(&run.loc, a, Some(&rec));
+            rec.unsure.clear();
         }
         self.write(run.vol, rec)
     }
@@ -1064,6 +1109,7 @@ impl Outcome {
     }
 }
 
+mod doubt;
 mod exec;
 mod io;
 

@@ -69,6 +69,18 @@ pub struct Record {
     /// The registrations were made with ALL_TG_PT (unregistering repeats it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all_tg_pt: bool,
+    /// Paths whose REGISTER went out but whose landing is not proven yet (an
+    /// answer lost, or a crash before the read-back). A REGISTER that lands
+    /// after another node's PREEMPT adds one registration where the PREEMPT
+    /// took one: the count alone would hide the fence, so these are asked
+    /// one by one before the count is trusted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsure: Vec<String>,
+    /// A command to this LUN lost its answer since `key_count` was read: a
+    /// reset's unit attention may have gone with it, so fewer registrations
+    /// are not taken for a fence before every path has been asked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blind: bool,
 }
 
 impl Record {
@@ -86,6 +98,8 @@ impl Record {
             key_count: None,
             paths: Vec::new(),
             all_tg_pt: false,
+            unsure: Vec::new(),
+            blind: false,
         }
     }
 

@@ -447,7 +447,14 @@ impl Sim {
                 Err(e) => format!("end {} {:?}: error {e}", n.name, f.kind),
             };
             self.san.note(line);
-            let Ok(o) = &f.result else { continue };
+            let Ok(o) = &f.result else {
+                // The reconciler retries a failed operation soon; until one
+                // completes, what the failure left (a REGISTER that landed
+                // after a PREEMPT, its read-back lost) is unresolved, like
+                // an operation in flight. S5 still demands it resolved.
+                n.cleanup = true;
+                continue;
+            };
             // It knows, and its next operation (soon) finishes the job.
             n.cleanup = o.leftover;
             match (f.kind, o.state) {

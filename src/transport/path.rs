@@ -53,6 +53,7 @@ pub struct ScsiPath<'t> {
     retry: RetryPolicy,
     unit_attentions: Vec<Sense>,
     on_unit_attention: Option<&'t dyn Fn(&Sense)>,
+    on_lost_answer: Option<&'t dyn Fn()>,
 }
 
 impl<'t> ScsiPath<'t> {
@@ -65,6 +66,7 @@ impl<'t> ScsiPath<'t> {
             retry: RetryPolicy::default(),
             unit_attentions: Vec::new(),
             on_unit_attention: None,
+            on_lost_answer: None,
         }
     }
 
@@ -73,6 +75,14 @@ impl<'t> ScsiPath<'t> {
     /// nothing after it runs.
     pub fn on_unit_attention(mut self, f: &'t dyn Fn(&Sense)) -> Self {
         self.on_unit_attention = Some(f);
+        self
+    }
+
+    /// Calls `f` when a command's answer does not come back in time: the
+    /// command may have run, and a unit attention it consumed is gone with
+    /// the answer.
+    pub fn on_lost_answer(mut self, f: &'t dyn Fn()) -> Self {
+        self.on_lost_answer = Some(f);
         self
     }
 
@@ -97,8 +107,14 @@ impl<'t> ScsiPath<'t> {
     pub fn run(&mut self, cmd: &Command) -> Result<Vec<u8>, ScsiError> {
         let (mut ua_left, mut nr_left) = (self.retry.unit_attention, self.retry.not_ready);
         loop {
-            let done = self.transport.execute(&self.device, cmd, self.timeout)?;
-            match classify(&self.device, cmd, done, self.timeout) {
+            let done = self
+                .transport
+                .execute(&self.device, cmd, self.timeout)
+                .and_then(|done| classify(&self.device, cmd, done, self.timeout));
+            if let (Err(ScsiError::Timeout { .. }), Some(f)) = (&done, self.on_lost_answer) {
+                f();
+            }
+            match done {
                 Err(ScsiError::CheckCondition { sense, .. })
                     if sense.is_unit_attention() && ua_left > 0 =>
                 {

@@ -174,7 +174,11 @@ impl<T: Transport> Engine<T> {
     fn send(&self, run: &mut Run<'_>, via: &Path, step: &Step) -> Result<(), ScsiError> {
         let wwid = run.vol.wwid.to_string();
         let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, s);
-        let mut p = self.path(via).on_unit_attention(&noted);
+        let lost = || self.note_blind(&wwid);
+        let mut p = self
+            .path(via)
+            .on_unit_attention(&noted)
+            .on_lost_answer(&lost);
         let r = p.prout(&self.prout_of(step));
         let uas = p.unit_attentions().to_vec();
         if decide::Signs::from_unit_attentions(&uas).reset {
@@ -186,7 +190,7 @@ impl<T: Transport> Engine<T> {
         r
     }
 
-    fn same_device(&self, run: &Run<'_>, via: &Path) -> Result<(), String> {
+    pub(super) fn same_device(&self, run: &Run<'_>, via: &Path) -> Result<(), String> {
         let Some(p) = run.loc.usable.iter().find(|u| u.dev == via) else {
             return Err(format!(
                 "{} is not a verified path of the LUN",

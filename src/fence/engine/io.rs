@@ -196,7 +196,11 @@ impl<T: Transport> Engine<T> {
         // One path object for every attempt: a unit attention consumed by a
         // discarded attempt still tells what happened.
         let noted = |s: &crate::scsi::Sense| self.unit_attention(wwid, s);
-        let mut p = self.path(dev).on_unit_attention(&noted);
+        let lost = || self.note_blind(wwid);
+        let mut p = self
+            .path(dev)
+            .on_unit_attention(&noted)
+            .on_lost_answer(&lost);
         for _ in 0..CONSISTENT_READ_ATTEMPTS {
             let keys = p.read_keys()?;
             // A unit attention met by a later read of the same attempt says
@@ -536,4 +540,11 @@ mod tests {
             [false, false]
         );
     }
+}
+
+/// The observation knows this path carries none of our keys.
+pub(super) fn known_unregistered(obs: &Observed, path: &Path) -> bool {
+    obs.paths
+        .iter()
+        .any(|(q, r)| q == path && *r == PathRegistration::NotRegistered)
 }

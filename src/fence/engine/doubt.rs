@@ -1,0 +1,199 @@
+//! What a lost answer leaves in doubt, and how it is settled.
+//!
+//! Two things cannot be known from the LUN's state alone:
+//! - whether a REGISTER whose answer never came (or that a crash cut off
+//!   before its read-back) landed: one that lands after another node's
+//!   PREEMPT puts back the registration the PREEMPT took, and the count of
+//!   our registrations hides the fence. Each such path is asked directly
+//!   (REGISTER with our key as both keys: GOOD only where the nexus carries
+//!   it, RESERVATION CONFLICT elsewhere, and nothing changes either way);
+//! - whether our registrations went by a target reset or by a PREEMPT, when
+//!   the unit attention that tells (29/xx) came back on a command whose
+//!   answer was lost. Every path is then asked for what it still holds
+//!   (TEST UNIT READY consumes the pending attentions): each nexus of this
+//!   node got its own 29/xx at the reset.
+
+use std::path::Path;
+
+use super::{Engine, FenceError, Run};
+use crate::fence::decide::{self, Evidence, Observed, Signs};
+use crate::fence::state::{Phase, Record};
+use crate::scsi::{BasicParams, PrOut};
+use crate::transport::{ScsiError, Transport};
+
+/// What the paths said when asked for their pending unit attentions.
+enum Testimony {
+    /// A 29/xx on some path: the target was reset.
+    Reset,
+    /// A 2A/05 and no reset: another node preempted us.
+    Preempted,
+    /// Every path answered and none had anything left to tell.
+    Silent,
+    /// Nothing decisive, and a path did not answer.
+    Unreachable(String),
+}
+
+const SILENT_NOTE: &str = "this node's registrations are gone and no path could tell a target reset from a preemption (the unit attention that would have went with a lost answer): taken as a fence, the safe side";
+
+impl<T: Transport> Engine<T> {
+    /// A command's answer was lost: a reset's unit attention may have gone
+    /// with it. Written at once, like a reset, so a crash cannot forget it.
+    pub(super) fn note_blind(&self, wwid: &str) {
+        let noted = (|| -> Result<(), FenceError> {
+            let Some(mut rec) = self.state.get(wwid)? else {
+                return Ok(());
+            };
+            if rec.phase == Phase::Fenced || rec.blind || self.cfg.dry_run {
+                return Ok(());
+            }
+            rec.blind = true;
+            Ok(self.state.set(wwid, Some(rec))?)
+        })();
+        if let Err(e) = noted {
+            tracing::warn!(wwid, "{e}");
+        }
+    }
+
+    /// The evidence on our registrations (see [`decide::evidence`]), with
+    /// what lost answers left in doubt settled first.
+    pub(super) fn judge(
+        &self,
+        run: &mut Run<'_>,
+        rec: Option<&Record>,
+        obs: &Observed,
+    ) -> Result<Evidence, FenceError> {
+        let access = run.vol.access;
+        let Some(r) = rec.filter(|r| r.phase != Phase::Fenced && !self.cfg.dry_run) else {
+            return Ok(decide::evidence(rec, obs, self.key, access));
+        };
+        let mut counted = obs.clone();
+        if !r.unsure.is_empty() && obs.ours_count > 0 {
+            let landed = self.probe_unsure(run, r, obs)?;
+            counted.ours_count = obs.ours_count.saturating_sub(landed);
+        }
+        let e = decide::evidence(Some(r), &counted, self.key, access);
+        match e {
+            Evidence::Preempted if r.blind && !obs.signs.preempted => self.weigh_testimony(run),
+            Evidence::None if !r.unsure.is_empty() || r.blind => {
+                // Doubt settled: what the LUN shows now is the new baseline.
+                let mut clean = r.clone();
+                clean.unsure.clear();
+                clean.blind = false;
+                clean.key_count = Some(obs.ours_count);
+                clean.generation = Some(obs.generation);
+                self.state.set(&run.vol.wwid.to_string(), Some(clean))?;
+                Ok(e)
+            }
+            _ => Ok(e),
+        }
+    }
+
+    /// How many of the record's unsure paths carry our key now.
+    fn probe_unsure(
+        &self,
+        run: &mut Run<'_>,
+        rec: &Record,
+        obs: &Observed,
+    ) -> Result<u32, FenceError> {
+        let aptpl = run.vol.policy.use_aptpl(obs.caps.as_ref());
+        let devs: Vec<_> = run
+            .loc
+            .usable
+            .iter()
+            .filter(|u| rec.unsure.contains(&u.id))
+            .map(|u| u.dev.clone())
+            .collect();
+        let mut landed = 0;
+        for dev in devs {
+            if self.carries_key(run, &dev, rec.all_tg_pt, aptpl)? {
+                landed += 1;
+            }
+        }
+        Ok(landed)
+    }
+
+    /// Does this path's nexus carry our key? REGISTER with our key as the
+    /// reservation key and as the new one: GOOD re-registers the same key,
+    /// RESERVATION CONFLICT says the nexus carries none of ours. It grants
+    /// nothing, so no authority is needed; the identity is checked all the same.
+    pub(super) fn carries_key(
+        &self,
+        run: &mut Run<'_>,
+        dev: &Path,
+        all_tg_pt: bool,
+        aptpl: bool,
+    ) -> Result<bool, FenceError> {
+        if let Err(why) = self.same_device(run, dev) {
+            return Err(FenceError::Undecided {
+                volume: run.vol.name.clone(),
+                why,
+            });
+        }
+        let probe = PrOut::Register(BasicParams {
+            key: self.key,
+            sa_key: self.key,
+            all_tg_pt,
+            aptpl,
+            ..Default::default()
+        });
+        let wwid = run.vol.wwid.to_string();
+        let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, s);
+        let lost = || self.note_blind(&wwid);
+        let mut p = self
+            .path(dev)
+            .on_unit_attention(&noted)
+            .on_lost_answer(&lost);
+        let r = p.prout(&probe);
+        if Signs::from_unit_attentions(p.unit_attentions()).reset {
+            run.reset_seen = true;
+        }
+        match r {
+            Ok(()) => Ok(true),
+            Err(ScsiError::ReservationConflict { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Our registrations dropped while a lost answer may have hidden a
+    /// reset: every path is asked what it still holds.
+    pub(super) fn weigh_testimony(&self, run: &mut Run<'_>) -> Result<Evidence, FenceError> {
+        match self.testimony(run) {
+            Testimony::Reset => {
+                run.reset_seen = true;
+                Ok(Evidence::Lost)
+            }
+            Testimony::Preempted => Ok(Evidence::Preempted),
+            Testimony::Silent => {
+                run.out.notes.push(SILENT_NOTE.into());
+                Ok(Evidence::Preempted)
+            }
+            Testimony::Unreachable(why) => Err(FenceError::Undecided {
+                volume: run.vol.name.clone(),
+                why,
+            }),
+        }
+    }
+
+    fn testimony(&self, run: &Run<'_>) -> Testimony {
+        let wwid = run.vol.wwid.to_string();
+        let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, s);
+        let (mut signs, mut unreachable) = (Signs::default(), None);
+        for u in &run.loc.usable {
+            let mut p = self.path(&u.dev).on_unit_attention(&noted);
+            if let Err(e) = p.test_unit_ready() {
+                unreachable = Some(e.to_string());
+            }
+            let s = Signs::from_unit_attentions(p.unit_attentions());
+            signs.reset |= s.reset;
+            signs.preempted |= s.preempted;
+        }
+        match (signs, unreachable) {
+            (Signs { reset: true, .. }, _) => Testimony::Reset,
+            (Signs {
+                preempted: true, ..
+            }, _) => Testimony::Preempted,
+            (_, Some(why)) => Testimony::Unreachable(why),
+            (_, None) => Testimony::Silent,
+        }
+    }
+}
