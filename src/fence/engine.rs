@@ -381,9 +381,50 @@ struct Run<'a> {
     /// A path that carries our key, for a RELEASE whose holder path the LUN
     /// did not name.
     release_via: Option<PathBuf>,
-    /// A reset unit attention came back on one of this operation's PR OUTs:
-    /// registrations made before it may be gone, so none is counted as sure.
-    reset_seen: bool,
+    /// What the unit attentions met by this operation's commands told.
+    att: Attentions,
+}
+
+/// The unit attentions of one operation, by age. A path's pending
+/// attentions are consumed by the first command the operation sends there,
+/// so only what comes back on a path used before is known to be news (later
+/// than this operation's first look at the LUN); the first answer on a path
+/// may be older than everything the operation read.
+#[derive(Default)]
+struct Attentions {
+    /// Paths where a command of this operation has been answered.
+    used: std::cell::RefCell<Vec<PathBuf>>,
+    /// A reset (29/xx) known to be news.
+    fresh_reset: std::cell::Cell<bool>,
+    /// A reset of unknown age (the first answer on its path).
+    aged_reset: std::cell::Cell<bool>,
+    /// A preemption of our registration (2A/05) known to be news.
+    fresh_preempt: std::cell::Cell<bool>,
+}
+
+impl Attentions {
+    /// About to send commands on `dev`: is what they meet news?
+    fn open(&self, dev: &std::path::Path) -> bool {
+        self.used.borrow().iter().any(|p| p == dev)
+    }
+
+    /// A command on `dev` came back with a status (not a timeout or a
+    /// transport failure): its pending attentions have been reported.
+    fn answered<T>(&self, dev: &std::path::Path, r: &Result<T, ScsiError>) {
+        if r.as_ref().err().is_none_or(|e| e.answered()) && !self.open(dev) {
+            self.used.borrow_mut().push(dev.to_path_buf());
+        }
+    }
+
+    /// An attention met on a path that [`Attentions::open`] judged.
+    fn met(&self, s: &crate::scsi::Sense, fresh: bool) {
+        match (s.asc, s.ascq) {
+            (0x29, _) if fresh => self.fresh_reset.set(true),
+            (0x29, _) => self.aged_reset.set(true),
+            (0x2a, 0x05) if fresh => self.fresh_preempt.set(true),
+            _ => {}
+        }
+    }
 }
 
 /// The engine for one node.
@@ -445,7 +486,7 @@ impl<T: Transport> Engine<T> {
             held_before: false,
             release_via: None,
             prefer: None,
-            reset_seen: false,
+            att: Attentions::default(),
         })
     }
 
@@ -626,17 +667,24 @@ impl<T: Transport> Engine<T> {
         rec: Option<&Record>,
     ) -> Result<Outcome, FenceError> {
         run.out.notes.push(LOST_NOTE.into());
-        run.out.state = VolumeState::Lost;
         // The unit attention that told it is consumed now: the record must
         // carry the knowledge, or the next check, finding other nodes
         // registered since, would take the loss for a fence.
         if let Some(r) = rec {
             let mut lost = Record::now(&run.vol.name, Phase::Registering, &r.attachment)
                 .at_generation(obs.generation);
-            lost.key_count = Some(0);
+            lost.key_count = Some(obs.ours_count);
+            lost.paths = r.paths.clone();
             lost.all_tg_pt = r.all_tg_pt;
             self.write(run.vol, lost)?;
         }
+        if obs.ours_count > 0 && !self.cfg.dry_run {
+            // A REGISTER that landed after the reset: which paths carry the
+            // key is not known without READ FULL STATUS, so the acquire that
+            // follows starts from none.
+            self.roll_back(run, obs)?;
+        }
+        run.out.state = VolumeState::Lost;
         Ok(run.out.clone())
     }
 
@@ -694,17 +742,23 @@ impl<T: Transport> Engine<T> {
             .map(|(p, _)| p.clone());
         let after = self.observe_into(run, false)?;
         self.finish(run, obs, &after);
-        let reset = obs.signs.reset || after.signs.reset || run.reset_seen;
+        // Only a reset known to come after the first read explains a drop
+        // since then; one of unknown age is weighed with the blind case.
+        let reset = run.att.fresh_reset.get() && !run.att.fresh_preempt.get();
         // Fewer registrations than we had plus the new ones, or the read-back
         // path told us (2A/05) its registration was preempted: every path of
         // this operation consumed its older attentions before, so this one is
         // news (and it covers a REGISTER whose answer was lost).
         let vanished = after.ours_count < obs.ours_count + landed
             || after.signs.preempted
+            || run.att.fresh_preempt.get()
             || decide::evidence(rec, &after, self.key, run.vol.access) == Evidence::Preempted;
         let blind = self.record_for(run.vol, None)?.is_some_and(|r| r.blind);
-        if vanished && !reset && blind && self.weigh_testimony(run)? == Evidence::Lost {
-            return self.lost_check(run, &after, rec);
+        if vanished && !reset && !after.signs.preempted && !run.att.fresh_preempt.get() {
+            let doubt = blind || run.att.aged_reset.get();
+            if self.weigh_testimony(run, doubt)? == Evidence::Lost {
+                return self.lost_check(run, &after, rec);
+            }
         }
         if vanished && !reset {
             run.out.raced = true;
@@ -795,7 +849,7 @@ impl<T: Transport> Engine<T> {
                     .any(|(q, r)| q == *p && *r == decide::PathRegistration::NotRegistered)
             })
             .count() as u32;
-        rec.key_count = Some(if run.reset_seen {
+        rec.key_count = Some(if run.att.fresh_reset.get() {
             0
         } else {
             obs.ours_count + sure

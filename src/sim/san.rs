@@ -105,6 +105,10 @@ struct Inner {
     /// Nodes whose PREEMPT succeeded since the harness last asked.
     preempts: Vec<String>,
     resets: u32,
+    /// Nodes for which a reset's unit attention (29/xx) went with an answer
+    /// that never came back: the ground truth that excuses a node which
+    /// could not tell that reset from a preemption.
+    swallowed: BTreeSet<String>,
 }
 
 /// The SAN shared by every node of a simulation.
@@ -209,6 +213,17 @@ impl San {
         self.lock().log.len()
     }
 
+    /// A reset's unit attention to `node` came back on an answer that was
+    /// lost (since [`San::forget_swallowed`]).
+    pub fn swallowed_reset(&self, node: &str) -> bool {
+        self.lock().swallowed.contains(node)
+    }
+
+    /// Forgets [`San::swallowed_reset`] for `node` (it has held since).
+    pub fn forget_swallowed(&self, node: &str) {
+        self.lock().swallowed.remove(node);
+    }
+
     /// The nodes whose PREEMPT (AND ABORT) succeeded since the last call.
     pub fn take_preempts(&self) -> Vec<String> {
         std::mem::take(&mut self.lock().preempts)
@@ -287,7 +302,11 @@ impl San {
         let i = pick % g.late.len();
         let (ticket, node, nexus, cmd) = g.late.remove(i);
         self.clock.advance(STEP);
-        Self::land(&mut g, &node, &nexus, &cmd, "late");
+        let done = Self::land(&mut g, &node, &nexus, &cmd, "late");
+        let sense = crate::scsi::Sense::parse(&done.sense).ok();
+        if !done.sense.is_empty() && sense.is_some_and(|s| s.is_unit_attention() && s.asc == 0x29) {
+            g.swallowed.insert(node);
+        }
         g.answers.insert(ticket, Ok(host(HostStatus::TimeOut)));
         g.running += 1;
         self.cv.notify_all();

@@ -117,6 +117,9 @@ pub struct SimNode {
     down: bool,
     /// Its last operation could not remove all it had to (a path failed).
     cleanup: bool,
+    /// Fenced under this attachment for want of evidence that the SAN
+    /// confirms was lost (see `collect`).
+    excused_under: Option<AttachmentId>,
     was_registered: bool,
 }
 
@@ -468,13 +471,25 @@ impl Sim {
                 (_, VolumeState::Registered) if self.volume.access == AccessMode::MultiNode => {}
                 _ => n.belief.holds = false,
             }
+            if o.state == VolumeState::Held {
+                self.san.forget_swallowed(&n.name);
+            }
             if o.state == VolumeState::Fenced {
+                // A reset whose every unit attention to this node went with
+                // a lost answer looks exactly like a preemption; the engine
+                // takes the safe side and says so. Excused only where the SAN
+                // confirms the attention really was swallowed.
+                let silent = o.notes.iter().any(|x| x.contains("no path could tell"));
+                if silent && self.san.swallowed_reset(&n.name) {
+                    n.excused_under = under.clone();
+                }
                 // Fenced under the attachment that is live now, which no
                 // other node ever preempted.
                 let recorded = n.record_attachment(&self.volume);
                 let live_same = under.is_some()
                     && recorded == under
-                    && n.fenced_under.as_ref() != under.as_ref();
+                    && n.fenced_under.as_ref() != under.as_ref()
+                    && n.excused_under.as_ref() != under.as_ref();
                 if live_same {
                     let line = format!(
                         "S3: {} reported Fenced under a live attachment that nobody preempted",
@@ -634,7 +649,8 @@ impl Sim {
         for n in &self.nodes {
             let registered = regs.iter().any(|(x, _)| nexus_of(x, &n.name));
             let attached = self.live.contains_key(&n.name);
-            if attached && !registered {
+            let excused = n.excused_under.is_some() && n.excused_under.as_ref() == self.live.get(&n.name);
+            if attached && !registered && !excused {
                 return Err(format!("{} is attached but not registered", n.name));
             }
             if !attached && registered {
@@ -642,7 +658,11 @@ impl Sim {
             }
         }
         if self.volume.access == AccessMode::SingleNode {
-            if let Some(holder) = self.live.keys().next() {
+            let excused = |h: &String| {
+                let n = &self.nodes[self.idx(h)];
+                n.excused_under.is_some() && n.excused_under.as_ref() == self.live.get(h)
+            };
+            if let Some(holder) = self.live.keys().next().filter(|h| !excused(h)) {
                 let key = self.nodes[self.idx(holder)].key;
                 if res.as_ref().map(|r| r.1) != Some(key) {
                     return Err(format!(
@@ -730,6 +750,7 @@ impl SimNode {
             in_flight: false,
             down: false,
             cleanup: false,
+            excused_under: None,
             was_registered: false,
         }
     }

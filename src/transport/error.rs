@@ -259,6 +259,20 @@ fn unsupported_what(sense: &Sense) -> &'static str {
 }
 
 impl ScsiError {
+    /// The device server answered (a status came back), so any unit
+    /// attention pending on the nexus was reported before this.
+    pub fn answered(&self) -> bool {
+        matches!(
+            self,
+            ScsiError::ReservationConflict { .. }
+                | ScsiError::Unsupported { .. }
+                | ScsiError::CheckCondition { .. }
+                | ScsiError::BadSense { .. }
+                | ScsiError::Status { .. }
+                | ScsiError::Parse { .. }
+        )
+    }
+
     /// A small, fixed label for metrics and machine-readable output.
     pub fn kind(&self) -> &'static str {
         match self {

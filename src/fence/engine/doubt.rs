@@ -71,9 +71,17 @@ impl<T: Transport> Engine<T> {
             let landed = self.probe_unsure(run, r, obs)?;
             counted.ours_count = obs.ours_count.saturating_sub(landed);
         }
-        let e = decide::evidence(Some(r), &counted, self.key, access);
+        let mut e = decide::evidence(Some(r), &counted, self.key, access);
+        if run.att.fresh_preempt.get() {
+            // A probe's path told of a preemption since this operation
+            // first read it.
+            e = Evidence::Preempted;
+        }
         match e {
-            Evidence::Preempted if r.blind && !obs.signs.preempted => self.weigh_testimony(run),
+            Evidence::Preempted if run.att.fresh_preempt.get() => Ok(e),
+            // The path read said nothing of a preemption (2A/05): the
+            // others may still hold the reset attention that explains it.
+            Evidence::Preempted if !obs.signs.preempted => self.weigh_testimony(run, r.blind),
             Evidence::None if !r.unsure.is_empty() || r.blind => {
                 // Doubt settled: what the LUN shows now is the new baseline.
                 let mut clean = r.clone();
@@ -137,16 +145,15 @@ impl<T: Transport> Engine<T> {
             ..Default::default()
         });
         let wwid = run.vol.wwid.to_string();
-        let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, s);
+        let (att, fresh) = (&run.att, run.att.open(dev));
+        let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, att, fresh, s);
         let lost = || self.note_blind(&wwid);
         let mut p = self
             .path(dev)
             .on_unit_attention(&noted)
             .on_lost_answer(&lost);
         let r = p.prout(&probe);
-        if Signs::from_unit_attentions(p.unit_attentions()).reset {
-            run.reset_seen = true;
-        }
+        att.answered(dev, &r);
         match r {
             Ok(()) => Ok(true),
             Err(ScsiError::ReservationConflict { .. }) => Ok(false),
@@ -154,17 +161,24 @@ impl<T: Transport> Engine<T> {
         }
     }
 
-    /// Our registrations dropped while a lost answer may have hidden a
-    /// reset: every path is asked what it still holds.
-    pub(super) fn weigh_testimony(&self, run: &mut Run<'_>) -> Result<Evidence, FenceError> {
+    /// Our registrations dropped and the path read did not say why: every
+    /// path is asked what it still holds (a reset leaves 29/xx on each
+    /// nexus; the one read may not have existed at the reset, or its
+    /// attention went with a lost answer).
+    /// `blind`: an answer was lost, and with it maybe the only attention
+    /// that would tell; silence is then a guess, said as such.
+    pub(super) fn weigh_testimony(
+        &self,
+        run: &mut Run<'_>,
+        blind: bool,
+    ) -> Result<Evidence, FenceError> {
         match self.testimony(run) {
-            Testimony::Reset => {
-                run.reset_seen = true;
-                Ok(Evidence::Lost)
-            }
+            Testimony::Reset => Ok(Evidence::Lost),
             Testimony::Preempted => Ok(Evidence::Preempted),
             Testimony::Silent => {
-                run.out.notes.push(SILENT_NOTE.into());
+                if blind {
+                    run.out.notes.push(SILENT_NOTE.into());
+                }
                 Ok(Evidence::Preempted)
             }
             Testimony::Unreachable(why) => Err(FenceError::Undecided {
@@ -176,11 +190,14 @@ impl<T: Transport> Engine<T> {
 
     fn testimony(&self, run: &Run<'_>) -> Testimony {
         let wwid = run.vol.wwid.to_string();
-        let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, s);
         let (mut signs, mut unreachable) = (Signs::default(), None);
         for u in &run.loc.usable {
+            let fresh = run.att.open(&u.dev);
+            let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, &run.att, fresh, s);
             let mut p = self.path(&u.dev).on_unit_attention(&noted);
-            if let Err(e) = p.test_unit_ready() {
+            let r = p.test_unit_ready();
+            run.att.answered(&u.dev, &r);
+            if let Err(e) = r {
                 unreachable = Some(e.to_string());
             }
             let s = Signs::from_unit_attentions(p.unit_attentions());

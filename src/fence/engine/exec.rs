@@ -173,17 +173,16 @@ impl<T: Transport> Engine<T> {
     /// is noted at once (see [`Engine::note_reset`]).
     fn send(&self, run: &mut Run<'_>, via: &Path, step: &Step) -> Result<(), ScsiError> {
         let wwid = run.vol.wwid.to_string();
-        let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, s);
+        let (att, fresh) = (&run.att, run.att.open(via));
+        let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, att, fresh, s);
         let lost = || self.note_blind(&wwid);
         let mut p = self
             .path(via)
             .on_unit_attention(&noted)
             .on_lost_answer(&lost);
         let r = p.prout(&self.prout_of(step));
+        att.answered(via, &r);
         let uas = p.unit_attentions().to_vec();
-        if decide::Signs::from_unit_attentions(&uas).reset {
-            run.reset_seen = true;
-        }
         run.out
             .unit_attentions
             .extend(uas.iter().map(|s| format!("{}: {s}", via.display())));

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Engine, FenceError, Located, LunCaps, PathReport, Run, UsablePath, VolumeState};
+use super::{Attentions, Engine, FenceError, Located, LunCaps, PathReport, Run, UsablePath, VolumeState};
 use crate::device::PathInfo;
 use crate::fence::decide::{Observed, PathRegistration, Signs};
 use crate::fence::state::{Phase, Record};
@@ -150,7 +150,7 @@ impl<T: Transport> Engine<T> {
             order.rotate_left(i);
         }
         for p in order {
-            match self.consistent_state(&p.dev, &wwid, &mut caps) {
+            match self.consistent_state(&p.dev, &wwid, &run.att, &mut caps) {
                 Ok((mut obs, fs, uas)) => {
                     if let Ok(mut all) = self.caps.lock() {
                         all.insert(wwid.clone(), caps.clone());
@@ -190,19 +190,23 @@ impl<T: Transport> Engine<T> {
         &self,
         dev: &Path,
         wwid: &str,
+        att: &Attentions,
         caps: &mut LunCaps,
     ) -> Result<(Observed, Option<FullStatus>, Vec<String>), FenceError> {
         let mut seen = Vec::new();
         // One path object for every attempt: a unit attention consumed by a
         // discarded attempt still tells what happened.
-        let noted = |s: &crate::scsi::Sense| self.unit_attention(wwid, s);
+        let fresh = att.open(dev);
+        let noted = |s: &crate::scsi::Sense| self.unit_attention(wwid, att, fresh, s);
         let lost = || self.note_blind(wwid);
         let mut p = self
             .path(dev)
             .on_unit_attention(&noted)
             .on_lost_answer(&lost);
         for _ in 0..CONSISTENT_READ_ATTEMPTS {
-            let keys = p.read_keys()?;
+            let keys = p.read_keys();
+            att.answered(dev, &keys);
+            let keys = keys?;
             // A unit attention met by a later read of the same attempt says
             // the LUN changed between the reads (a reset even sets the
             // generation back, so the generations alone may agree).
@@ -261,7 +265,14 @@ impl<T: Transport> Engine<T> {
     /// A unit attention, the moment it is consumed: a reset (29/xx) is
     /// written down at once (see [`Engine::note_reset`]); a crash right
     /// after must not forget it.
-    pub(super) fn unit_attention(&self, wwid: &str, s: &crate::scsi::Sense) {
+    pub(super) fn unit_attention(
+        &self,
+        wwid: &str,
+        att: &Attentions,
+        fresh: bool,
+        s: &crate::scsi::Sense,
+    ) {
+        att.met(s, fresh);
         if s.asc == 0x29 {
             if let Err(e) = self.note_reset(wwid) {
                 tracing::warn!(wwid, "{e}");
