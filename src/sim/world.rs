@@ -534,7 +534,8 @@ impl Sim {
         let writers: Vec<String> = self
             .nodes
             .iter()
-            .filter(|n| !n.in_flight && n.belief.holds && self.san.node_may_write(&n.name))
+            .filter(|n| !n.in_flight && !n.cleanup && n.belief.holds)
+            .filter(|n| self.san.node_may_write(&n.name))
             .map(|n| n.name.clone())
             .collect();
         // With no reservation at all (before the first acquire, after the
