@@ -400,6 +400,9 @@ struct Attentions {
     aged_reset: std::cell::Cell<bool>,
     /// A preemption of our registration (2A/05) known to be news.
     fresh_preempt: std::cell::Cell<bool>,
+    /// Resets met so far, of any age: a reading taken before one of them
+    /// no longer describes the LUN.
+    resets: std::cell::Cell<u32>,
 }
 
 impl Attentions {
@@ -418,6 +421,9 @@ impl Attentions {
 
     /// An attention met on a path that [`Attentions::open`] judged.
     fn met(&self, s: &crate::scsi::Sense, fresh: bool) {
+        if s.asc == 0x29 {
+            self.resets.set(self.resets.get() + 1);
+        }
         match (s.asc, s.ascq) {
             (0x29, _) if fresh => self.fresh_reset.set(true),
             (0x29, _) => self.aged_reset.set(true),
@@ -767,6 +773,12 @@ impl<T: Transport> Engine<T> {
             );
             return self.fenced_check(run, &after, rec);
         }
+        if vanished && reset {
+            // Gone with a reset after the first read: what landed after it
+            // (a new path's REGISTER) is taken back, and the acquire that
+            // follows starts afresh, as for a reset met at the start.
+            return self.lost_check(run, &after, rec);
+        }
         if let Some(r) = rec.filter(|r| r.phase != Phase::Fenced) {
             self.remember(run.vol, &r.attachment, Phase::Held, &after, run, r)?;
         }
@@ -849,7 +861,9 @@ impl<T: Transport> Engine<T> {
                     .any(|(q, r)| q == *p && *r == decide::PathRegistration::NotRegistered)
             })
             .count() as u32;
-        rec.key_count = Some(if run.att.fresh_reset.get() {
+        // A reset met on the way, of whatever age, may have come between
+        // two of the REGISTERs: none is counted as sure.
+        rec.key_count = Some(if run.att.resets.get() > 0 {
             0
         } else {
             obs.ours_count + sure

@@ -68,7 +68,16 @@ impl<T: Transport> Engine<T> {
         };
         let mut counted = obs.clone();
         if !r.unsure.is_empty() && obs.ours_count > 0 {
+            let resets = run.att.resets.get();
             let landed = self.probe_unsure(run, r, obs)?;
+            if run.att.resets.get() != resets {
+                // A probe met a reset: the reading it was to correct is from
+                // before it. Nothing is decided on it; the next try reads anew.
+                return Err(FenceError::Unstable {
+                    device: run.loc.device.clone(),
+                    generations: vec![obs.generation],
+                });
+            }
             counted.ours_count = obs.ours_count.saturating_sub(landed);
         }
         let mut e = decide::evidence(Some(r), &counted, self.key, access);
@@ -191,6 +200,11 @@ impl<T: Transport> Engine<T> {
     fn testimony(&self, run: &Run<'_>) -> Testimony {
         let wwid = run.vol.wwid.to_string();
         let (mut signs, mut unreachable) = (Signs::default(), None);
+        // A path left out of this operation (its INQUIRY failed) may hold
+        // its own 29/xx: silence from the others proves nothing then.
+        if let Some(r) = run.loc.reports.iter().find(|r| !r.usable && !r.wrong_lun) {
+            unreachable = Some(format!("{} was not usable", r.info.dev.display()));
+        }
         for u in &run.loc.usable {
             let fresh = run.att.open(&u.dev);
             let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, &run.att, fresh, s);
