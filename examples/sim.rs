@@ -1,7 +1,8 @@
 //! `make sim`: random schedules of the deterministic SAN simulation for
-//! SIM_SECONDS (default 60) on every core, across every capability profile;
+//! SIM_SECONDS (default 60; `make sim` passes 300) on every core, across every capability profile;
 //! ends with `sim: N schedules, M violations`. `SIM_SEED=N` replays one
-//! schedule and prints its trace.
+//! schedule and prints its trace; `SIM_FIRST=N` starts at seed N;
+//! `SIM_LIST=1` prints each failing seed as it is found.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -717,7 +717,10 @@ impl<T: Transport> Engine<T> {
         let mut landed = 0;
         let (mut missed, mut unanswered) = (Vec::new(), Vec::new());
         for step in steps {
-            let Step::Register { path, all_tg_pt, .. } = step else {
+            let Step::Register {
+                path, all_tg_pt, ..
+            } = step
+            else {
                 continue;
             };
             match self.send_granting(run, step, path) {

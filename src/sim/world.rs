@@ -650,7 +650,8 @@ impl Sim {
         for n in &self.nodes {
             let registered = regs.iter().any(|(x, _)| nexus_of(x, &n.name));
             let attached = self.live.contains_key(&n.name);
-            let excused = n.excused_under.is_some() && n.excused_under.as_ref() == self.live.get(&n.name);
+            let excused =
+                n.excused_under.is_some() && n.excused_under.as_ref() == self.live.get(&n.name);
             if attached && !registered && !excused {
                 return Err(format!("{} is attached but not registered", n.name));
             }

@@ -220,9 +220,12 @@ impl<T: Transport> Engine<T> {
         }
         match (signs, unreachable) {
             (Signs { reset: true, .. }, _) => Testimony::Reset,
-            (Signs {
-                preempted: true, ..
-            }, _) => Testimony::Preempted,
+            (
+                Signs {
+                    preempted: true, ..
+                },
+                _,
+            ) => Testimony::Preempted,
             (_, Some(why)) => Testimony::Unreachable(why),
             (_, None) => Testimony::Silent,
         }

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Attentions, Engine, FenceError, Located, LunCaps, PathReport, Run, UsablePath, VolumeState};
+use super::{
+    Attentions, Engine, FenceError, Located, LunCaps, PathReport, Run, UsablePath, VolumeState,
+};
 use crate::device::PathInfo;
 use crate::fence::decide::{Observed, PathRegistration, Signs};
 use crate::fence::state::{Phase, Record};
@@ -467,6 +469,13 @@ fn same_port(a: &TransportId, b: &TransportId) -> bool {
     }
 }
 
+/// The observation knows this path carries none of our keys.
+pub(super) fn known_unregistered(obs: &Observed, path: &Path) -> bool {
+    obs.paths
+        .iter()
+        .any(|(q, r)| q == path && *r == PathRegistration::NotRegistered)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,11 +560,4 @@ mod tests {
             [false, false]
         );
     }
-}
-
-/// The observation knows this path carries none of our keys.
-pub(super) fn known_unregistered(obs: &Observed, path: &Path) -> bool {
-    obs.paths
-        .iter()
-        .any(|(q, r)| q == path && *r == PathRegistration::NotRegistered)
 }
