@@ -37,6 +37,77 @@ fn random_schedules_keep_every_invariant() {
     }
 }
 
+/// Seeds of `make sim` soaks that each broke an invariant, one per gap the
+/// engine had (what it was is in the comment). Each replays in well under a
+/// second; a change that reopens a gap fails here before any soak.
+const REGRESSIONS: &[(u64, &str)] = &[
+    (
+        13538,
+        "S2: a REGISTER landing after a PREEMPT, then a crash before the read-back",
+    ),
+    (
+        15081,
+        "S3: a reset's 29/00 consumed by a REGISTER whose answer was lost",
+    ),
+    (
+        49243,
+        "S2: a check's read-back fails after its late REGISTER",
+    ),
+    (
+        71747,
+        "S3: a reset's 29/00 consumed by a READ KEYS whose answer was lost",
+    ),
+    (
+        102769,
+        "S2: a stale 29/00 on a new path masked a preemption",
+    ),
+    (
+        114596,
+        "S3: a reset met with a late registration of ours left on the LUN",
+    ),
+    (141195, "S2: a probe's fresh 2A/05 beside a reset"),
+    (
+        145688,
+        "S3: the path read did not exist at the reset; another one holds 29/00",
+    ),
+    (
+        201918,
+        "S3: a reset between an acquire's REGISTERs counted as sure",
+    ),
+    (
+        233582,
+        "S1: a check's late REGISTER after a PREEMPT, its read-back lost",
+    ),
+    (
+        245600,
+        "S3: a probe met a reset; the stale count became the baseline",
+    ),
+    (
+        250587,
+        "S2: a path repair's registration that landed after a reset kept as Held",
+    ),
+    (
+        268050,
+        "S3: a round planned on a reading that a reset overtook",
+    ),
+];
+
+#[test]
+fn seeds_that_once_broke_an_invariant_stay_clean() {
+    let mut bad = Vec::new();
+    for (seed, what) in REGRESSIONS {
+        let r = schedule::run(*seed);
+        if !r.violations.is_empty() {
+            bad.push(format!("seed {seed} ({what}): {}", r.violations.join("; ")));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "replay with SIM_SEED=N make sim:\n{}",
+        bad.join("\n")
+    );
+}
+
 mod cases {
     //! Each case of the issue that asked for the simulation, scripted: the
     //! interleaving is chosen, not drawn, so the test says exactly what it

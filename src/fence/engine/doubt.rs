@@ -153,17 +153,7 @@ impl<T: Transport> Engine<T> {
             aptpl,
             ..Default::default()
         });
-        let wwid = run.vol.wwid.to_string();
-        let (att, fresh) = (&run.att, run.att.open(dev));
-        let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, att, fresh, s);
-        let lost = || self.note_blind(&wwid);
-        let mut p = self
-            .path(dev)
-            .on_unit_attention(&noted)
-            .on_lost_answer(&lost);
-        let r = p.prout(&probe);
-        att.answered(dev, &r);
-        match r {
+        match self.prout_on(run, dev, &probe).0 {
             Ok(()) => Ok(true),
             Err(ScsiError::ReservationConflict { .. }) => Ok(false),
             Err(e) => Err(e.into()),

@@ -169,20 +169,32 @@ impl<T: Transport> Engine<T> {
         Ok(())
     }
 
+    /// One PR OUT on `dev`: the unit attentions it meets are judged by age
+    /// (see `Attentions`), a reset is noted at once, a lost answer too.
+    /// Returns the result and the attentions met.
+    pub(super) fn prout_on(
+        &self,
+        run: &Run<'_>,
+        dev: &Path,
+        cmd: &PrOut,
+    ) -> (Result<(), ScsiError>, Vec<crate::scsi::Sense>) {
+        let wwid = run.vol.wwid.to_string();
+        let fresh = run.att.open(dev);
+        let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, &run.att, fresh, s);
+        let lost = || self.note_blind(&wwid);
+        let mut p = self
+            .path(dev)
+            .on_unit_attention(&noted)
+            .on_lost_answer(&lost);
+        let r = p.prout(cmd);
+        run.att.answered(dev, &r);
+        (r, p.unit_attentions().to_vec())
+    }
+
     /// One PR OUT through one path. A reset unit attention met on the way
     /// is noted at once (see [`Engine::note_reset`]).
     fn send(&self, run: &mut Run<'_>, via: &Path, step: &Step) -> Result<(), ScsiError> {
-        let wwid = run.vol.wwid.to_string();
-        let (att, fresh) = (&run.att, run.att.open(via));
-        let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, att, fresh, s);
-        let lost = || self.note_blind(&wwid);
-        let mut p = self
-            .path(via)
-            .on_unit_attention(&noted)
-            .on_lost_answer(&lost);
-        let r = p.prout(&self.prout_of(step));
-        att.answered(via, &r);
-        let uas = p.unit_attentions().to_vec();
+        let (r, uas) = self.prout_on(run, via, &self.prout_of(step));
         run.out
             .unit_attentions
             .extend(uas.iter().map(|s| format!("{}: {s}", via.display())));
