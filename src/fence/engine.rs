@@ -966,7 +966,9 @@ impl<T: Transport> Engine<T> {
         rec.key_count = Some(obs.ours_count);
         let known = self.state.get(&vol.wwid.to_string())?;
         rec.paths = io::remembered(&run.loc, obs, known.as_ref());
-        rec.all_tg_pt = prev.all_tg_pt;
+        // `prev` may predate this operation's own REGISTERs: a new path
+        // registered with ALL_TG_PT must be unregistered with it too.
+        rec.all_tg_pt = prev.all_tg_pt || known.as_ref().is_some_and(|k| k.all_tg_pt);
         if Some(&rec) != Some(prev) {
             self.write(vol, rec)?;
         }
