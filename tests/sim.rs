@@ -90,6 +90,14 @@ const REGRESSIONS: &[(u64, &str)] = &[
         268050,
         "S3: a round planned on a reading that a reset overtook",
     ),
+    (
+        2171252,
+        "S5: a new path registered with ALL_TG_PT, the record kept the old flag",
+    ),
+    (
+        2345844,
+        "S2: a late ALL_TG_PT REGISTER put back the registration a PREEMPT took",
+    ),
 ];
 
 #[test]

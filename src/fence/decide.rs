@@ -492,11 +492,26 @@ pub fn plan_release(obs: &Observed, ctx: &Context) -> Vec<Step> {
 
 /// The monitor's repair: register the paths that lack the key, but only
 /// while the key is still on the LUN (I5). Empty when the key is gone.
+///
+/// A new path is registered on its own nexus, never with ALL_TG_PT: that
+/// would re-register the initiator's other target ports too, and one that
+/// lands after another node's PREEMPT would put back the very registration
+/// the PREEMPT took, so the read-back's count could not show the fence.
 pub fn plan_check(obs: &Observed, ctx: &Context) -> Vec<Step> {
     if !classify(&obs.keys, ctx).ours_present {
         return Vec::new();
     }
     registrations(obs, ctx)
+        .into_iter()
+        .map(|s| match s {
+            Step::Register { path, aptpl, .. } => Step::Register {
+                path,
+                all_tg_pt: false,
+                aptpl,
+            },
+            other => other,
+        })
+        .collect()
 }
 
 #[cfg(test)]
