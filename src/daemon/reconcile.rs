@@ -1028,6 +1028,18 @@ mod tests {
         }
     }
 
+    /// Waits (10 ms steps, 10 s at most) until `f` holds.
+    async fn until(f: impl Fn() -> bool) {
+        let t0 = std::time::Instant::now();
+        while !f() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "condition never held"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_volume_does_not_delay_another_and_times_out() {
         let metrics = Arc::new(Metrics::new());
@@ -1050,28 +1062,23 @@ mod tests {
             SystemTime::now(),
         );
         assert_eq!(r.dispatch(ops.clone()), 2);
-        // While hung-1 is in flight, it is not started twice.
-        assert_eq!(r.dispatch(ops), 0);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(
-            r.statuses().get("fast-1").map(|s| s.phase.clone()),
-            Some(Phase::Held)
-        );
-        assert!(!r.statuses().contains_key("hung-1"));
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let hung = r
-            .statuses()
-            .get("hung-1")
-            .cloned()
-            .expect("reported after the timeout");
+        // While hung-1 is in flight, it is not started twice. (Only its op:
+        // fast-1 may have finished already, and would rightly start again.)
+        let hung: Vec<Op> = ops.into_iter().filter(|o| o.volume() == "hung-1").collect();
+        assert_eq!(r.dispatch(hung), 0);
+        let t0 = std::time::Instant::now();
+        let phase = |v: &str| r.statuses().get(v).map(|s| s.phase.clone());
+        // Polled, not slept: a loaded machine must not turn this into a race.
+        until(|| phase("fast-1") == Some(Phase::Held)).await;
+        if t0.elapsed() < Duration::from_millis(250) {
+            assert!(phase("hung-1").is_none(), "reported before its timeout");
+        }
+        until(|| phase("hung-1").is_some()).await;
+        let hung = r.statuses().get("hung-1").cloned().expect("reported");
         assert_eq!(hung.phase, Phase::Error);
         assert!(hung.message.contains("did not finish"), "{}", hung.message);
         // When the stuck call finally returns, its real result is recorded.
-        tokio::time::sleep(Duration::from_millis(1800)).await;
-        assert_eq!(
-            r.statuses().get("hung-1").map(|s| s.phase.clone()),
-            Some(Phase::Held)
-        );
+        until(|| phase("hung-1") == Some(Phase::Held)).await;
         // Two acquires ran: counted twice, not three times.
         let counted: f64 = metrics
             .render()
