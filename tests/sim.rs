@@ -98,6 +98,10 @@ const REGRESSIONS: &[(u64, &str)] = &[
         2345844,
         "S2: a late ALL_TG_PT REGISTER put back the registration a PREEMPT took",
     ),
+    (
+        3206944,
+        "S3: a safe-side fence whose reason was lost with the operation's error",
+    ),
 ];
 
 #[test]

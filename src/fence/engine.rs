@@ -1001,7 +1001,7 @@ impl<T: Transport> Engine<T> {
         obs: &Observed,
         auth: &Authorization,
     ) -> Result<Outcome, FenceError> {
-        self.record_fenced(run.vol, &auth.attachment, obs)?;
+        self.record_fenced(run.vol, &auth.attachment, obs, doubt::guessed(run))?;
         if obs.ours_count > 0 {
             self.roll_back(run, obs)?;
         }
@@ -1015,7 +1015,7 @@ impl<T: Transport> Engine<T> {
         rec: Option<&Record>,
     ) -> Result<Outcome, FenceError> {
         if let Some(r) = rec {
-            self.record_fenced(run.vol, &r.attachment, obs)?;
+            self.record_fenced(run.vol, &r.attachment, obs, doubt::guessed(run))?;
         }
         if obs.ours_count > 0 {
             self.roll_back(run, obs)?;
@@ -1029,12 +1029,14 @@ impl<T: Transport> Engine<T> {
         vol: &Volume,
         a: &AttachmentId,
         obs: &Observed,
+        guessed: bool,
     ) -> Result<(), FenceError> {
         let prev = self.record_for(vol, Some(a))?;
         if prev.as_ref().is_some_and(|r| r.phase == Phase::Fenced) {
             return Ok(());
         }
-        let rec = Record::now(&vol.name, Phase::Fenced, a).at_generation(obs.generation);
+        let mut rec = Record::now(&vol.name, Phase::Fenced, a).at_generation(obs.generation);
+        rec.guessed = guessed;
         self.write(vol, rec)
     }
 

@@ -81,6 +81,10 @@ pub struct Record {
     /// are not taken for a fence before every path has been asked.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub blind: bool,
+    /// Fenced on silence: no path could tell a target reset from a
+    /// preemption. Every later report of this fence says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guessed: bool,
 }
 
 impl Record {
@@ -100,6 +104,7 @@ impl Record {
             all_tg_pt: false,
             unsure: Vec::new(),
             blind: false,
+            guessed: false,
         }
     }
 

@@ -35,6 +35,11 @@ enum Testimony {
 
 const SILENT_NOTE: &str = "this node's registrations are gone and no path could tell a target reset from a preemption (the unit attention that would have went with a lost answer): taken as a fence, the safe side";
 
+/// This operation's fence was taken on silence (see [`Record::guessed`]).
+pub(super) fn guessed(run: &Run<'_>) -> bool {
+    run.out.notes.iter().any(|n| n == SILENT_NOTE)
+}
+
 impl<T: Transport> Engine<T> {
     /// A command's answer was lost: a reset's unit attention may have gone
     /// with it. Written at once, like a reset, so a crash cannot forget it.
@@ -63,6 +68,9 @@ impl<T: Transport> Engine<T> {
         obs: &Observed,
     ) -> Result<Evidence, FenceError> {
         let access = run.vol.access;
+        if rec.is_some_and(|r| r.phase == Phase::Fenced && r.guessed) {
+            run.out.notes.push(SILENT_NOTE.into());
+        }
         let Some(r) = rec.filter(|r| r.phase != Phase::Fenced && !self.cfg.dry_run) else {
             return Ok(decide::evidence(rec, obs, self.key, access));
         };
