@@ -102,6 +102,18 @@ const REGRESSIONS: &[(u64, &str)] = &[
         3206944,
         "S3: a safe-side fence whose reason was lost with the operation's error",
     ),
+    (
+        3384806,
+        "S3: a reset's record dropped a path just registered, which was registered again",
+    ),
+    (
+        3491114,
+        "S3: an old 2A/05 on a read-back path used for the first time taken as news",
+    ),
+    (
+        3742495,
+        "S2: a fresh 2A/05 consumed, then a crash before the fence was recorded",
+    ),
 ];
 
 #[test]

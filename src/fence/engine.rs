@@ -680,8 +680,15 @@ impl<T: Transport> Engine<T> {
             let mut lost = Record::now(&run.vol.name, Phase::Registering, &r.attachment)
                 .at_generation(obs.generation);
             lost.key_count = Some(obs.ours_count);
-            lost.paths = r.paths.clone();
-            lost.all_tg_pt = r.all_tg_pt;
+            // The record as it is now: this operation may have named new
+            // paths before registering them, and one of those REGISTERs may
+            // have landed after the reset. It must never name fewer paths
+            // than carry the key.
+            let now = self.record_for(run.vol, None)?.unwrap_or_else(|| r.clone());
+            lost.paths = now.paths.iter().chain(&r.paths).cloned().collect();
+            lost.paths.sort();
+            lost.paths.dedup();
+            lost.all_tg_pt = r.all_tg_pt || now.all_tg_pt;
             self.write(run.vol, lost)?;
         }
         if obs.ours_count > 0 && !self.cfg.dry_run {
@@ -754,16 +761,16 @@ impl<T: Transport> Engine<T> {
         // Only a reset known to come after the first read explains a drop
         // since then; one of unknown age is weighed with the blind case.
         let reset = run.att.fresh_reset.get() && !run.att.fresh_preempt.get();
-        // Fewer registrations than we had plus the new ones, or the read-back
-        // path told us (2A/05) its registration was preempted: every path of
-        // this operation consumed its older attentions before, so this one is
-        // news (and it covers a REGISTER whose answer was lost).
+        // Fewer registrations than we had plus the new ones, or a path this
+        // operation had already used told us (2A/05) its registration was
+        // preempted since (it covers a REGISTER whose answer was lost). A
+        // 2A/05 on a path answering for the first time (the read-back fell
+        // back to it) may be older than this operation, and proves nothing.
         let vanished = after.ours_count < obs.ours_count + landed
-            || after.signs.preempted
             || run.att.fresh_preempt.get()
             || decide::evidence(rec, &after, self.key, run.vol.access) == Evidence::Preempted;
         let blind = self.record_for(run.vol, None)?.is_some_and(|r| r.blind);
-        if vanished && !reset && !after.signs.preempted && !run.att.fresh_preempt.get() {
+        if vanished && !reset && !run.att.fresh_preempt.get() {
             let doubt = blind || run.att.aged_reset.get();
             if self.weigh_testimony(run, doubt)? == Evidence::Lost {
                 return self.lost_check(run, &after, rec);
@@ -911,6 +918,22 @@ impl<T: Transport> Engine<T> {
             self.state.set(wwid, Some(rec))?;
         }
         Ok(())
+    }
+
+    /// A 2A/05 came back on a path this operation had already read: another
+    /// node preempted us since (see [`Attentions`]). That is the verdict, and
+    /// it is written at once: the attention is gone once read, and a crash
+    /// before the operation records its outcome must not forget the fence.
+    pub(super) fn note_preempted(&self, wwid: &str) -> Result<(), FenceError> {
+        let Some(rec) = self.state.get(wwid)? else {
+            return Ok(());
+        };
+        if rec.phase == Phase::Fenced || self.cfg.dry_run {
+            return Ok(());
+        }
+        let mut fenced = Record::now(&rec.volume, Phase::Fenced, &rec.attachment);
+        fenced.generation = rec.generation;
+        Ok(self.state.set(wwid, Some(fenced))?)
     }
 
     /// Takes paths whose REGISTER was never delivered out of the record.

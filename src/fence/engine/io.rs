@@ -275,10 +275,13 @@ impl<T: Transport> Engine<T> {
         s: &crate::scsi::Sense,
     ) {
         att.met(s, fresh);
-        if s.asc == 0x29 {
-            if let Err(e) = self.note_reset(wwid) {
-                tracing::warn!(wwid, "{e}");
-            }
+        let noted = match (s.asc, s.ascq) {
+            (0x29, _) => self.note_reset(wwid),
+            (0x2a, 0x05) if fresh => self.note_preempted(wwid),
+            _ => Ok(()),
+        };
+        if let Err(e) = noted {
+            tracing::warn!(wwid, "{e}");
         }
     }
 
