@@ -25,6 +25,9 @@ pub enum Call {
     GetStorageClass,
     /// Server-side apply of a VolumeReservation (creates it with its owner reference).
     ApplyVolumeReservation,
+    /// Who the VolumeReservation names as holder, before a node that let go
+    /// of the reservation removes its volume-wide fields.
+    GetVolumeReservation,
     /// Server-side apply of this node's entry of a VolumeReservation's status.
     ApplyVolumeReservationStatus,
     /// An Event on a PersistentVolume.
@@ -46,7 +49,7 @@ pub struct Rule {
 
 impl Call {
     /// Every call the daemon makes.
-    pub const ALL: [Call; 10] = [
+    pub const ALL: [Call; 11] = [
         Call::GetVolumeAttachment,
         Call::ListVolumeAttachments,
         Call::WatchVolumeAttachments,
@@ -54,6 +57,7 @@ impl Call {
         Call::ListNodes,
         Call::GetStorageClass,
         Call::ApplyVolumeReservation,
+        Call::GetVolumeReservation,
         Call::ApplyVolumeReservationStatus,
         Call::CreateEvent,
         Call::PatchEvent,
@@ -69,6 +73,7 @@ impl Call {
             Call::ListNodes => ("", "nodes", "list"),
             Call::GetStorageClass => ("storage.k8s.io", "storageclasses", "get"),
             Call::ApplyVolumeReservation => ("csi-fencer.io", "volumereservations", "patch"),
+            Call::GetVolumeReservation => ("csi-fencer.io", "volumereservations", "get"),
             Call::ApplyVolumeReservationStatus => {
                 ("csi-fencer.io", "volumereservations/status", "patch")
             }
@@ -80,6 +85,34 @@ impl Call {
             resource,
             verb,
         }
+    }
+}
+
+impl Call {
+    /// Every permission it needs. A server-side apply that creates the
+    /// object is authorized as a create: `patch` alone lets the daemon
+    /// change an object it can never make.
+    pub fn rules(self) -> Vec<Rule> {
+        let mut all = vec![self.rule()];
+        if self == Call::ApplyVolumeReservation {
+            all.push(Rule {
+                verb: "create",
+                ..self.rule()
+            });
+        }
+        all
+    }
+
+    /// The rule the API server's message says was missing ("cannot create
+    /// resource …"); the call's own rule when the message does not say.
+    pub fn refused(self, message: &str) -> Rule {
+        let verb = message
+            .split_once("cannot ")
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        self.rules()
+            .into_iter()
+            .find(|r| Some(r.verb) == verb)
+            .unwrap_or_else(|| self.rule())
     }
 }
 
@@ -135,7 +168,7 @@ pub fn classify(method: &str, path: &str, query: &str) -> Option<(String, String
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     /// RBAC said no.
-    #[error("{call}: forbidden: the service account may not {} {} in API group {:?}; grant it in the ClusterRole (API server: {message})", call.rule().verb, call.rule().resource, call.rule().group)]
+    #[error("{call}: forbidden: the service account may not {} {} in API group {:?}; grant it in the ClusterRole (API server: {message})", call.refused(message).verb, call.refused(message).resource, call.refused(message).group)]
     Forbidden {
         /// The call.
         call: Call,
@@ -338,6 +371,15 @@ mod tests {
         let t = e.to_string();
         assert!(t.contains("may not list nodes"), "{t}");
         assert!(t.contains("ClusterRole"), "{t}");
+        // An apply that would create the object names the verb the server refused.
+        let e = KubeError::Forbidden {
+            call: Call::ApplyVolumeReservation,
+            message: "volumereservations.csi-fencer.io \"pv-1\" is forbidden: User \"x\" cannot create resource \"volumereservations\"".into(),
+        };
+        assert!(
+            e.to_string().contains("may not create volumereservations"),
+            "{e}"
+        );
     }
 }
 

@@ -135,7 +135,11 @@ pub async fn run<F: Fencer>(
     tick: Tick,
     tag: ClusterTag,
 ) {
-    let publisher = Publisher::new(Arc::clone(&cluster), tag.key_for(&cluster.node));
+    let publisher = Publisher::new(
+        Arc::clone(&cluster),
+        tag.key_for(&cluster.node),
+        metrics.clone(),
+    );
     let reports = tokio::spawn(publisher.run(rec.subscribe()));
     drive(cluster, rec, metrics, ready, world, tick).await;
     reports.abort();

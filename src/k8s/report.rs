@@ -13,11 +13,15 @@ use serde_json::{json, Value};
 use super::api::{call, Call, KubeError};
 use super::cluster::Cluster;
 use super::crd::{NodeState, VolumeReservation};
+use crate::daemon::metrics::Metrics;
 use crate::daemon::reconcile::{Phase, Update};
 use crate::fence::engine::Outcome;
 use crate::scsi::{ReservationKey, ReservationType};
 
-/// The field manager of this node: it owns only what this node applies.
+/// The field manager every holder applies the volume-wide fields with.
+pub const HOLDER_MANAGER: &str = "csi-fencer/holder";
+
+/// The field manager of this node: it owns only its own entry.
 pub fn field_manager(node: &str) -> String {
     format!("csi-fencer/{node}")
 }
@@ -30,6 +34,11 @@ struct Seen {
     /// The last status body applied: a monitor check that changed nothing
     /// is not written again (each one would cost an API request).
     applied: Option<serde_json::Value>,
+    /// The volume-wide fields last applied as the holder.
+    holding: Option<serde_json::Value>,
+    /// The object is known not to name this node as the holder (asked
+    /// once per volume, and again after each time this node held it).
+    holder_checked: bool,
 }
 
 /// The reporter of one node.
@@ -38,6 +47,7 @@ pub struct Publisher {
     key: ReservationKey,
     recorder: Recorder,
     seen: HashMap<String, Seen>,
+    metrics: Arc<Metrics>,
 }
 
 fn rfc3339(secs: u64) -> String {
@@ -57,8 +67,10 @@ fn node_state(p: &Phase) -> NodeState {
 }
 
 impl Publisher {
-    /// A publisher for this node of `cluster`, whose key is `key`.
-    pub fn new(cluster: Arc<Cluster>, key: ReservationKey) -> Self {
+    /// A publisher for this node of `cluster`, whose key is `key`; a write
+    /// that fails counts in `metrics` (`reconcile_errors_total`, by kind),
+    /// so a forbidden status write fires the same alert as a forbidden read.
+    pub fn new(cluster: Arc<Cluster>, key: ReservationKey, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: "csi-fencer".into(),
             instance: Some(cluster.node.clone()),
@@ -68,6 +80,7 @@ impl Publisher {
             cluster,
             key,
             seen: HashMap::new(),
+            metrics,
         }
     }
 
@@ -78,6 +91,10 @@ impl Publisher {
             match rx.recv().await {
                 Ok(u) => {
                     if let Err(e) = self.publish(&u).await {
+                        self.metrics
+                            .reconcile_errors
+                            .with_label_values(&[e.kind()])
+                            .inc();
                         tracing::warn!(volume = %u.status.volume, error = %e, "status not published");
                     }
                 }
@@ -110,37 +127,127 @@ impl Publisher {
             seen.rtype = u.reservation_type;
         }
         let since = rfc3339(u.status.last_transition);
-        let body = status_body(pv, &self.cluster.node, self.key, u, seen.rtype, &since);
-        if seen.applied.as_ref() == Some(&body) {
+        let body = status_body(pv, &self.cluster.node, self.key, u, &since);
+        let holding = holder_body(pv, &self.cluster.node, self.key, u, seen.rtype, &since);
+        let unchanged = seen.applied.as_ref() == Some(&body)
+            && seen.holding.as_ref() == holding.as_ref()
+            && (holding.is_some() || seen.holder_checked);
+        if unchanged {
             return Ok(());
         }
+        if !seen.created {
+            self.apply_object(pv, pv_uid).await?;
+        }
+        let r = self.apply_entry(pv, body).await;
+        let h = match holding {
+            Some(b) => self.apply_holder(pv, b).await,
+            None => self.give_up_holder(pv).await,
+        };
+        r.and(h)
+    }
+
+    /// The object itself, with its owner reference (once per volume).
+    async fn apply_object(&mut self, pv: &str, pv_uid: Option<&str>) -> Result<(), KubeError> {
+        let object = object_body(pv, pv_uid);
         let manager = field_manager(&self.cluster.node);
         let params = PatchParams::apply(&manager).force();
         let api: Api<VolumeReservation> = Api::all(self.cluster.client.clone());
+        let patch = Patch::Apply(&object);
+        let fut = api.patch(pv, &params, &patch);
         let (health, timeout) = (&self.cluster.health, self.cluster.timeout);
-        if !seen.created {
-            let object = object_body(pv, pv_uid);
-            let patch = Patch::Apply(&object);
-            let fut = api.patch(pv, &params, &patch);
-            call(health, timeout, Call::ApplyVolumeReservation, fut).await?;
-            seen.created = true;
+        call(health, timeout, Call::ApplyVolumeReservation, fut).await?;
+        self.seen_mut(pv).created = true;
+        Ok(())
+    }
+
+    fn seen_mut(&mut self, pv: &str) -> &mut Seen {
+        self.seen.entry(pv.to_string()).or_default()
+    }
+
+    /// This node's own entry, under this node's field manager.
+    async fn apply_entry(&mut self, pv: &str, body: Value) -> Result<(), KubeError> {
+        if self.seen_mut(pv).applied.as_ref() == Some(&body) {
+            return Ok(());
         }
-        let patch = Patch::Apply(&body);
-        let fut = api.patch_status(pv, &params, &patch);
-        match call(health, timeout, Call::ApplyVolumeReservationStatus, fut).await {
-            Ok(_) => {
-                seen.applied = Some(body);
-                Ok(())
+        let manager = field_manager(&self.cluster.node);
+        let r = self.apply_status_as(pv, &manager, &body).await;
+        let seen = self.seen_mut(pv);
+        seen.applied = r.is_ok().then_some(body);
+        r
+    }
+
+    /// The volume-wide fields, under the one manager every holder shares:
+    /// a new holder's apply replaces all of the old holder's (who may never
+    /// apply again), and nothing is left owned twice.
+    async fn apply_holder(&mut self, pv: &str, body: Value) -> Result<(), KubeError> {
+        if self.seen_mut(pv).holding.as_ref() == Some(&body) {
+            return Ok(());
+        }
+        let r = self.apply_status_as(pv, HOLDER_MANAGER, &body).await;
+        let seen = self.seen_mut(pv);
+        seen.holding = r.is_ok().then_some(body);
+        seen.holder_checked = false;
+        r
+    }
+
+    /// No longer (or never) the holder: if the object still names this node
+    /// as the holder, its volume-wide fields go, on the condition that
+    /// nobody changed the object since it was read (a new holder's fields
+    /// must survive an old holder's late release).
+    async fn give_up_holder(&mut self, pv: &str) -> Result<(), KubeError> {
+        if self.seen_mut(pv).holder_checked {
+            return Ok(());
+        }
+        let api: Api<VolumeReservation> = Api::all(self.cluster.client.clone());
+        let (health, timeout) = (self.cluster.health.clone(), self.cluster.timeout);
+        for _ in 0..3 {
+            let fut = api.get_opt(pv);
+            let Some(obj) = call(&health, timeout, Call::GetVolumeReservation, fut).await? else {
+                break;
+            };
+            let named = obj.status.as_ref().and_then(|s| s.holder.as_ref());
+            if named.and_then(|h| h.node.as_deref()) != Some(self.cluster.node.as_str()) {
+                break;
             }
-            Err(e) => {
-                // Deleted behind our back: apply the object again next time.
-                if matches!(&e, KubeError::Api { code: 404, .. }) {
-                    seen.created = false;
+            let body = json!({
+                "apiVersion": "csi-fencer.io/v1alpha1", "kind": "VolumeReservation",
+                "metadata": { "name": pv, "resourceVersion": obj.metadata.resource_version },
+                "status": {},
+            });
+            match self.apply_status_as(pv, HOLDER_MANAGER, &body).await {
+                Err(KubeError::Api { code: 409, .. }) => continue,
+                r => {
+                    r?;
+                    break;
                 }
-                seen.applied = None;
-                Err(e)
             }
         }
+        let seen = self.seen_mut(pv);
+        seen.holding = None;
+        seen.holder_checked = true;
+        Ok(())
+    }
+
+    async fn apply_status_as(
+        &mut self,
+        pv: &str,
+        manager: &str,
+        body: &Value,
+    ) -> Result<(), KubeError> {
+        let params = PatchParams::apply(manager).force();
+        let api: Api<VolumeReservation> = Api::all(self.cluster.client.clone());
+        let patch = Patch::Apply(body);
+        let fut = api.patch_status(pv, &params, &patch);
+        let (health, timeout) = (&self.cluster.health, self.cluster.timeout);
+        let r = call(health, timeout, Call::ApplyVolumeReservationStatus, fut).await;
+        if let Err(KubeError::Api { code: 404, .. }) = &r {
+            // Deleted behind our back: apply the object again next time.
+            let seen = self.seen_mut(pv);
+            seen.created = false;
+            seen.applied = None;
+            seen.holding = None;
+        }
+        r.map(|_| ())
     }
 
     async fn event(&self, pv: &str, uid: &str, ev: Event) -> Result<(), KubeError> {
@@ -176,16 +283,8 @@ fn object_body(pv: &str, pv_uid: Option<&str>) -> Value {
     })
 }
 
-/// The status apply body: this node's entry, plus the volume-wide fields
-/// when this node holds the reservation.
-pub fn status_body(
-    pv: &str,
-    node: &str,
-    key: ReservationKey,
-    u: &Update,
-    rtype: Option<ReservationType>,
-    since: &str,
-) -> Value {
+/// The status apply body of this node's field manager: its entry only.
+pub fn status_body(pv: &str, node: &str, key: ReservationKey, u: &Update, since: &str) -> Value {
     let s = &u.status;
     let mut entry = json!({
         "node": node,
@@ -201,14 +300,31 @@ pub fn status_body(
     if !s.message.is_empty() {
         entry["message"] = json!(s.message);
     }
-    let mut status = json!({ "nodes": [entry] });
-    if let (Phase::Held, Some(o)) = (&s.phase, &u.outcome) {
-        holder_fields(&mut status, node, key, o, rtype, since);
-    }
     json!({
         "apiVersion": "csi-fencer.io/v1alpha1", "kind": "VolumeReservation",
-        "metadata": { "name": pv }, "status": status,
+        "metadata": { "name": pv }, "status": { "nodes": [entry] },
     })
+}
+
+/// The volume-wide fields, while this node holds the reservation (applied
+/// under [`HOLDER_MANAGER`]).
+pub fn holder_body(
+    pv: &str,
+    node: &str,
+    key: ReservationKey,
+    u: &Update,
+    rtype: Option<ReservationType>,
+    since: &str,
+) -> Option<Value> {
+    let (Phase::Held, Some(o)) = (&u.status.phase, &u.outcome) else {
+        return None;
+    };
+    let mut status = json!({});
+    holder_fields(&mut status, node, key, o, rtype, since);
+    Some(json!({
+        "apiVersion": "csi-fencer.io/v1alpha1", "kind": "VolumeReservation",
+        "metadata": { "name": pv }, "status": status,
+    }))
 }
 
 fn holder_fields(
@@ -392,13 +508,12 @@ mod tests {
     }
 
     #[test]
-    fn the_status_body_holds_only_this_nodes_entry_and_no_holder_unless_held() {
+    fn the_status_body_holds_only_this_nodes_entry_and_no_holder_fields() {
         let b = status_body(
             "pv-1",
             "node-a",
             ReservationKey(0x7e57_0000_0000_0001),
             &update(Phase::Fenced, true, None),
-            None,
             "2026-11-23T10:00:00Z",
         );
         let nodes = b["status"]["nodes"].as_array().unwrap();

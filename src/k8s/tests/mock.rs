@@ -354,6 +354,9 @@ impl MockApi {
             ("get", "storageclasses") => {
                 self.get_from(|db| &db.scs, &name, "storageclasses.storage.k8s.io")
             }
+            ("get", "volumereservations") => {
+                self.get_from(|db| &db.vres, &name, "volumereservations.csi-fencer.io")
+            }
             ("patch", "volumereservations") | ("patch", "volumereservations/status") => {
                 self.apply(s, &resource)
             }
@@ -474,6 +477,16 @@ impl MockApi {
                 "NotFound",
                 format!("volumereservations.csi-fencer.io \"{name}\" not found"),
             );
+        }
+        let creates = !db.vres.contains_key(&name);
+        if creates
+            && db
+                .forbidden
+                .contains(&("create".into(), resource.to_string()))
+        {
+            // As the real server: an apply that makes the object is a create.
+            return status(403, "Forbidden", format!(
+                "volumereservations.csi-fencer.io \"{name}\" is forbidden: User \"system:serviceaccount:kube-system:csi-fencer\" cannot create resource \"volumereservations\" in API group \"csi-fencer.io\" at the cluster scope"));
         }
         let obj = db.vres.entry(name).or_insert_with(|| s.body.clone());
         if let Some(st) = s.body.get("status") {

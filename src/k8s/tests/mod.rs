@@ -4,6 +4,8 @@
 mod lun;
 mod mock;
 mod node;
+mod plane;
+mod real;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;
@@ -178,18 +180,25 @@ async fn attach_for_this_node_is_confirmed_fresh_then_acquired_preempting_the_st
         r.api.seen().iter().any(|s| s.path.ends_with("/status"))
     })
     .await;
-    let st = rig.api.last("pv-1/status").unwrap();
+    let by = |manager: &str| {
+        rig.api.seen().into_iter().rfind(|s| {
+            s.path.ends_with("pv-1/status") && s.query.contains(&format!("fieldManager={manager}"))
+        })
+    };
+    let st = by("csi-fencer%2Fnode-a").expect("node-a's entry applied");
     assert_eq!(st.content_type, "application/apply-patch+yaml");
-    assert!(
-        st.query.contains("fieldManager=csi-fencer%2Fnode-a") && st.query.contains("force=true"),
-        "{}",
-        st.query
-    );
+    assert!(st.query.contains("force=true"), "{}", st.query);
     let nodes = st.body["status"]["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0]["node"], "node-a");
     assert_eq!(nodes[0]["state"], "Holder");
-    assert_eq!(st.body["status"]["holder"]["node"], "node-a");
+    assert!(
+        st.body["status"].get("holder").is_none(),
+        "the volume-wide fields go under the holders' shared manager"
+    );
+    let held = by("csi-fencer%2Fholder").expect("the holder's fields applied");
+    assert_eq!(held.body["status"]["holder"]["node"], "node-a");
+    assert!(held.body["status"].get("nodes").is_none());
     // The object itself was applied first, owned by the PV.
     let obj = rig
         .api

@@ -1,0 +1,289 @@
+//! The Kubernetes side against a real kube-apiserver (see [`super::plane`]):
+//! the daemon runs with a token of the chart's ServiceAccount, so every
+//! request it makes is authorized by the shipped ClusterRole, validated by
+//! the shipped CRD schema and merged by the real server-side apply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::lun::{SimLun, INITIATOR_A};
+use super::node::{rules, start_node, NodeDaemon};
+use super::plane::Plane;
+use super::tag;
+use crate::daemon::reconcile::{Phase, Update, VolumeStatus};
+use crate::device::{Resolver, Sysfs};
+use crate::fence::decide::KeyClasses;
+use crate::fence::engine::{Outcome, VolumeState};
+use crate::k8s::cluster::Cluster;
+use crate::k8s::report::Publisher;
+use crate::testutil::TempDir;
+
+const HANDLE: &str = "36001405000000001";
+
+fn node(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+}
+
+fn pv(name: &str, modes: &[&str]) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+        "spec": {"accessModes": modes, "capacity": {"storage": "10Gi"}, "volumeMode": "Block",
+                 "storageClassName": "san-block", "persistentVolumeReclaimPolicy": "Retain",
+                 "csi": {"driver": "block.csi.example.com", "volumeHandle": HANDLE}}})
+}
+
+fn va(name: &str, node: &str, pv: &str) -> Value {
+    json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment", "metadata": {"name": name},
+        "spec": {"attacher": "block.csi.example.com", "nodeName": node,
+                 "source": {"persistentVolumeName": pv}}})
+}
+
+/// A plane with node-a and node-b, the StorageClass and an RWO pv-1.
+async fn cluster() -> Plane {
+    let plane = Plane::start().await;
+    for n in ["node-a", "node-b"] {
+        plane.apply(&node(n)).await;
+    }
+    plane
+        .apply(
+            &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "san-block"}, "provisioner": "block.csi.example.com",
+            "parameters": {"pool": "gold"}}),
+        )
+        .await;
+    plane.apply(&pv("pv-1", &["ReadWriteOnce"])).await;
+    plane
+}
+
+struct Daemon {
+    d: NodeDaemon<Arc<SimLun>>,
+    lun: Arc<SimLun>,
+    _dirs: (TempDir, TempDir),
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.d.task.abort();
+    }
+}
+
+/// node-a's daemon, as the chart's ServiceAccount.
+async fn node_a(plane: &Plane, lun: SimLun) -> Daemon {
+    let sys = crate::testutil::iscsi_fixture(INITIATOR_A);
+    let state = TempDir::new("k8s-state");
+    let lun = Arc::new(lun);
+    let resolver = Resolver::new(Sysfs::new(sys.path(), "/dev"), "mpath-");
+    let client = plane.daemon_client().await;
+    let d = start_node(client, "node-a", Arc::clone(&lun), resolver, state.path());
+    Daemon {
+        d,
+        lun,
+        _dirs: (sys, state),
+    }
+}
+
+impl Daemon {
+    fn phase(&self) -> Option<Phase> {
+        self.d.rec.statuses().get("pv-1").map(|s| s.phase.clone())
+    }
+
+    async fn until(&self, what: &str, f: impl Fn(&Daemon) -> bool) {
+        for _ in 0..300 {
+            if f(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "timed out after 15 s waiting for: {what}\nstatuses: {:?}",
+            self.d.rec.statuses()
+        );
+    }
+}
+
+async fn vres(plane: &Plane, name: &str) -> Option<Value> {
+    plane
+        .get(&format!(
+            "/apis/csi-fencer.io/v1alpha1/volumereservations/{name}"
+        ))
+        .await
+}
+
+fn entry<'a>(v: &'a Value, node: &str) -> Option<&'a Value> {
+    v["status"]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|e| e["node"] == node)
+}
+
+#[tokio::test]
+async fn the_shipped_rbac_lets_a_holder_create_and_report_its_volume_reservation() {
+    let plane = cluster().await;
+    let a = node_a(&plane, SimLun::new()).await;
+    a.until("cache loaded", |d| {
+        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    plane.apply(&va("csi-va-1", "node-a", "pv-1")).await;
+    plane.set_attached("csi-va-1", true).await;
+    a.until("held", |d| d.phase() == Some(Phase::Held)).await;
+    assert_eq!(a.lun.keys().1, Some(tag().key_for("node-a")));
+    plane
+        .until("the VolumeReservation with node-a's entry", || async {
+            vres(&plane, "pv-1")
+                .await
+                .as_ref()
+                .and_then(|v| entry(v, "node-a"))
+                .is_some_and(|e| e["state"] == "Holder")
+        })
+        .await;
+    let v = vres(&plane, "pv-1").await.expect("found");
+    assert_eq!(v["status"]["holder"]["node"], "node-a");
+    let pv = plane
+        .get("/api/v1/persistentvolumes/pv-1")
+        .await
+        .expect("pv");
+    assert_eq!(
+        v["metadata"]["ownerReferences"][0]["uid"], pv["metadata"]["uid"],
+        "owned by its PV, for garbage collection"
+    );
+    let forbidden =
+        a.d.metrics
+            .render()
+            .lines()
+            .any(|l| l.contains("api-forbidden") && !l.ends_with(" 0"));
+    assert!(!forbidden, "no request was forbidden");
+}
+
+/// What a node's reconciler would say about pv-1.
+fn update(node: &str, phase: Phase) -> Update {
+    let key = tag().key_for(node);
+    let held = phase == Phase::Held;
+    let outcome = Outcome {
+        volume: "pv-1".into(),
+        wwid: format!("naa.{}", &HANDLE[1..]),
+        device: "/dev/dm-0".into(),
+        key,
+        state: if held {
+            VolumeState::Held
+        } else {
+            VolumeState::NotRegistered
+        },
+        refusal: None,
+        steps: Vec::new(),
+        dry_run: false,
+        preempted: Vec::new(),
+        keys: KeyClasses::default(),
+        paths: Vec::new(),
+        generation: (1, 2),
+        unit_attentions: Vec::new(),
+        raced: false,
+        notes: Vec::new(),
+        leftover: false,
+    };
+    Update {
+        status: VolumeStatus {
+            volume: "pv-1".into(),
+            wwid: outcome.wwid.clone(),
+            phase,
+            message: String::new(),
+            paths_registered: usize::from(held) * 2,
+            paths_total: 2,
+            last_transition: 1_796_000_000,
+            attachment: Some(format!("uid-{node}")),
+            on_lun: held,
+        },
+        changed: true,
+        outcome: Some(Arc::new(outcome)),
+        reservation_type: Some(crate::scsi::ReservationType::WriteExclusiveRegistrantsOnly),
+        error_kind: None,
+        op: if held { "acquire" } else { "release" },
+        asked: None,
+    }
+}
+
+async fn publisher(plane: &Plane, node: &str) -> Publisher {
+    let client = plane.daemon_client().await;
+    let c = Cluster::new(client, node.into(), Duration::from_secs(5), rules());
+    Publisher::new(Arc::new(c), tag().key_for(node), Arc::default())
+}
+
+#[tokio::test]
+async fn a_new_holder_takes_the_volume_wide_fields_and_its_release_leaves_none() {
+    let plane = cluster().await;
+    let mut a = publisher(&plane, "node-a").await;
+    let mut b = publisher(&plane, "node-b").await;
+    a.publish(&update("node-a", Phase::Held))
+        .await
+        .expect("node-a holds");
+    // node-a dies; node-b takes over. node-a never applies again.
+    b.publish(&update("node-b", Phase::Held))
+        .await
+        .expect("node-b holds");
+    let v = vres(&plane, "pv-1").await.expect("object");
+    assert_eq!(v["status"]["holder"]["node"], "node-b", "{v}");
+    b.publish(&update("node-b", Phase::Released))
+        .await
+        .expect("node-b releases");
+    let v = vres(&plane, "pv-1").await.expect("object");
+    for f in [
+        "holder",
+        "state",
+        "wwid",
+        "reservationType",
+        "conditions",
+        "registeredKeys",
+    ] {
+        assert!(
+            v["status"].get(f).is_none(),
+            "{f} outlived the release: {}",
+            v["status"]
+        );
+    }
+    assert_eq!(entry(&v, "node-b").expect("node-b")["state"], "Released");
+}
+
+#[tokio::test]
+async fn the_volume_reservation_goes_with_its_pv_by_garbage_collection() {
+    let mut plane = cluster().await;
+    plane.start_controllers();
+    let mut a = publisher(&plane, "node-a").await;
+    a.publish(&update("node-a", Phase::Held))
+        .await
+        .expect("node-a holds");
+    assert!(vres(&plane, "pv-1").await.is_some());
+    plane.delete("/api/v1/persistentvolumes/pv-1").await;
+    plane
+        .until("the VolumeReservation collected", || async {
+            vres(&plane, "pv-1").await.is_none()
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn after_an_api_server_restart_the_watch_resumes_and_a_detach_releases() {
+    let mut plane = cluster().await;
+    let a = node_a(&plane, SimLun::new()).await;
+    a.until("cache loaded", |d| {
+        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    plane.apply(&va("csi-va-1", "node-a", "pv-1")).await;
+    plane.set_attached("csi-va-1", true).await;
+    a.until("held", |d| d.phase() == Some(Phase::Held)).await;
+    plane.stop_apiserver();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    plane.start_apiserver().await;
+    plane
+        .delete("/apis/storage.k8s.io/v1/volumeattachments/csi-va-1")
+        .await;
+    for _ in 0..600 {
+        if a.phase() == Some(Phase::Released) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(a.phase(), Some(Phase::Released), "{:?}", a.d.rec.statuses());
+    assert!(a.lun.keys().0.is_empty(), "the key went: {:?}", a.lun.keys());
+}
