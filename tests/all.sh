@@ -2,7 +2,9 @@
 # tests/all.sh [--host-only] - every test of csi-fencer, as `make test` and CI run them.
 #
 #  1. cargo fmt --check and cargo clippy -D warnings (installs the components if missing);
-#  2. cargo test: unit, property and CLI tests on the host (the vm_* tests show as ignored);
+#  2. cargo test: unit, property and CLI tests on the host (the vm_* tests show as ignored),
+#     and the Kubernetes tests against a real kube-apiserver and etcd (KUBEBUILDER_ASSETS, or
+#     ../shared/kube beside the repository);
 #  3. the Helm chart (tests/chart/run.sh): rendered by a real Helm engine, linted strict,
 #     every object validated against Kubernetes 1.30 and the newest schemas (PyPI, in a venv);
 #  4. the VM rig (tests/vm/run.sh test): the vm_* tests on a real LIO target in QEMU.
@@ -23,7 +25,20 @@ ensure_components() {
     done
 }
 
+# The real-API-server tests (src/k8s/tests/real.rs) make certificates with
+# openssl and unpack the control plane's binaries with xz.
+ensure_host_tools() {
+    local missing=()
+    command -v openssl >/dev/null || missing+=(openssl)
+    command -v xz >/dev/null || missing+=(xz-utils)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$(id -u)" = 0 ] || { echo "missing ${missing[*]}: install them (apt-get install ${missing[*]})" >&2; exit 1; }
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 step "format and lints"
+ensure_host_tools
 ensure_components
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
