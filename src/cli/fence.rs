@@ -239,6 +239,7 @@ pub fn run(op: Op, a: &FenceArgs, g: &GlobalArgs) -> Result<i32, Failure> {
             let auth = Authorization {
                 attachment: AttachmentId(id),
                 read_at: SystemTime::now(),
+                notes: Vec::new(),
             };
             e.acquire(&vol, &auth, &live)
         }

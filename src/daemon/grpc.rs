@@ -145,6 +145,7 @@ impl<F: Fencer> FencerApi for Api<F> {
             auth: crate::fence::engine::Authorization {
                 attachment: a.id.clone(),
                 read_at,
+                notes: Vec::new(),
             },
             live: snap.nodes_of(&a.volume),
         };

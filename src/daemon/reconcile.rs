@@ -245,6 +245,7 @@ pub fn plan(
             let auth = Authorization {
                 attachment: a.id.clone(),
                 read_at,
+                notes: Vec::new(),
             };
             ops.push(Op::Acquire { vol, auth, live });
         } else if monitor && st.is_some_and(|s| s.phase != Phase::Released) {
@@ -763,7 +764,12 @@ fn phase_of(op: &Op, o: &Outcome) -> Phase {
 
 fn summary(o: &Outcome) -> String {
     if let Some(r) = &o.refusal {
-        return r.to_string();
+        let mut s = r.to_string();
+        for n in &o.notes {
+            s.push_str("; ");
+            s.push_str(n);
+        }
+        return s;
     }
     let reg = o.paths.iter().filter(|p| p.registered).count();
     let state = serde_json::to_value(o.state)
@@ -851,6 +857,7 @@ mod tests {
             auth: Authorization {
                 attachment: AttachmentId("u".into()),
                 read_at: SystemTime::now(),
+                notes: Vec::new(),
             },
             live: BTreeSet::new(),
         };

@@ -48,6 +48,9 @@ pub struct Authorization {
     pub attachment: AttachmentId,
     /// When the source confirmed it.
     pub read_at: SystemTime,
+    /// What the source found worth saying about it (reported with the
+    /// outcome), e.g. another PV on the same LUN.
+    pub notes: Vec<String>,
 }
 
 /// Engine settings.
@@ -512,6 +515,7 @@ impl<T: Transport> Engine<T> {
         }
         let (lives, known) = self.key_maps(live);
         let ctx = self.context(vol, &lives, &known);
+        run.out.notes.extend(auth.notes.iter().cloned());
         let r = self.acquire_rounds(&mut run, auth, &ctx);
         // (Not after the test hook, which stands for a crash: nothing runs.)
         let crashed = matches!(r, Err(FenceError::Interrupted));
@@ -1220,6 +1224,7 @@ mod tests {
         let a = Authorization {
             attachment: AttachmentId("uid-7".into()),
             read_at: SystemTime::now(),
+            notes: Vec::new(),
         };
         let r = fenced(&a);
         assert!(r.to_string().contains("uid-7"), "{r}");

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::cluster::Cluster;
+use std::collections::BTreeSet;
+
+use super::cluster::{Cluster, Fresh};
 use super::store::SlimVa;
 use crate::daemon::reconcile::{Authority, Confirming, Denied, Op, Phase};
 use crate::fence::engine::{Authorization, Volume};
@@ -50,6 +52,26 @@ fn refuse(va: &SlimVa, node: &str, vol: &str, uid: &str) -> Option<String> {
     None
 }
 
+/// The note for attachments of other PVs on the same LUN: their nodes are
+/// live (never preempted), and the operator should know.
+fn shared_lun(pv: &str, fresh: &[Fresh]) -> Option<String> {
+    let others: BTreeSet<String> = fresh
+        .iter()
+        .filter(|f| f.pv != pv)
+        .map(|f| format!("{} on {}", f.pv, f.node))
+        .collect();
+    (!others.is_empty()).then(|| {
+        let list: Vec<String> = others.into_iter().collect();
+        format!(
+            "{SHARED_LUN}: {} (another PV with the same volume handle); their nodes count as live and are never preempted",
+            list.join(", ")
+        )
+    })
+}
+
+/// The start of the note that another PV attaches the same LUN.
+pub const SHARED_LUN: &str = "the LUN is also attached through";
+
 impl ApiAuthority {
     async fn acquire(&self, vol: Volume, auth: Authorization) -> Result<Op, Denied> {
         let c = &self.0;
@@ -85,10 +107,14 @@ impl ApiAuthority {
                 Some(Phase::Pending),
             ));
         }
+        // The PV's CSI handle (cached; it never changes) finds the other
+        // PVs' attachments of the same LUN.
+        let csi = c.volume(&vol.name).await.ok().map(|i| i.csi);
         let fresh = c
-            .fresh_attachments(&vol.name)
+            .fresh_attachments(&vol.name, csi.as_ref())
             .await
             .map_err(|e| deny(e.kind(), format!("{e}; {nothing}"), Some(Phase::Error)))?;
+        let notes = shared_lun(&vol.name, &fresh).into_iter().collect();
         let live = fresh
             .into_iter()
             .filter(|f| !f.deleting)
@@ -98,6 +124,7 @@ impl ApiAuthority {
         let auth = Authorization {
             attachment: auth.attachment,
             read_at,
+            notes,
         };
         Ok(Op::Acquire { vol, auth, live })
     }
@@ -107,7 +134,7 @@ impl ApiAuthority {
     /// (I7: a node whose detach cannot be confirmed still learns it was fenced).
     async fn release(&self, vol: Volume) -> Result<Op, Denied> {
         let c = &self.0;
-        let why = match c.fresh_attachments(&vol.name).await {
+        let why = match c.fresh_attachments(&vol.name, None).await {
             Err(e) => format!("{e}; not released until the detach is confirmed"),
             Ok(fresh) => match fresh.iter().find(|f| f.node == c.node) {
                 None => {

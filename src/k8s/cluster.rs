@@ -33,7 +33,23 @@ pub struct Fresh {
     pub deleting: bool,
     /// `status.attached`.
     pub attached: bool,
+    /// The PV it attaches: another PV than the one asked about when both
+    /// are the same LUN (static PVs sharing a volume handle).
+    pub pv: String,
 }
+
+/// The name Kubernetes gives the VolumeAttachment of a CSI volume on a node:
+/// `csi-` and the SHA-256 of volume handle, driver and node name (the
+/// attach/detach controller's rule). Two PVs with one handle share it.
+pub fn attachment_name(driver: &str, handle: &str, node: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("{handle}{driver}{node}").as_bytes());
+    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    format!("csi-{hex}")
+}
+
+/// The PVs a fresh list looks for, with their CSI (driver, handle) when known.
+type Wanted = BTreeMap<String, Option<(String, String)>>;
 
 /// Why a volume could not be read.
 #[derive(Debug, Clone)]
@@ -83,7 +99,7 @@ type FreshByPv = HashMap<String, Vec<Fresh>>;
 #[derive(Default)]
 struct FreshLists {
     /// The PVs callers are waiting for.
-    wanted: Mutex<BTreeSet<String>>,
+    wanted: Mutex<Wanted>,
     /// The last list: when it started and what it found for the wanted PVs.
     last: tokio::sync::Mutex<(Option<Instant>, FreshByPv)>,
 }
@@ -120,12 +136,18 @@ impl Cluster {
         .await
     }
 
-    /// Every attachment of `pv` by the fenced drivers, from a fresh
-    /// (quorum, paginated) list that started after this call: the live set of I2.
-    pub async fn fresh_attachments(&self, pv: &str) -> Result<Vec<Fresh>, KubeError> {
+    /// Every attachment of `pv`'s LUN by the fenced drivers, from a fresh
+    /// (quorum, paginated) list that started after this call: the live set
+    /// of I2. With `csi` (driver, handle) it also finds the attachments of
+    /// other PVs with the same handle, by their names.
+    pub async fn fresh_attachments(
+        &self,
+        pv: &str,
+        csi: Option<&(String, String)>,
+    ) -> Result<Vec<Fresh>, KubeError> {
         let asked = Instant::now();
         if let Ok(mut w) = self.fresh.wanted.lock() {
-            w.insert(pv.to_string());
+            w.insert(pv.to_string(), csi.cloned());
         }
         let mut last = self.fresh.last.lock().await;
         if last.0.is_some_and(|started| started >= asked) {
@@ -133,7 +155,7 @@ impl Cluster {
                 return Ok(found.clone());
             }
         }
-        let wanted = self
+        let mut wanted = self
             .fresh
             .wanted
             .lock()
@@ -141,8 +163,7 @@ impl Cluster {
             .unwrap_or_default();
         // Never answer for a PV the list did not look for: an empty answer
         // would mean "no live node" and let a live key be preempted (I2).
-        let mut wanted = wanted;
-        wanted.insert(pv.to_string());
+        wanted.insert(pv.to_string(), csi.cloned());
         let started = Instant::now();
         let found = self.list_attachments_of(&wanted).await?;
         let mine = found.get(pv).cloned().unwrap_or_default();
@@ -150,30 +171,37 @@ impl Cluster {
         Ok(mine)
     }
 
-    /// One quorum list of every VolumeAttachment, keeping those of `pvs`.
-    async fn list_attachments_of(&self, pvs: &BTreeSet<String>) -> Result<FreshByPv, KubeError> {
+    /// One quorum list of every VolumeAttachment, keeping those of `wanted`.
+    async fn list_attachments_of(&self, wanted: &Wanted) -> Result<FreshByPv, KubeError> {
         let api: &Api<SlimVa> = &Api::all(self.client.clone());
         let drivers = self.drivers();
-        let mut out: FreshByPv = pvs.iter().map(|p| (p.clone(), Vec::new())).collect();
+        let mut out: FreshByPv = wanted.keys().map(|p| (p.clone(), Vec::new())).collect();
+        let mut by_name = SameLun::new(wanted);
         self.each_page(
             Call::ListVolumeAttachments,
             |lp| async move { api.list(&lp).await },
             |page| {
                 for va in page.items {
                     let s = &va.spec;
-                    let pv = s.source.persistent_volume_name.as_deref().unwrap_or("");
-                    let Some(list) = out.get_mut(pv) else {
-                        continue;
-                    };
                     if !drivers.contains(s.attacher.as_str()) {
                         continue;
                     }
+                    let pv = s.source.persistent_volume_name.as_deref().unwrap_or("");
+                    let name = va.metadata.name.clone().unwrap_or_default();
+                    let of = match out.contains_key(pv) {
+                        true => Some(pv.to_string()),
+                        false => by_name.of(&s.attacher, &s.node_name, &name),
+                    };
+                    let Some(list) = of.and_then(|p| out.get_mut(&p)) else {
+                        continue;
+                    };
                     list.push(Fresh {
-                        name: va.metadata.name.clone().unwrap_or_default(),
+                        name,
                         uid: va.metadata.uid.clone().unwrap_or_default(),
                         node: s.node_name.clone(),
                         deleting: va.metadata.deletion_timestamp.is_some(),
                         attached: va.status.as_ref().is_some_and(|x| x.attached),
+                        pv: pv.to_string(),
                     });
                 }
             },
@@ -273,6 +301,42 @@ impl Cluster {
         )
         .await?;
         Ok(names)
+    }
+}
+
+/// Finds which wanted PV's LUN a VolumeAttachment of another PV attaches,
+/// by its name: the names each node would give the wanted handles are worked
+/// out once per node seen, so a list costs one hash per node and handle.
+struct SameLun<'a> {
+    wanted: &'a Wanted,
+    names: HashMap<String, HashMap<String, String>>,
+}
+
+impl<'a> SameLun<'a> {
+    fn new(wanted: &'a Wanted) -> Self {
+        SameLun {
+            wanted,
+            names: HashMap::new(),
+        }
+    }
+
+    /// The wanted PV whose handle `name` (by `driver`, on `node`) attaches.
+    fn of(&mut self, driver: &str, node: &str, name: &str) -> Option<String> {
+        if self.wanted.values().all(Option::is_none) {
+            return None;
+        }
+        let key = format!("{driver}\0{node}");
+        let wanted = self.wanted;
+        let names = self.names.entry(key).or_insert_with(|| {
+            wanted
+                .iter()
+                .filter_map(|(pv, csi)| {
+                    let (d, h) = csi.as_ref().filter(|(d, _)| d == driver)?;
+                    Some((attachment_name(d, h, node), pv.clone()))
+                })
+                .collect()
+        });
+        names.get(name).cloned()
     }
 }
 

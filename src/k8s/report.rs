@@ -11,6 +11,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use serde_json::{json, Value};
 
 use super::api::{call, Call, KubeError};
+use super::authority::SHARED_LUN;
 use super::cluster::Cluster;
 use super::crd::{NodeState, VolumeReservation};
 use crate::daemon::metrics::Metrics;
@@ -428,6 +429,16 @@ pub fn events(u: &Update, node: &str) -> Vec<Event> {
                     o.wwid
                 ),
             ));
+        }
+        if let Some(n) = o.notes.iter().find(|n| n.starts_with(SHARED_LUN)) {
+            if u.changed {
+                out.push(event(
+                    Warning,
+                    "SharedLun",
+                    "Acquire",
+                    format!("{node}: {n}"),
+                ));
+            }
         }
         if u.changed && !o.keys.foreign.is_empty() {
             let f: Vec<String> = o.keys.foreign.iter().map(|k| k.key.to_string()).collect();

@@ -32,6 +32,10 @@ pub struct VolumeInfo {
     pub uid: String,
     /// The StorageClass, if any.
     pub storage_class: Option<String>,
+    /// The CSI driver and volume handle: with a node's name they give the
+    /// name of its VolumeAttachment of this LUN (see
+    /// [`super::cluster::attachment_name`]), whichever PV it came through.
+    pub csi: (String, String),
 }
 
 /// The StorageClass a PV names, to be read for [`volume_info`].
@@ -92,6 +96,7 @@ pub fn volume_info(
         overrides,
         uid: pv.metadata.uid.clone().unwrap_or_default(),
         storage_class: storage_class(pv),
+        csi: (csi.driver.clone(), csi.volume_handle.clone()),
     })
 }
 

@@ -381,6 +381,7 @@ impl Sim {
         let auth = self.live.get(&node.name).map(|a| Authorization {
             attachment: a.clone(),
             read_at: crate::fence::clock::Clock::wall(&*self.san.clock),
+            notes: Vec::new(),
         });
         if kind == OpKind::Release {
             // A release runs on a confirmed detach: the node's pods are gone.

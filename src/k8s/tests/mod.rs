@@ -583,7 +583,7 @@ async fn concurrent_fresh_lists_are_coalesced_and_each_answer_is_exact() {
     );
     let asks = (0..5).map(|i| {
         let c = &cluster;
-        async move { c.fresh_attachments(&format!("pv-{i}")).await.unwrap() }
+        async move { c.fresh_attachments(&format!("pv-{i}"), None).await.unwrap() }
     });
     let answers = futures_util::future::join_all(asks).await;
     for (i, a) in answers.iter().enumerate() {
@@ -604,7 +604,7 @@ async fn concurrent_fresh_lists_are_coalesced_and_each_answer_is_exact() {
     assert!(lists <= 2, "5 concurrent asks, {lists} lists");
     // A later ask is never served by an earlier list.
     api.put_va(va("csi-y", "u-y", "node-y", "pv-1", true));
-    let later = cluster.fresh_attachments("pv-1").await.unwrap();
+    let later = cluster.fresh_attachments("pv-1", None).await.unwrap();
     assert_eq!(later.len(), 2, "{later:?}");
 }
 

@@ -16,7 +16,7 @@ use crate::daemon::reconcile::{Phase, Update, VolumeStatus};
 use crate::device::{Resolver, Sysfs};
 use crate::fence::decide::KeyClasses;
 use crate::fence::engine::{Outcome, VolumeState};
-use crate::k8s::cluster::Cluster;
+use crate::k8s::cluster::{attachment_name, Cluster};
 use crate::k8s::report::Publisher;
 use crate::testutil::TempDir;
 
@@ -285,5 +285,57 @@ async fn after_an_api_server_restart_the_watch_resumes_and_a_detach_releases() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(a.phase(), Some(Phase::Released), "{:?}", a.d.rec.statuses());
-    assert!(a.lun.keys().0.is_empty(), "the key went: {:?}", a.lun.keys());
+    assert!(
+        a.lun.keys().0.is_empty(),
+        "the key went: {:?}",
+        a.lun.keys()
+    );
+}
+
+#[tokio::test]
+async fn a_live_node_on_another_pv_of_the_same_lun_is_never_preempted() {
+    // Two static PVs with one volume handle: node-b attached pv-2 and holds
+    // the LUN; pv-1, the same LUN, is now attached to node-a.
+    let plane = cluster().await;
+    plane.apply(&pv("pv-2", &["ReadWriteOnce"])).await;
+    let lun = SimLun::new();
+    let b = tag().key_for("node-b");
+    lun.register_other("iqn.2025-01.test.rig:nodeb", b, true);
+    let a = node_a(&plane, lun).await;
+    a.until("cache loaded", |d| {
+        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    let name_b = attachment_name("block.csi.example.com", HANDLE, "node-b");
+    assert_eq!(
+        name_b, "csi-238c0e4aa68a270f6bca4aa4555c930bc09b6e64f58857a953c7f01ce94ad85a",
+        "the attach/detach controller's naming (sha256 of handle, driver, node)"
+    );
+    plane.apply(&va(&name_b, "node-b", "pv-2")).await;
+    plane.set_attached(&name_b, true).await;
+    let name_a = attachment_name("block.csi.example.com", HANDLE, "node-a");
+    plane.apply(&va(&name_a, "node-a", "pv-1")).await;
+    plane.set_attached(&name_a, true).await;
+    a.until("the acquire answered", |d| {
+        d.d.rec
+            .statuses()
+            .get("pv-1")
+            .is_some_and(|s| s.message.contains("also attached through"))
+    })
+    .await;
+    assert!(
+        a.lun.keys().0.contains(&b),
+        "node-b's key stays: {:?}",
+        a.lun.keys()
+    );
+    assert_eq!(a.lun.keys().1, Some(b), "node-b still holds");
+    let preempts = a
+        .lun
+        .pr_out()
+        .into_iter()
+        .filter(|(_, o)| matches!(o, crate::scsi::prout::PrOut::Preempt { .. }))
+        .count();
+    assert_eq!(preempts, 0, "{:?}", a.lun.pr_out());
+    let msg = a.d.rec.statuses()["pv-1"].message.clone();
+    assert!(msg.contains("pv-2 on node-b"), "{msg}");
 }
