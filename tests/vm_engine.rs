@@ -581,12 +581,67 @@ fn failover_with_preempt_and_abort_lands_none_of_a_s_queued_writes() {
     // plain-PREEMPT control run.
 }
 
-/// What came back for A's WRITEs, sent by SG_IO on one path while node B
-/// acquires with `preempt`: each WRITE waits 200 ms inside LIO (dm-delay
-/// under the backstore), so some are in the target's task set when B's
-/// PREEMPT (AND ABORT) runs. The status of those tells the two apart, not
-/// timing: PREEMPT AND ABORT ends them TASK ABORTED (LIO's TAS), plain
-/// PREEMPT lets them complete GOOD.
+/// The SLOW LUN's backing dm-delay device. `hold` makes every WRITE wait
+/// a minute in it (so a WRITE that reached LIO's backend stays there: "in
+/// the target" is a fact dm-delay's status shows, not a timing);
+/// `release` puts the usual table back, and the suspend that swaps it in
+/// completes the held WRITEs at once (dm-delay flushes on suspend).
+struct SlowBackend {
+    table: String,
+}
+
+fn dmsetup(args: &[&str]) -> String {
+    let out = std::process::Command::new("dmsetup")
+        .args(args)
+        .output()
+        .expect("dmsetup");
+    assert!(out.status.success(), "dmsetup {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl SlowBackend {
+    const NAME: &'static str = "rig-slow-delay";
+
+    fn hold() -> SlowBackend {
+        let table = dmsetup(&["table", Self::NAME]);
+        // "0 N delay READ_DEV 0 0 WRITE_DEV 0 MS": the last field is the write delay.
+        let mut f: Vec<&str> = table.split_whitespace().collect();
+        assert_eq!((f.len(), f[2]), (9, "delay"), "unexpected table: {table}");
+        f[8] = "60000";
+        dmsetup(&["reload", Self::NAME, "--table", &f.join(" ")]);
+        dmsetup(&["resume", Self::NAME]);
+        SlowBackend { table }
+    }
+
+    fn release(&self) {
+        dmsetup(&["reload", Self::NAME, "--table", &self.table]);
+        dmsetup(&["resume", Self::NAME]);
+    }
+}
+
+impl Drop for SlowBackend {
+    fn drop(&mut self) {
+        if dmsetup(&["table", Self::NAME]) != self.table {
+            self.release();
+        }
+    }
+}
+
+/// WRITEs dm-delay holds now: its status line ends with the reads, writes
+/// and flushes it is delaying (the block layer's in-flight count does not
+/// see them).
+fn writes_held() -> u32 {
+    let st = dmsetup(&["status", SlowBackend::NAME]);
+    let f: Vec<&str> = st.split_whitespace().collect();
+    assert_eq!((f.len(), f[2]), (6, "delay"), "unexpected status: {st}");
+    f[4].parse().expect("writes delayed")
+}
+
+/// Node A holds SLOW and four writers of A each have one WRITE(10) held in
+/// LIO's backend (see [`SlowBackend`]) when node B acquires with `preempt`
+/// (`abort` or `plain`); the backend lets them go a second later.
+/// Each writer then writes on until RESERVATION CONFLICT. Returns every
+/// status A's writers saw, in order per writer.
 fn a_write_statuses_during_failover(preempt: &str) -> Vec<String> {
     use csi_fencer::scsi::{Cdb, Command, DataTransfer};
     use csi_fencer::transport::{sgio::SgIo, Transport};
@@ -594,23 +649,28 @@ fn a_write_statuses_during_failover(preempt: &str) -> Vec<String> {
     let (a, b) = (Node::a("abort-status"), Node::b("abort-status"));
     assert_eq!(a.acquire(SLOW, "gen-1", "node-a").0, 0);
     let path = SLOW.sd("A1");
+    let backend = SlowBackend::hold();
     let writers: Vec<_> = (0..4u32)
         .map(|i| {
             let path = path.clone();
             thread::spawn(move || {
-                // WRITE(10) of 128 blocks (64 KiB) at LBA i*128.
-                let lba = (i * 128).to_be_bytes();
-                let cdb = [0x2a, 0, lba[0], lba[1], lba[2], lba[3], 0, 0, 128, 0];
+                // WRITE(10) of one block at LBA i: the data goes with the
+                // command, so it reaches the backend at once.
+                let lba = i.to_be_bytes();
+                let cdb = [0x2a, 0, lba[0], lba[1], lba[2], lba[3], 0, 0, 1, 0];
                 let cmd = Command {
                     name: "WRITE(10)",
                     cdb: Cdb::new(&cdb),
-                    data: DataTransfer::ToDevice(vec![0xaa; 65536]),
+                    data: DataTransfer::ToDevice(vec![0xaa; 512]),
                 };
-                let t0 = std::time::Instant::now();
                 let mut seen = Vec::new();
-                while t0.elapsed() < Duration::from_secs(60) {
-                    let done = SgIo.execute(&path, &cmd, Duration::from_secs(30));
+                for _ in 0..50 {
+                    let done = SgIo.execute(&path, &cmd, Duration::from_secs(60));
                     let word = match &done {
+                        Ok(c) if !c.sense.is_empty() => {
+                            let s = csi_fencer::scsi::Sense::parse(&c.sense);
+                            format!("{:?}/{} {s:?}", c.host_status, c.status)
+                        }
                         Ok(c) => format!("{:?}/{}", c.host_status, c.status),
                         Err(e) => format!("error {e}"),
                     };
@@ -624,20 +684,37 @@ fn a_write_statuses_during_failover(preempt: &str) -> Vec<String> {
             })
         })
         .collect();
-    thread::sleep(Duration::from_millis(800));
-    let (code, v) = b.run(
-        "acquire",
-        SLOW,
-        &[
-            "--attachment",
-            "uid-b",
-            "--attached-nodes",
-            "node-b",
-            "--preempt",
-            preempt,
-        ],
-    );
+    let t0 = std::time::Instant::now();
+    while writes_held() < 4 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(50),
+            "A's four WRITEs never reached the backend ({} held)",
+            writes_held()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // A PREEMPT AND ABORT waits in LIO for the aborted commands to finish,
+    // so B acquires in a thread and the backend resumes beside it.
+    let preempt = preempt.to_string();
+    let acquire = thread::spawn(move || {
+        b.run(
+            "acquire",
+            SLOW,
+            &[
+                "--attachment",
+                "uid-b",
+                "--attached-nodes",
+                "node-b",
+                "--preempt",
+                &preempt,
+            ],
+        )
+    });
+    thread::sleep(Duration::from_secs(1));
+    backend.release();
+    let (code, v) = acquire.join().expect("acquire");
     assert_eq!(code, 0, "{v:#}");
+    eprintln!("node-b's acquire: steps {}", v["steps"]);
     writers
         .into_iter()
         .flat_map(|w| w.join().expect("writer"))
@@ -659,14 +736,17 @@ fn preempt_and_abort_ends_a_s_writes_in_the_target_task_aborted_and_plain_preemp
         count(&plain, "TASK ABORTED"),
         count(&plain, "RESERVATION CONFLICT"),
     );
-    assert!(
-        count(&abort, "TASK ABORTED") > 0,
-        "PREEMPT AND ABORT: none of A's writes in the target was aborted: {abort:?}"
+    // The four WRITEs held in the backend: aborted by PREEMPT AND ABORT
+    // (none completes), completed GOOD after a plain PREEMPT.
+    assert_eq!(
+        (count(&abort, "TASK ABORTED"), count(&abort, "GOOD")),
+        (4, 0),
+        "PREEMPT AND ABORT must end every WRITE of A held in the target TASK ABORTED: {abort:?}"
     );
     assert_eq!(
-        count(&plain, "TASK ABORTED"),
-        0,
-        "plain PREEMPT aborted A's writes: {plain:?}"
+        (count(&plain, "TASK ABORTED"), count(&plain, "GOOD")),
+        (0, 4),
+        "plain PREEMPT must let A's WRITEs in the target complete: {plain:?}"
     );
     for (mode, all) in [("abort", &abort), ("plain", &plain)] {
         assert_eq!(
