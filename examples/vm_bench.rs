@@ -98,6 +98,7 @@ fn auth(id: &str) -> Authorization {
     Authorization {
         attachment: AttachmentId(id.into()),
         read_at: SystemTime::now(),
+        notes: Vec::new(),
     }
 }
 

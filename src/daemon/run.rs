@@ -1,6 +1,9 @@
 //! The daemon's main loop: the source watcher, the monitor and resync
 //! tickers, the HTTP endpoints, and a clean stop that releases nothing (I4).
 
+use crate::daemon::reconcile::Op;
+use crate::fence::engine::Volume;
+use crate::fence::policy::AccessMode;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,33 +165,73 @@ async fn run_source(
             let client = k8s::daemon::client(spec, metrics.clone()).await?;
             let rules = k8s::daemon::driver_rules(spec, c.drivers.clone()).await?;
             let cluster = Arc::new(Cluster::new(client, opts.node.clone(), spec.timeout, rules));
-            let nodes = k8s::daemon::check_nodes(&cluster, c.tag).await?;
-            let engine = Arc::new(build_engine(opts, metrics.clone(), &nodes)?);
+            let engine = Arc::new(build_engine(opts, metrics.clone(), &[])?);
             let authority = Box::new(ApiAuthority(Arc::clone(&cluster)));
-            let rec =
-                Reconciler::with_authority(engine, metrics.clone(), conc, op_timeout, authority);
+            let rec = Reconciler::with_authority(
+                Arc::clone(&engine),
+                metrics.clone(),
+                conc,
+                op_timeout,
+                authority,
+            );
             rec.set_max_retry_delay(c.resync_interval);
             let tick = Tick {
                 monitor: c.monitor_interval,
                 resync: c.resync_interval,
                 policy: policy(c),
             };
-            let run = k8s::daemon::run(
+            let start = k8s::daemon::Start {
+                held: || held_volumes(&opts.state_dir, &policy(c)),
+                learn: |nodes| engine.learn_nodes(nodes),
+                tick,
+                tag: c.tag,
+            };
+            let run = k8s::daemon::start(
                 cluster,
                 Arc::clone(&rec),
                 metrics,
                 ready,
                 world.clone(),
-                tick,
-                c.tag,
+                start,
             );
             tokio::select! {
-                _ = run => {}
+                r = run => r?,
                 r = serve_grpc(opts, &rec, &world) => r?,
             }
         }
     }
     Ok(())
+}
+
+/// A check of every LUN the state store has a record of (held, being
+/// registered or fenced), for when the source cannot say which volumes this
+/// node has. The access mode is not recorded: the checks take the volumes as
+/// multi-node, which only forgoes one sign of a fence (a single-node
+/// reservation that moved), never adds a false one.
+pub fn held_volumes(state_dir: &std::path::Path, policy: &Policy) -> Vec<Op> {
+    let records = match StateStore::open(state_dir).and_then(|s| s.all()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "state store unreadable: nothing to monitor");
+            return Vec::new();
+        }
+    };
+    records
+        .into_iter()
+        .filter_map(|(wwid, rec)| {
+            let vol = Volume {
+                name: rec.volume,
+                wwid: wwid.parse().ok()?,
+                device: None,
+                access: AccessMode::MultiNode,
+                policy: policy.clone(),
+            };
+            Some(Op::Check {
+                vol,
+                live: Default::default(),
+            })
+        })
+        .collect()
 }
 
 /// The gRPC API, or a future that never ends when no socket is configured.

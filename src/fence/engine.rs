@@ -444,6 +444,9 @@ pub struct Engine<T: Transport> {
     resolver: Resolver,
     state: StateStore,
     caps: Mutex<HashMap<String, LunCaps>>,
+    /// Node names learned after start (the Kubernetes Node list), to name
+    /// their keys in reports.
+    learned_nodes: Mutex<BTreeSet<String>>,
 }
 
 /// How many times an acquire re-observes and re-plans after the LUN moved.
@@ -460,10 +463,18 @@ impl<T: Transport> Engine<T> {
             resolver,
             state,
             caps: Mutex::new(HashMap::new()),
+            learned_nodes: Mutex::new(BTreeSet::new()),
         }
     }
 
-    /// This node's key.
+    /// Names the keys of `names` in later reports (learned after start).
+    pub fn learn_nodes(&self, names: impl IntoIterator<Item = String>) {
+        if let Ok(mut known) = self.learned_nodes.lock() {
+            known.extend(names);
+        }
+    }
+
+    /// This node's reservation key.
     pub fn key(&self) -> ReservationKey {
         self.key
     }
@@ -1119,6 +1130,9 @@ impl<T: Transport> Engine<T> {
         let mut lives = names(live);
         lives.insert(self.key, self.cfg.node.clone());
         let mut known = names(&self.cfg.known_nodes);
+        if let Ok(learned) = self.learned_nodes.lock() {
+            known.extend(names(&learned));
+        }
         known.extend(lives.clone());
         (lives, known)
     }

@@ -207,6 +207,11 @@ impl StateStore {
         }
     }
 
+    /// Every LUN's record, by WWID, read from the file now.
+    pub fn all(&self) -> Result<BTreeMap<String, Record>, StateError> {
+        self.load()
+    }
+
     /// The record of a LUN, read from the file now.
     pub fn get(&self, wwid: &str) -> Result<Option<Record>, StateError> {
         Ok(self.load()?.remove(wwid))

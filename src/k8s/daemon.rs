@@ -17,7 +17,7 @@ use super::report::Publisher;
 use super::source::{drive, Tick};
 use crate::daemon::grpc::World;
 use crate::daemon::metrics::Metrics;
-use crate::daemon::reconcile::{Fencer, Reconciler};
+use crate::daemon::reconcile::{Fencer, Op, Reconciler};
 use crate::fence::keys::ClusterTag;
 use crate::source::rules::DriverRule;
 
@@ -123,6 +123,75 @@ pub async fn check_nodes(cluster: &Cluster, tag: ClusterTag) -> Result<Vec<Strin
         "no reservation key collisions between nodes"
     );
     Ok(names)
+}
+
+/// [`check_nodes`], retried with back-off while the API server cannot be
+/// reached or refuses: a DaemonSet must not crash-loop exactly while the
+/// cluster is in trouble (a restarted API server answers 403 until its RBAC
+/// caches are filled). Meanwhile the volumes `held()` names (from the state
+/// store) are checked every `monitor` (I7: a fenced node learns it without
+/// the API), the daemon reports not ready and counts the error. A key
+/// collision ends the start.
+pub async fn nodes_or_monitor<F: Fencer>(
+    cluster: &Cluster,
+    tag: ClusterTag,
+    rec: &Arc<Reconciler<F>>,
+    held: impl Fn() -> Vec<Op>,
+    monitor: Duration,
+    metrics: &Metrics,
+) -> Result<Vec<String>, StartError> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match check_nodes(cluster, tag).await {
+            Err(StartError::Api(e)) => {
+                metrics.kube_api_up.set(i64::from(!e.unreachable()));
+                metrics.reconcile_errors.with_label_values(&[e.kind()]).inc();
+                let ops = held();
+                tracing::warn!(error = %e, kind = e.kind(), volumes = ops.len(), retry_in = ?wait,
+                    "the Node list failed at start: monitoring the volumes of the state store meanwhile");
+                let until = tokio::time::Instant::now() + wait;
+                rec.dispatch(ops);
+                while tokio::time::Instant::now() + monitor < until {
+                    tokio::time::sleep(monitor).await;
+                    rec.dispatch(held());
+                }
+                tokio::time::sleep_until(until).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// What the daemon needs besides the cluster to start: see [`start`].
+pub struct Start<H, L> {
+    /// The checks of the volumes the state store names (see [`nodes_or_monitor`]).
+    pub held: H,
+    /// Told the Node names once they are known (to name keys in reports).
+    pub learn: L,
+    /// The loop's settings.
+    pub tick: Tick,
+    /// This cluster's tag.
+    pub tag: ClusterTag,
+}
+
+/// The Kubernetes source from start to end: the Node list (monitoring the
+/// state store's volumes while the API server cannot be reached), then the
+/// watch loop and the status publisher. Ends only on a start error.
+pub async fn start<F: Fencer, H: Fn() -> Vec<Op>, L: FnOnce(Vec<String>)>(
+    cluster: Arc<Cluster>,
+    rec: Arc<Reconciler<F>>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    world: World,
+    s: Start<H, L>,
+) -> Result<(), StartError> {
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    let monitor = s.tick.monitor;
+    let nodes = nodes_or_monitor(&cluster, s.tag, &rec, s.held, monitor, &metrics).await?;
+    (s.learn)(nodes);
+    run(cluster, rec, metrics, ready, world, s.tick, s.tag).await;
+    Ok(())
 }
 
 /// Runs the watch loop and the status publisher until the loop ends.

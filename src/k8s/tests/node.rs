@@ -90,15 +90,26 @@ pub fn start_node<T: Transport + 'static>(
         resync: Duration::from_millis(500),
         policy: Policy::default(),
     };
-    let task = tokio::spawn(csi_fencer::k8s::daemon::run(
+    // As `run` starts it: the Node list first, the state store's volumes
+    // monitored while the API server cannot be reached.
+    let dir = state.to_path_buf();
+    let start = csi_fencer::k8s::daemon::Start {
+        held: move || csi_fencer::daemon::run::held_volumes(&dir, &Policy::default()),
+        learn: |_| {},
+        tick,
+        tag,
+    };
+    let (c, r, m, ready2) = (
         Arc::clone(&cluster),
         Arc::clone(&rec),
         metrics.clone(),
         ready.clone(),
-        world,
-        tick,
-        tag,
-    ));
+    );
+    let task = tokio::spawn(async move {
+        if let Err(e) = csi_fencer::k8s::daemon::start(c, r, m, ready2, world, start).await {
+            panic!("the daemon did not start: {e}");
+        }
+    });
     NodeDaemon {
         rec,
         metrics,

@@ -59,7 +59,7 @@ async fn cluster() -> Plane {
 struct Daemon {
     d: NodeDaemon<Arc<SimLun>>,
     lun: Arc<SimLun>,
-    _dirs: (TempDir, TempDir),
+    dirs: Arc<(TempDir, TempDir)>,
 }
 
 impl Drop for Daemon {
@@ -70,17 +70,18 @@ impl Drop for Daemon {
 
 /// node-a's daemon, as the chart's ServiceAccount.
 async fn node_a(plane: &Plane, lun: SimLun) -> Daemon {
-    let sys = crate::testutil::iscsi_fixture(INITIATOR_A);
-    let state = TempDir::new("k8s-state");
-    let lun = Arc::new(lun);
-    let resolver = Resolver::new(Sysfs::new(sys.path(), "/dev"), "mpath-");
-    let client = plane.daemon_client().await;
-    let d = start_node(client, "node-a", Arc::clone(&lun), resolver, state.path());
-    Daemon {
-        d,
-        lun,
-        _dirs: (sys, state),
-    }
+    let dirs = (
+        crate::testutil::iscsi_fixture(INITIATOR_A),
+        TempDir::new("k8s-state"),
+    );
+    node_a_on(plane.daemon_client().await, Arc::new(lun), Arc::new(dirs))
+}
+
+/// node-a's daemon on `lun`, with its sysfs and state store in `dirs`.
+fn node_a_on(client: kube::Client, lun: Arc<SimLun>, dirs: Arc<(TempDir, TempDir)>) -> Daemon {
+    let resolver = Resolver::new(Sysfs::new(dirs.0.path(), "/dev"), "mpath-");
+    let d = start_node(client, "node-a", Arc::clone(&lun), resolver, dirs.1.path());
+    Daemon { d, lun, dirs }
 }
 
 impl Daemon {
@@ -338,4 +339,44 @@ async fn a_live_node_on_another_pv_of_the_same_lun_is_never_preempted() {
     assert_eq!(preempts, 0, "{:?}", a.lun.pr_out());
     let msg = a.d.rec.statuses()["pv-1"].message.clone();
     assert!(msg.contains("pv-2 on node-b"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_daemon_started_while_the_api_server_is_down_monitors_its_state_store() {
+    // node-a holds pv-1; its daemon restarts while the API server is down,
+    // and meanwhile node-b preempts it. The restarted daemon must not exit
+    // (a crash loop) and must learn of the fence from its state store (I7).
+    let mut plane = cluster().await;
+    let a = node_a(&plane, SimLun::new()).await;
+    a.until("cache loaded", |d| {
+        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    plane.apply(&va("csi-va-1", "node-a", "pv-1")).await;
+    plane.set_attached("csi-va-1", true).await;
+    a.until("held", |d| d.phase() == Some(Phase::Held)).await;
+    let client = plane.daemon_client().await;
+    let (lun, dirs) = (Arc::clone(&a.lun), Arc::clone(&a.dirs));
+    drop(a);
+    plane.stop_apiserver();
+    lun.taken_by(
+        "iqn.2025-01.test.rig:nodeb",
+        tag().key_for("node-b"),
+        tag().key_for("node-a"),
+    );
+    let again = node_a_on(client, lun, dirs);
+    again
+        .until("fenced, with the API server down", |d| {
+            d.phase() == Some(Phase::Fenced)
+        })
+        .await;
+    assert!(!again.d.task.is_finished(), "the daemon is still running");
+    assert!(!again.d.ready.load(std::sync::atomic::Ordering::Relaxed));
+    plane.start_apiserver().await;
+    again
+        .until("ready once the API server answers", |d| {
+            d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .await;
+    assert_eq!(again.phase(), Some(Phase::Fenced));
 }
