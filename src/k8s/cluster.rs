@@ -87,6 +87,8 @@ pub struct Cluster {
     /// The compact watch cache.
     pub store: Mutex<VaStore>,
     volumes: tokio::sync::Mutex<HashMap<String, Cached>>,
+    /// How long a PV's reading is reused ([`VOLUME_TTL`]; shorter in tests).
+    pub volume_ttl: Duration,
     fresh: FreshLists,
 }
 
@@ -116,6 +118,7 @@ impl Cluster {
             rules,
             store: Mutex::new(store),
             volumes: tokio::sync::Mutex::new(HashMap::new()),
+            volume_ttl: VOLUME_TTL,
             fresh: FreshLists::default(),
         }
     }
@@ -239,14 +242,20 @@ impl Cluster {
     /// The volume behind PV `name`, cached for a while. While the API server
     /// is unreachable the last good reading is used (a PV's LUN never
     /// changes), so held volumes stay monitored (I7).
+    ///
+    /// No lock is held while asking, and while the API server is known to be
+    /// unreachable a volume read before is not asked again: during a
+    /// partition each request costs `--timeout`, and one after another they
+    /// would starve the monitor of the node that needs it most.
     pub async fn volume(&self, name: &str) -> Result<VolumeInfo, VolumeError> {
-        let mut cache = self.volumes.lock().await;
-        if let Some((at, v)) = cache.get(name) {
-            if at.elapsed() < VOLUME_TTL {
+        if let Some((at, v)) = self.volumes.lock().await.get(name) {
+            let known = v.is_ok();
+            if at.elapsed() < self.volume_ttl || (known && self.health.is_down()) {
                 return v.clone();
             }
         }
         let v = self.read_volume(name).await;
+        let mut cache = self.volumes.lock().await;
         if matches!(&v, Err(VolumeError::Api(e)) if e.unreachable()) {
             if let Some((_, Ok(old))) = cache.get(name) {
                 return Ok(old.clone());

@@ -159,6 +159,30 @@ impl MockApi {
         kube::Client::new(svc, "default")
     }
 
+    /// A client whose requests hang while `cut` is set, as across a network
+    /// partition (no answer at all, until the caller's timeout); counts the
+    /// requests sent meanwhile in `hung`.
+    pub fn client_hung_by(
+        &self,
+        cut: Arc<AtomicBool>,
+        hung: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> kube::Client {
+        let me = self.clone();
+        let svc = tower::service_fn(move |req: Request<kube::client::Body>| {
+            let me = me.clone();
+            let cut = cut.load(Ordering::Relaxed);
+            let hung = Arc::clone(&hung);
+            async move {
+                if cut {
+                    hung.fetch_add(1, Ordering::Relaxed);
+                    std::future::pending::<()>().await;
+                }
+                me.handle(req).await
+            }
+        });
+        kube::Client::new(svc, "default")
+    }
+
     fn change(&self, kind: &str, obj: Value) {
         let mut db = self.db.lock().unwrap();
         db.rv += 1;

@@ -688,3 +688,31 @@ async fn every_request_is_covered_by_a_declared_rbac_rule() {
         .collect();
     assert!(unused.is_empty(), "rules never exercised here: {unused:?}");
 }
+
+#[tokio::test]
+async fn a_partition_costs_one_timeout_not_one_per_volume() {
+    // 20 volumes read before the partition; while it lasts, the monitor's
+    // lookups must not each wait --timeout in turn (they would starve it).
+    let api = MockApi::new(&["node-a"]);
+    for i in 0..20 {
+        api.put_pv(pv(&format!("pv-{i}"), &["ReadWriteOnce"]));
+    }
+    let (cut, hung) = (Arc::new(AtomicBool::new(false)), Arc::default());
+    let client = api.client_hung_by(Arc::clone(&cut), Arc::clone(&hung));
+    let mut c = Cluster::new(client, "node-a".into(), Duration::from_millis(300), rules());
+    c.volume_ttl = Duration::from_millis(1);
+    for i in 0..20 {
+        c.volume(&format!("pv-{i}")).await.expect("read");
+    }
+    cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for i in 0..20 {
+        let v = c.volume(&format!("pv-{i}")).await;
+        assert!(v.is_ok(), "pv-{i}: the last good reading is used: {:?}", v.err());
+    }
+    assert_eq!(
+        hung.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one request found the API server gone; the others were not sent"
+    );
+}
