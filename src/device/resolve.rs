@@ -194,10 +194,13 @@ impl Resolver {
                 Look::Missing(unmapped) => unmapped,
             };
             if start.elapsed() >= timeout {
+                // The wait asked for, not the nanoseconds it took: the
+                // message must read the same on every retry, or each one
+                // is a new status to write to the API server.
                 return Err(NotFound {
                     wwid: wwid.to_string(),
                     uuid: self.map_uuid(wwid),
-                    waited: start.elapsed(),
+                    waited: timeout,
                     unmapped,
                 });
             }
@@ -287,6 +290,13 @@ mod tests {
             e.to_string().contains("4 SCSI disks with that identity"),
             "{e}"
         );
+        // Every retry says the same (a status that changes on each retry is
+        // written to the API server each time).
+        let again = none
+            .wait(&w(A), Duration::from_millis(30), Duration::from_millis(10))
+            .unwrap_err();
+        assert_eq!(e.to_string(), again.to_string());
+        assert!(e.to_string().contains("after 30ms"), "{e}");
         let missing = r
             .wait(&w("naa.6001405000000fff"), Duration::ZERO, Duration::ZERO)
             .unwrap_err();
