@@ -145,7 +145,10 @@ pub async fn nodes_or_monitor<F: Fencer>(
         match check_nodes(cluster, tag).await {
             Err(StartError::Api(e)) => {
                 metrics.kube_api_up.set(i64::from(!e.unreachable()));
-                metrics.reconcile_errors.with_label_values(&[e.kind()]).inc();
+                metrics
+                    .reconcile_errors
+                    .with_label_values(&[e.kind()])
+                    .inc();
                 let ops = held();
                 tracing::warn!(error = %e, kind = e.kind(), volumes = ops.len(), retry_in = ?wait,
                     "the Node list failed at start: monitoring the volumes of the state store meanwhile");

@@ -708,7 +708,11 @@ async fn a_partition_costs_one_timeout_not_one_per_volume() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     for i in 0..20 {
         let v = c.volume(&format!("pv-{i}")).await;
-        assert!(v.is_ok(), "pv-{i}: the last good reading is used: {:?}", v.err());
+        assert!(
+            v.is_ok(),
+            "pv-{i}: the last good reading is used: {:?}",
+            v.err()
+        );
     }
     assert_eq!(
         hung.load(std::sync::atomic::Ordering::Relaxed),

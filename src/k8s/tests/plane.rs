@@ -372,6 +372,32 @@ impl Plane {
         }
     }
 
+    /// SSA of one object's status as the admin; returns the Warning headers.
+    pub async fn apply_status_warnings(&self, obj: &Value) -> Vec<String> {
+        self.warnings_of(format!("{}/status", object_path(obj)), obj)
+            .await
+    }
+
+    /// SSA of one object as the admin; returns the server's Warning headers.
+    pub async fn apply_warnings(&self, obj: &Value) -> Vec<String> {
+        self.warnings_of(object_path(obj), obj).await
+    }
+
+    async fn warnings_of(&self, path: String, obj: &Value) -> Vec<String> {
+        let body = serde_json::to_vec(obj).expect("json");
+        let req = Request::patch(format!("{path}?fieldManager=test&force=true"))
+            .header("Content-Type", "application/apply-patch+yaml")
+            .body(kube::client::Body::from(body))
+            .expect("request");
+        let res = self.admin.send(req).await.expect("apply");
+        assert!(res.status().is_success(), "apply {path}: {}", res.status());
+        res.headers()
+            .get_all("warning")
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+
     /// Sets a VolumeAttachment's `status.attached` as the attacher would.
     pub async fn set_attached(&self, va: &str, attached: bool) {
         let body = json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
@@ -523,6 +549,7 @@ fn object_path(obj: &Value) -> String {
         "PersistentVolume" => ("/api/v1", "persistentvolumes"),
         "StorageClass" => ("/apis/storage.k8s.io/v1", "storageclasses"),
         "VolumeAttachment" => ("/apis/storage.k8s.io/v1", "volumeattachments"),
+        "VolumeReservation" => ("/apis/csi-fencer.io/v1alpha1", "volumereservations"),
         k => panic!("the harness does not know where {k} lives"),
     };
     match ns {

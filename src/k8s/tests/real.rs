@@ -380,3 +380,41 @@ async fn a_daemon_started_while_the_api_server_is_down_monitors_its_state_store(
         .await;
     assert_eq!(again.phase(), Some(Phase::Fenced));
 }
+
+#[tokio::test]
+async fn the_shipped_crd_and_its_objects_draw_no_warning() {
+    let plane = Plane::start().await;
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/crds/volumereservations.csi-fencer.io.yaml"
+    ))
+    .expect("CRD");
+    let crd: Value = serde_yaml::from_str(&text).expect("yaml");
+    // Created anew (the harness installed it already).
+    let path =
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/volumereservations.csi-fencer.io";
+    plane.delete(path).await;
+    plane
+        .until("the CRD gone", || async { plane.get(path).await.is_none() })
+        .await;
+    let w = plane.apply_warnings(&crd).await;
+    assert!(w.is_empty(), "the CRD: {w:?}");
+    plane
+        .until("the VolumeReservation API served again", || async {
+            let req = http::Request::get("/apis/csi-fencer.io/v1alpha1/volumereservations")
+                .body(Vec::new())
+                .expect("request");
+            plane.admin.request_text(req).await.is_ok()
+        })
+        .await;
+    let obj = json!({"apiVersion": "csi-fencer.io/v1alpha1", "kind": "VolumeReservation",
+        "metadata": {"name": "pv-1"}, "spec": {"persistentVolumeName": "pv-1"}});
+    let w = plane.apply_warnings(&obj).await;
+    assert!(w.is_empty(), "a VolumeReservation: {w:?}");
+    let status = json!({"apiVersion": "csi-fencer.io/v1alpha1", "kind": "VolumeReservation",
+        "metadata": {"name": "pv-1"}, "status": {"nodes": [{"node": "node-a",
+        "key": "0x7e5766570ff05a20", "state": "Holder", "registeredPaths": 2, "totalPaths": 2,
+        "lastTransitionTime": "2026-12-07T10:00:00Z"}]}});
+    let w = plane.apply_status_warnings(&status).await;
+    assert!(w.is_empty(), "its status: {w:?}");
+}
