@@ -86,7 +86,8 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
-    /// More logging (-v debug, -vv trace).
+    /// More of csi-fencer's own logging (-v debug, -vv trace; the
+    /// libraries stay at info: set RUST_LOG for them).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
@@ -124,14 +125,20 @@ fn endpoint(s: &str) -> Result<SocketAddr, Failure> {
         .map_err(|_| Failure::usage(format!("--http-endpoint {s:?}: use HOST:PORT or :PORT")))
 }
 
-fn init_logging(a: &RunArgs) {
-    let level = match a.verbose {
+/// The log filter of `-v`: more of csi-fencer's own logs; the libraries
+/// (hyper, tower, kube) stay at info, or their lines drown csi-fencer's
+/// (`RUST_LOG` sets anything else).
+fn log_filter(verbose: u8) -> &'static str {
+    match verbose {
         0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
+        1 => "info,csi_fencer=debug",
+        _ => "info,csi_fencer=trace",
+    }
+}
+
+fn init_logging(a: &RunArgs) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(a.verbose)));
     use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -175,4 +182,44 @@ pub fn run(a: &RunArgs, g: &GlobalArgs) -> Result<i32, Failure> {
     rt.shutdown_background();
     r.map_err(|e| Failure::new(1, e))?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn verbose_logs_csi_fencers_debug_lines_and_not_the_libraries() {
+        let out = Lines::default();
+        let w = out.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(log_filter(1)))
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, || {
+            tracing::debug!(target: "csi_fencer::k8s", "ours");
+            tracing::debug!(target: "hyper::proto::h1", "theirs");
+            tracing::info!(target: "kube_client", "their info");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("ours") && text.contains("their info"),
+            "{text}"
+        );
+        assert!(!text.contains("theirs"), "{text}");
+    }
 }

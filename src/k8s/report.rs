@@ -115,10 +115,14 @@ impl Publisher {
             .apply_status(u, info.as_ref().map(|i| i.uid.as_str()))
             .await;
         let uid = info.map(|i| i.uid).unwrap_or_default();
+        // Each Event on its own: one refused does not keep the others back.
+        let mut failed = Ok(());
         for ev in events(u, &self.cluster.node) {
-            self.event(&pv, &uid, ev).await?;
+            if let Err(e) = self.event(&pv, &uid, ev).await {
+                failed = failed.and(Err(e));
+            }
         }
-        status
+        status.and(failed)
     }
 
     async fn apply_status(&mut self, u: &Update, pv_uid: Option<&str>) -> Result<(), KubeError> {
@@ -379,11 +383,28 @@ fn holder_fields(
     ]);
 }
 
+/// The API server refuses an Event whose note is longer than this (bytes).
+pub const NOTE_MAX: usize = 1024;
+
+/// `note` cut to [`NOTE_MAX`] bytes at a character boundary, marked as cut.
+fn fit_note(mut note: String) -> String {
+    if note.len() <= NOTE_MAX {
+        return note;
+    }
+    let mut end = NOTE_MAX - "…".len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push('…');
+    note
+}
+
 fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
     Event {
         type_,
         reason: reason.into(),
-        note: Some(note),
+        note: Some(fit_note(note)),
         action: action.into(),
         secondary: None,
     }
@@ -496,6 +517,14 @@ mod tests {
 
     fn reasons(u: &Update) -> Vec<String> {
         events(u, "node-a").into_iter().map(|e| e.reason).collect()
+    }
+
+    #[test]
+    fn a_long_note_is_cut_to_what_the_api_server_takes() {
+        let long = "é".repeat(800);
+        let n = fit_note(long);
+        assert!(n.len() <= NOTE_MAX && n.ends_with('…'), "{}", n.len());
+        assert_eq!(fit_note("short".into()), "short");
     }
 
     #[test]

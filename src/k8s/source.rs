@@ -169,7 +169,6 @@ fn on_event(
 }
 
 fn on_error(cluster: &Cluster, metrics: &Metrics, e: watcher::Error) {
-    metrics.source_errors.inc();
     let (kube, call) = match e {
         watcher::Error::InitialListFailed(k) => (k, Call::ListVolumeAttachments),
         watcher::Error::WatchStartFailed(k) | watcher::Error::WatchFailed(k) => {
@@ -181,10 +180,14 @@ fn on_error(cluster: &Cluster, metrics: &Metrics, e: watcher::Error) {
         }
         watcher::Error::WatchError(s) => (kube::Error::Api(s), Call::WatchVolumeAttachments),
         watcher::Error::NoResourceVersion => {
+            metrics.source_errors.inc();
             tracing::error!("VolumeAttachment list without a resourceVersion: cannot watch");
             return;
         }
     };
+    // A watch that expires (410) is the API server's normal way to end it,
+    // not an error of the source: only the others count.
+    metrics.source_errors.inc();
     let e = KubeError::from_kube(call, kube);
     cluster.health.observe(Err(&e));
     tracing::error!(error = %e, kind = e.kind(), "VolumeAttachment watch failed; retrying with backoff");

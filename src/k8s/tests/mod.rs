@@ -560,6 +560,11 @@ async fn watch_410_gone_relists_and_a_delete_missed_meanwhile_still_releases() {
         "a LIST right before the new watch"
     );
     assert!(rig.lun.keys().0.is_empty());
+    assert_eq!(
+        rig.metrics.source_errors.get(),
+        0,
+        "an expired watch is the API server's normal end of one, not a source error"
+    );
 }
 
 #[tokio::test]

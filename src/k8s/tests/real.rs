@@ -418,3 +418,30 @@ async fn the_shipped_crd_and_its_objects_draw_no_warning() {
     let w = plane.apply_status_warnings(&status).await;
     assert!(w.is_empty(), "its status: {w:?}");
 }
+
+#[tokio::test]
+async fn an_event_with_a_long_message_is_cut_to_fit_not_refused() {
+    let plane = cluster().await;
+    let mut a = publisher(&plane, "node-a").await;
+    let mut u = update("node-a", Phase::Error);
+    u.error_kind = Some("identity_mismatch");
+    u.outcome = None;
+    u.status.message = format!("/dev/sdc: identity mismatch: {}", "x".repeat(2000));
+    a.publish(&u).await.expect("published");
+    let list = plane
+        .get("/apis/events.k8s.io/v1/namespaces/default/events")
+        .await
+        .expect("events");
+    let ev = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|e| e["reason"] == "IdentityMismatch")
+        .unwrap_or_else(|| panic!("no IdentityMismatch Event: {list}"));
+    let note = ev["note"].as_str().expect("note");
+    assert!(
+        note.len() <= 1024 && note.starts_with("node-a: /dev/sdc"),
+        "{note}"
+    );
+    assert_eq!(ev["regarding"]["name"], "pv-1");
+}
