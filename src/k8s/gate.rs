@@ -1,6 +1,7 @@
 //! A tower layer in front of the API client: client-side rate limiting
 //! (`--kube-api-qps`, `--kube-api-burst`, a token bucket as in client-go) and
-//! a count of every request by the RBAC rule it needs and its status code.
+//! a count of every request by the RBAC rule it needs and its status code,
+//! and the User-Agent that names csi-fencer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +14,9 @@ use tokio::time::{Instant, Sleep};
 
 use super::api::classify;
 use crate::daemon::metrics::Metrics;
+
+/// The User-Agent of every request: `csi-fencer/VERSION`.
+pub const USER_AGENT: &str = concat!("csi-fencer/", env!("CARGO_PKG_VERSION"));
 
 /// Token bucket settings.
 #[derive(Debug, Clone, Copy)]
@@ -107,7 +111,12 @@ where
         }
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Who is asking, in the API server's audit log and request metrics.
+        req.headers_mut().insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(USER_AGENT),
+        );
         let rule = classify(
             req.method().as_str(),
             req.uri().path(),
@@ -140,7 +149,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_burst_passes_then_requests_are_spaced_at_qps() {
         let metrics = Arc::new(Metrics::new());
-        let ok = tower::service_fn(|_req: Request<()>| async {
+        let ok = tower::service_fn(|req: Request<()>| async move {
+            assert_eq!(req.headers()["user-agent"], USER_AGENT);
             Ok::<_, std::convert::Infallible>(Response::new(()))
         });
         let mut svc = GateLayer::new(Limits { qps: 2.0, burst: 3 }, metrics.clone()).layer(ok);
