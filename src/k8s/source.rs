@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use kube::api::Api;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 
 use super::api::{Call, KubeError};
 use super::cluster::{Cluster, VolumeError};
@@ -43,9 +43,7 @@ pub async fn drive<F: Fencer>(
     world: World,
     tick: Tick,
 ) {
-    let api: Api<SlimVa> = Api::all(cluster.client.clone());
-    let cfg = watcher::Config::default().page_size(500);
-    let mut stream = watcher(api, cfg).default_backoff().boxed();
+    let mut stream = Watch::new(Api::all(cluster.client.clone()), &cluster.node);
     let mut monitor = tokio::time::interval(tick.monitor);
     let mut resync = tokio::time::interval(tick.resync);
     let mut loaded = false;
@@ -69,7 +67,7 @@ pub async fn drive<F: Fencer>(
                         .any(|t| *t.node == cluster.node || mine.contains(&t.pv)),
                 };
                 if !relevant || !loaded {
-                    publish_health(&cluster, &metrics, &ready, loaded);
+                    publish_health(&cluster, &metrics, &ready, loaded && stream.live);
                     continue;
                 }
                 false
@@ -78,7 +76,7 @@ pub async fn drive<F: Fencer>(
             _ = resync.tick() => false,
             _ = rec.retry_due() => false,
         };
-        publish_health(&cluster, &metrics, &ready, loaded);
+        publish_health(&cluster, &metrics, &ready, loaded && stream.live);
         if !loaded {
             continue;
         }
@@ -100,7 +98,73 @@ pub async fn drive<F: Fencer>(
             now,
         );
         rec.dispatch(ops);
-        publish_health(&cluster, &metrics, &ready, loaded);
+        publish_health(&cluster, &metrics, &ready, loaded && stream.live);
+    }
+}
+
+/// The VolumeAttachment watch. After any failure it starts again from a
+/// fresh list, after a short back-off (0.5 s doubling to 4 s, plus a spread
+/// of up to 1 s by node name, so a whole cluster does not relist at the
+/// same instant): the API server back means the watch back within seconds,
+/// and `live` (ready) only once that list has completed.
+struct Watch {
+    api: Api<SlimVa>,
+    stream:
+        futures_util::stream::BoxStream<'static, Result<watcher::Event<SlimVa>, watcher::Error>>,
+    retry_at: Option<tokio::time::Instant>,
+    failures: u32,
+    spread: Duration,
+    /// A list completed since the last failure: events flow.
+    live: bool,
+}
+
+impl Watch {
+    fn new(api: Api<SlimVa>, node: &str) -> Watch {
+        let spread = node
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        Watch {
+            stream: Self::start(&api),
+            api,
+            retry_at: None,
+            failures: 0,
+            spread: Duration::from_millis(spread % 1000),
+            live: false,
+        }
+    }
+
+    fn start(
+        api: &Api<SlimVa>,
+    ) -> futures_util::stream::BoxStream<'static, Result<watcher::Event<SlimVa>, watcher::Error>>
+    {
+        watcher(api.clone(), watcher::Config::default().page_size(500)).boxed()
+    }
+
+    /// The next event or error; `None` never (the watch is restarted).
+    /// Cancel-safe: a pending back-off is kept across calls.
+    async fn next(&mut self) -> Option<Result<watcher::Event<SlimVa>, watcher::Error>> {
+        if let Some(at) = self.retry_at {
+            tokio::time::sleep_until(at).await;
+            self.retry_at = None;
+            self.stream = Self::start(&self.api);
+        }
+        let ev = self.stream.next().await;
+        match &ev {
+            Some(Ok(watcher::Event::InitDone)) => {
+                self.live = true;
+                self.failures = 0;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => {
+                self.live = false;
+                self.failures += 1;
+                let exp = 500u64 << self.failures.min(4).saturating_sub(1);
+                let wait = Duration::from_millis(exp.min(4000)) + self.spread;
+                self.retry_at = Some(tokio::time::Instant::now() + wait);
+                self.stream = futures_util::stream::pending().boxed();
+            }
+        }
+        ev.or_else(|| Some(Err(watcher::Error::NoResourceVersion)))
     }
 }
 

@@ -273,9 +273,27 @@ async fn after_an_api_server_restart_the_watch_resumes_and_a_detach_releases() {
     plane.apply(&va("csi-va-1", "node-a", "pv-1")).await;
     plane.set_attached("csi-va-1", true).await;
     a.until("held", |d| d.phase() == Some(Phase::Held)).await;
+    let lists = |d: &Daemon| {
+        d.d.metrics
+            .kube_watch_events
+            .with_label_values(&["init-done"])
+            .get()
+    };
+    let before = lists(&a);
     plane.stop_apiserver();
+    a.until("not ready while the API server is down", |d| {
+        !d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     plane.start_apiserver().await;
+    // Ready again within the watch's back-off (at most 5 s) and a relist,
+    // and only once the relist completed.
+    a.until("ready again after a relist", |d| {
+        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    assert!(lists(&a) > before, "the watch relisted before ready");
     plane
         .delete("/apis/storage.k8s.io/v1/volumeattachments/csi-va-1")
         .await;
