@@ -535,6 +535,46 @@ impl<F: Fencer> Reconciler<F> {
         );
     }
 
+    /// Forgets the volumes this node never got onto the LUN (pending or
+    /// failed, `on_lun` false) that the source no longer attaches here and
+    /// that nothing runs on: without it every attachment that ever failed
+    /// stays in the statuses, `ctl list` and the `volumes` gauge. Each one
+    /// forgotten is announced (an [`Update`] with op `forget`) so its
+    /// reported entry goes too. Returns how many.
+    pub fn forget_detached(&self, attached: &BTreeSet<String>) -> usize {
+        let busy: BTreeSet<String> = self
+            .busy
+            .lock()
+            .map(|b| b.keys().cloned().collect())
+            .unwrap_or_default();
+        let Ok(mut all) = self.statuses.lock() else {
+            return 0;
+        };
+        let gone: Vec<VolumeStatus> = all
+            .values()
+            .filter(|s| !s.on_lun && matches!(s.phase, Phase::Pending | Phase::Error))
+            .filter(|s| !attached.contains(&s.volume) && !busy.contains(&s.volume))
+            .cloned()
+            .collect();
+        for s in &gone {
+            all.remove(&s.volume);
+        }
+        self.metrics.set_volumes(&all);
+        drop(all);
+        for status in gone.iter().cloned() {
+            let _ = self.changes.send(Update {
+                status,
+                changed: true,
+                outcome: None,
+                reservation_type: None,
+                error_kind: None,
+                op: "forget",
+                asked: None,
+            });
+        }
+        gone.len()
+    }
+
     /// Reports a problem found before any operation could be planned (an
     /// attachment whose volume cannot be resolved); nothing is sent.
     pub fn report(&self, volume: &str, wwid: &str, kind: &'static str, message: String) {

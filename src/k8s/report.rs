@@ -109,6 +109,9 @@ impl Publisher {
     /// emits the Events of one update; Events go out even if the status
     /// could not be written.
     pub async fn publish(&mut self, u: &Update) -> Result<(), KubeError> {
+        if u.op == "forget" {
+            return self.withdraw(&u.status.volume).await;
+        }
         let pv = u.status.volume.clone();
         let info = self.cluster.volume(&pv).await.ok();
         let status = self
@@ -149,6 +152,22 @@ impl Publisher {
             None => self.give_up_holder(pv).await,
         };
         r.and(h)
+    }
+
+    /// Takes this node's entry out of the volume's status (a volume it
+    /// never got onto and that is no longer attached here): an apply of
+    /// nothing under this node's manager removes what it owned.
+    async fn withdraw(&mut self, pv: &str) -> Result<(), KubeError> {
+        self.seen.remove(pv);
+        let body = json!({
+            "apiVersion": "csi-fencer.io/v1alpha1", "kind": "VolumeReservation",
+            "metadata": { "name": pv }, "status": {},
+        });
+        let manager = field_manager(&self.cluster.node);
+        match self.apply_status_as(pv, &manager, &body).await {
+            Err(KubeError::Api { code: 404, .. }) => Ok(()),
+            r => r,
+        }
     }
 
     /// The object itself, with its owner reference (once per volume).

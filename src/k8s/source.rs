@@ -81,6 +81,17 @@ pub async fn drive<F: Fencer>(
             continue;
         }
         let snap = snapshot(&cluster, &rec).await;
+        let attached: BTreeSet<String> = match cluster.store.lock() {
+            Ok(s) => s
+                .of_node(&cluster.node)
+                .map(|(_, c)| c.pv.to_string())
+                .collect(),
+            Err(_) => snap
+                .for_node(&cluster.node)
+                .map(|a| a.volume.clone())
+                .collect(),
+        };
+        rec.forget_detached(&attached);
         mine = snap
             .for_node(&cluster.node)
             .map(|a| a.volume.clone())

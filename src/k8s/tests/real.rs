@@ -463,3 +463,54 @@ async fn an_event_with_a_long_message_is_cut_to_fit_not_refused() {
     );
     assert_eq!(ev["regarding"]["name"], "pv-1");
 }
+
+#[tokio::test]
+async fn a_volume_never_held_and_then_detached_leaves_no_entry_behind() {
+    // pv-9's LUN is not on node-a: the acquire fails (no device). Once the
+    // attachment goes, nothing of it stays in the statuses, the gauge or
+    // the VolumeReservation.
+    let plane = cluster().await;
+    let mut lost = pv("pv-9", &["ReadWriteOnce"]);
+    lost["spec"]["csi"]["volumeHandle"] = json!("3600140500000000f");
+    plane.apply(&lost).await;
+    let a = node_a(&plane, SimLun::new()).await;
+    a.until("cache loaded", |d| {
+        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    plane.apply(&va("csi-va-9", "node-a", "pv-9")).await;
+    plane.set_attached("csi-va-9", true).await;
+    let errored = |d: &Daemon| {
+        d.d.rec
+            .statuses()
+            .get("pv-9")
+            .is_some_and(|s| s.phase == Phase::Error)
+    };
+    a.until("the acquire failed", errored).await;
+    plane
+        .until("node-a's entry reported", || async {
+            vres(&plane, "pv-9")
+                .await
+                .is_some_and(|v| entry(&v, "node-a").is_some())
+        })
+        .await;
+    plane
+        .delete("/apis/storage.k8s.io/v1/volumeattachments/csi-va-9")
+        .await;
+    a.until("forgotten", |d| !d.d.rec.statuses().contains_key("pv-9"))
+        .await;
+    let gauge = a.d.metrics.render();
+    assert!(
+        !gauge
+            .lines()
+            .any(|l| l.starts_with("csi_fencer_volumes") && !l.ends_with(" 0")),
+        "{gauge}"
+    );
+    plane
+        .until("node-a's entry withdrawn", || async {
+            vres(&plane, "pv-9")
+                .await
+                .is_some_and(|v| entry(&v, "node-a").is_none())
+        })
+        .await;
+}
