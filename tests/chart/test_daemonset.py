@@ -151,7 +151,7 @@ RULES = [
     {"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
     {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get"]},
-    {"apiGroups": ["csi-fencer.io"], "resources": ["volumereservations"], "verbs": ["patch"]},
+    {"apiGroups": ["csi-fencer.io"], "resources": ["volumereservations"], "verbs": ["create", "get", "patch"]},
     {"apiGroups": ["csi-fencer.io"], "resources": ["volumereservations/status"], "verbs": ["patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
