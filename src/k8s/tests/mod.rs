@@ -1,5 +1,17 @@
-//! The Kubernetes source against a mock API server, with the real engine
-//! over a simulated LUN: what reaches the LUN, and what reaches the API.
+//! The Kubernetes source with the real engine over a simulated LUN.
+//!
+//! [`real`] runs against a real kube-apiserver and etcd ([`plane`]), with
+//! the shipped CRD and RBAC: attach, move to another PV of the same LUN,
+//! fence, a role without a rule, status by two holders, Events, garbage
+//! collection, an API-server restart, a start without it.
+//!
+//! The mock API server here stays only for what a real one cannot be made
+//! to do on cue: record and count every request (which verbs, bodies, field
+//! managers; that a monitor check writes nothing), hold back one watch event
+//! while a list already shows the object, answer a fresh GET with another
+//! node's object, expire a watch (410) with a delete lost in the gap, and
+//! cut one node off (a partition, with requests that hang) while the others
+//! still reach it.
 
 mod lun;
 mod mock;

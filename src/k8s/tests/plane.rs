@@ -481,6 +481,11 @@ impl Plane {
     /// daemon's identity in a cluster.
     pub async fn daemon_client(&self) -> kube::Client {
         let (ns, sa) = SERVICE_ACCOUNT;
+        self.token_client(ns, sa).await
+    }
+
+    /// A client with a fresh token of ServiceAccount `ns/sa`.
+    pub async fn token_client(&self, ns: &str, sa: &str) -> kube::Client {
         let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
             "spec": {"expirationSeconds": 3600}});
         let req = Request::post(format!(

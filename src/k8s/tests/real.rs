@@ -77,6 +77,16 @@ async fn node_a(plane: &Plane, lun: SimLun) -> Daemon {
     node_a_on(plane.daemon_client().await, Arc::new(lun), Arc::new(dirs))
 }
 
+/// node-a's daemon as ServiceAccount `kube-system/sa`.
+async fn node_a_as(plane: &Plane, sa: &str, lun: SimLun) -> Daemon {
+    let dirs = (
+        crate::testutil::iscsi_fixture(INITIATOR_A),
+        TempDir::new("k8s-state"),
+    );
+    let client = plane.token_client("kube-system", sa).await;
+    node_a_on(client, Arc::new(lun), Arc::new(dirs))
+}
+
 /// node-a's daemon on `lun`, with its sysfs and state store in `dirs`.
 fn node_a_on(client: kube::Client, lun: Arc<SimLun>, dirs: Arc<(TempDir, TempDir)>) -> Daemon {
     let resolver = Resolver::new(Sysfs::new(dirs.0.path(), "/dev"), "mpath-");
@@ -513,4 +523,120 @@ async fn a_volume_never_held_and_then_detached_leaves_no_entry_behind() {
                 .is_some_and(|v| entry(&v, "node-a").is_none())
         })
         .await;
+}
+
+#[tokio::test]
+async fn a_role_without_a_rule_is_named_and_nothing_is_registered() {
+    // The shipped ClusterRole without `get volumeattachments`, bound to
+    // another ServiceAccount: the real authorizer refuses the fresh GET.
+    let plane = cluster().await;
+    let shipped = plane
+        .get("/apis/rbac.authorization.k8s.io/v1/clusterroles/csi-fencer")
+        .await
+        .expect("shipped ClusterRole");
+    let mut rules = shipped["rules"].as_array().expect("rules").clone();
+    for r in &mut rules {
+        if r["resources"][0] == "volumeattachments" {
+            r["verbs"] = json!(["list", "watch"]);
+        }
+    }
+    plane
+        .apply(
+            &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "csi-fencer-less"}, "rules": rules}),
+        )
+        .await;
+    plane
+        .apply(&json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "csi-fencer-less", "namespace": "kube-system"}}))
+        .await;
+    plane
+        .apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "csi-fencer-less"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csi-fencer-less"},
+            "subjects": [{"kind": "ServiceAccount", "name": "csi-fencer-less", "namespace": "kube-system"}]}))
+        .await;
+    let a = node_a_as(&plane, "csi-fencer-less", SimLun::new()).await;
+    a.until("cache loaded", |d| {
+        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    plane.apply(&va("csi-va-1", "node-a", "pv-1")).await;
+    plane.set_attached("csi-va-1", true).await;
+    a.until("refused", |d| d.phase() == Some(Phase::Error))
+        .await;
+    let m = a.d.rec.statuses()["pv-1"].message.clone();
+    assert!(
+        m.contains("may not get volumeattachments") && m.contains("ClusterRole"),
+        "{m}"
+    );
+    assert!(
+        a.lun.pr_out().is_empty(),
+        "nothing sent: {:?}",
+        a.lun.pr_out()
+    );
+    let forbidden =
+        a.d.metrics
+            .reconcile_errors
+            .with_label_values(&["api-forbidden"])
+            .get();
+    assert!(forbidden > 0, "counted as api-forbidden");
+}
+
+#[tokio::test]
+async fn a_node_that_finds_its_key_preempted_reports_fenced_and_never_registers_again() {
+    let plane = cluster().await;
+    let a = node_a(&plane, SimLun::new()).await;
+    a.until("cache loaded", |d| {
+        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    plane.apply(&va("csi-va-1", "node-a", "pv-1")).await;
+    plane.set_attached("csi-va-1", true).await;
+    a.until("held", |d| d.phase() == Some(Phase::Held)).await;
+    let sent = a.lun.pr_out().len();
+    a.lun.taken_by(
+        "iqn.2025-01.test.rig:nodeb",
+        tag().key_for("node-b"),
+        tag().key_for("node-a"),
+    );
+    a.until("fenced", |d| d.phase() == Some(Phase::Fenced))
+        .await;
+    plane
+        .until(
+            "Fenced in the VolumeReservation, no holder claimed",
+            || async {
+                vres(&plane, "pv-1").await.is_some_and(|v| {
+                    entry(&v, "node-a").is_some_and(|e| e["state"] == "Fenced")
+                        && v["status"].get("holder").is_none()
+                })
+            },
+        )
+        .await;
+    plane
+        .until("a Warning Event Fenced on the PV", || async {
+            plane
+                .get("/apis/events.k8s.io/v1/namespaces/default/events")
+                .await
+                .is_some_and(|l| {
+                    l["items"].as_array().is_some_and(|i| {
+                        i.iter().any(|e| {
+                            e["reason"] == "Fenced"
+                                && e["type"] == "Warning"
+                                && e["regarding"]["name"] == "pv-1"
+                        })
+                    })
+                })
+        })
+        .await;
+    // I1: the same attachment, seen again over monitor and resync cycles,
+    // never registers again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        a.lun.pr_out().len(),
+        sent,
+        "no PR OUT after the fence: {:?}",
+        &a.lun.pr_out()[sent..]
+    );
+    assert_eq!(a.phase(), Some(Phase::Fenced));
 }
