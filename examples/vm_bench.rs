@@ -99,6 +99,7 @@ fn auth(id: &str) -> Authorization {
         attachment: AttachmentId(id.into()),
         read_at: SystemTime::now(),
         notes: Vec::new(),
+        confirm: None,
     }
 }
 

@@ -240,6 +240,7 @@ pub fn run(op: Op, a: &FenceArgs, g: &GlobalArgs) -> Result<i32, Failure> {
                 attachment: AttachmentId(id),
                 read_at: SystemTime::now(),
                 notes: Vec::new(),
+                confirm: None,
             };
             e.acquire(&vol, &auth, &live)
         }

@@ -146,6 +146,7 @@ impl<F: Fencer> FencerApi for Api<F> {
                 attachment: a.id.clone(),
                 read_at,
                 notes: Vec::new(),
+                confirm: None,
             },
             live: snap.nodes_of(&a.volume),
         };

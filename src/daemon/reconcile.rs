@@ -246,6 +246,7 @@ pub fn plan(
                 attachment: a.id.clone(),
                 read_at,
                 notes: Vec::new(),
+                confirm: None,
             };
             ops.push(Op::Acquire { vol, auth, live });
         } else if monitor && st.is_some_and(|s| s.phase != Phase::Released) {
@@ -898,6 +899,7 @@ mod tests {
                 attachment: AttachmentId("u".into()),
                 read_at: SystemTime::now(),
                 notes: Vec::new(),
+                confirm: None,
             },
             live: BTreeSet::new(),
         };

@@ -166,7 +166,7 @@ async fn run_source(
             let rules = k8s::daemon::driver_rules(spec, c.drivers.clone()).await?;
             let cluster = Arc::new(Cluster::new(client, opts.node.clone(), spec.timeout, rules));
             let engine = Arc::new(build_engine(opts, metrics.clone(), &[])?);
-            let authority = Box::new(ApiAuthority(Arc::clone(&cluster)));
+            let authority = Box::new(ApiAuthority(Arc::clone(&cluster), c.tag));
             let rec = Reconciler::with_authority(
                 Arc::clone(&engine),
                 metrics.clone(),

@@ -40,6 +40,41 @@ pub struct Volume {
     pub policy: Policy,
 }
 
+/// Which of the keys an acquire found on the LUN belong to nodes with a
+/// live attachment of it (I2), asked after the keys were read: a node that
+/// attached and registered a moment before counts, which a list read
+/// before the LUN could miss. Cost: one question per key, not per cluster.
+pub trait Liveness: std::marker::Send + Sync {
+    /// `keys`: this cluster's keys on the LUN besides ours, with the node
+    /// each belongs to where the engine knows it. Returns the live ones
+    /// with their node, and notes for the report; an error means nothing
+    /// could be confirmed, and nothing is preempted.
+    fn confirm(
+        &self,
+        vol: &Volume,
+        keys: &[(ReservationKey, Option<String>)],
+    ) -> Result<Confirmed, String>;
+}
+
+/// What a [`Liveness`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Confirmed {
+    /// Live keys and their nodes.
+    pub live: BTreeMap<ReservationKey, String>,
+    /// Worth reporting (e.g. another PV attaches the same LUN).
+    pub notes: Vec<String>,
+}
+
+/// A [`Liveness`] carried by an [`Authorization`].
+#[derive(Clone)]
+pub struct Confirm(pub std::sync::Arc<dyn Liveness>);
+
+impl std::fmt::Debug for Confirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Confirm(..)")
+    }
+}
+
 /// The attachment that allows this node to hold the volume, and when it
 /// was read fresh from its source (I1).
 #[derive(Debug, Clone, Serialize)]
@@ -51,6 +86,10 @@ pub struct Authorization {
     /// What the source found worth saying about it (reported with the
     /// outcome), e.g. another PV on the same LUN.
     pub notes: Vec<String>,
+    /// Asked, after each reading of the LUN, which other keys are live;
+    /// without it the `live` set given to the acquire is the whole answer.
+    #[serde(skip)]
+    pub confirm: Option<Confirm>,
 }
 
 /// Engine settings.
@@ -525,9 +564,8 @@ impl<T: Transport> Engine<T> {
             return Ok(run.out.refused(r));
         }
         let (lives, known) = self.key_maps(live);
-        let ctx = self.context(vol, &lives, &known);
         run.out.notes.extend(auth.notes.iter().cloned());
-        let r = self.acquire_rounds(&mut run, auth, &ctx);
+        let r = self.acquire_rounds(&mut run, auth, &lives, &known);
         // (Not after the test hook, which stands for a crash: nothing runs.)
         let crashed = matches!(r, Err(FenceError::Interrupted));
         if r.is_err() && !crashed && !run.touched.is_empty() && !run.held_before {
@@ -542,10 +580,12 @@ impl<T: Transport> Engine<T> {
         &self,
         run: &mut Run<'_>,
         auth: &Authorization,
-        ctx: &Context<'_>,
+        lives: &BTreeMap<ReservationKey, String>,
+        known: &BTreeMap<ReservationKey, String>,
     ) -> Result<Outcome, FenceError> {
         let vol = run.vol;
         let mut last = String::new();
+        let mut lives = lives.clone();
         for round in 0..ROUNDS {
             // Only PR IN until the fence checks below have passed (I1). The
             // record is read after the LUN: reading may have noted a reset.
@@ -554,6 +594,8 @@ impl<T: Transport> Engine<T> {
             if round == 0 {
                 run.held_before = io::state_of(&obs, self.key) == VolumeState::Held;
             }
+            self.confirm_live(run, auth, &obs, &mut lives, known)?;
+            let ctx = &self.context(vol, &lives, known);
             run.out.keys = decide::classify(&obs.keys, ctx);
             match self.judge(run, rec.as_ref(), &obs)? {
                 Evidence::Preempted => return self.fenced_refusal(run, &obs, auth),
@@ -591,6 +633,8 @@ impl<T: Transport> Engine<T> {
         }
         // The final read-back decides; a last plan with nothing to do is held.
         let obs = self.observe_into(run, false)?;
+        self.confirm_live(run, auth, &obs, &mut lives, known)?;
+        let ctx = &self.context(vol, &lives, known);
         if decide::plan_acquire(&obs, ctx).is_ok_and(|s| s.is_empty()) {
             return self.settle(run, &obs, auth);
         }
@@ -1115,6 +1159,44 @@ impl<T: Transport> Engine<T> {
         })
     }
 
+    /// Asks the authorization's [`Liveness`] about this cluster's keys on
+    /// the LUN that are not known live yet; adds the live ones to `lives`.
+    fn confirm_live(
+        &self,
+        run: &mut Run<'_>,
+        auth: &Authorization,
+        obs: &Observed,
+        lives: &mut BTreeMap<ReservationKey, String>,
+        known: &BTreeMap<ReservationKey, String>,
+    ) -> Result<(), FenceError> {
+        let Some(Confirm(liveness)) = &auth.confirm else {
+            return Ok(());
+        };
+        let mut ask: Vec<(ReservationKey, Option<String>)> = Vec::new();
+        for &k in &obs.keys {
+            let new = k != self.key && !lives.contains_key(&k) && !ask.iter().any(|(a, _)| *a == k);
+            if new && self.cfg.tag.owns(k) {
+                ask.push((k, known.get(&k).cloned()));
+            }
+        }
+        if ask.is_empty() {
+            return Ok(());
+        }
+        let found = liveness
+            .confirm(run.vol, &ask)
+            .map_err(|why| FenceError::Undecided {
+                volume: run.vol.name.clone(),
+                why: format!("which nodes are live could not be confirmed: {why}"),
+            })?;
+        for n in found.notes {
+            if !run.out.notes.contains(&n) {
+                run.out.notes.push(n);
+            }
+        }
+        lives.extend(found.live);
+        Ok(())
+    }
+
     fn key_maps(
         &self,
         live: &BTreeSet<String>,
@@ -1239,6 +1321,7 @@ mod tests {
             attachment: AttachmentId("uid-7".into()),
             read_at: SystemTime::now(),
             notes: Vec::new(),
+            confirm: None,
         };
         let r = fenced(&a);
         assert!(r.to_string().contains("uid-7"), "{r}");

@@ -1,21 +1,127 @@
 //! The API server's last word before any PR OUT. An acquire needs a fresh GET
-//! of this node's VolumeAttachment (not the watch cache) and a fresh list for
-//! the live nodes; a release needs a fresh list without this node's
-//! attachment. When the API server cannot be asked, nothing is registered,
-//! preempted or released.
+//! of this node's VolumeAttachment (not the watch cache), and the engine asks
+//! after each reading of the LUN which other keys on it are live (a fresh
+//! GET per key, see [`ApiLiveness`]); a release needs this node's attachment
+//! gone, read fresh. When the API server cannot be asked, nothing is
+//! registered, preempted or released.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use std::collections::BTreeSet;
-
-use super::cluster::{Cluster, Fresh};
+use super::api::KubeError;
+use super::cluster::{attachment_name, Cluster};
 use super::store::SlimVa;
 use crate::daemon::reconcile::{Authority, Confirming, Denied, Op, Phase};
 use crate::fence::engine::{Authorization, Volume};
+use crate::fence::engine::{Confirm, Confirmed, Liveness};
+use crate::fence::keys::ClusterTag;
+use crate::scsi::ReservationKey;
 
-/// [`Authority`] backed by the API server.
-pub struct ApiAuthority(pub Arc<Cluster>);
+/// [`Authority`] backed by the API server, for the cluster whose keys carry
+/// the tag.
+pub struct ApiAuthority(pub Arc<Cluster>, pub ClusterTag);
+
+/// [`Liveness`] from the API server. A key's node is live for the LUN when
+/// a VolumeAttachment of it exists for that node and is not being deleted,
+/// read fresh: the name Kubernetes gives it (`csi-` and the SHA-256 of
+/// handle, driver and node; the same for every PV with that handle) and the
+/// names the watch cache knows for the PV. A key whose node is not known is
+/// looked up in a fresh Node list; no such node, no attachment.
+struct ApiLiveness {
+    cluster: Arc<Cluster>,
+    tag: ClusterTag,
+    pv: String,
+    csi: Option<(String, String)>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Liveness for ApiLiveness {
+    fn confirm(
+        &self,
+        _vol: &Volume,
+        keys: &[(ReservationKey, Option<String>)],
+    ) -> Result<Confirmed, String> {
+        self.rt.block_on(self.confirm_fresh(keys))
+    }
+}
+
+impl ApiLiveness {
+    async fn confirm_fresh(
+        &self,
+        keys: &[(ReservationKey, Option<String>)],
+    ) -> Result<Confirmed, String> {
+        let mut out = Confirmed::default();
+        let mut names: Option<Vec<String>> = None;
+        for (key, node) in keys {
+            let node = match node {
+                Some(n) => n.clone(),
+                None => {
+                    if names.is_none() {
+                        names = Some(self.cluster.node_names().await.map_err(|e| e.to_string())?);
+                    }
+                    let all = names.as_deref().unwrap_or_default();
+                    match all.iter().find(|n| self.tag.key_for(n) == *key) {
+                        Some(n) => n.clone(),
+                        None => continue,
+                    }
+                }
+            };
+            if let Some(other_pv) = self.attached(&node).await? {
+                if other_pv != self.pv {
+                    out.notes.push(format!(
+                        "{SHARED_LUN}: {other_pv} on {node} (another PV with the same volume handle); its node counts as live and is never preempted"
+                    ));
+                }
+                out.live.insert(*key, node);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The names `node`'s attachment of this LUN may have: those the watch
+    /// cache knows for the PV, and the one Kubernetes gives it.
+    fn names(&self, node: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .cluster
+            .store
+            .lock()
+            .map(|s| {
+                s.of_node(node)
+                    .filter(|(_, c)| c.pv == crate::k8s::packed::Packed::new(&self.pv))
+                    .map(|(n, _)| n.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some((driver, handle)) = &self.csi {
+            names.push(attachment_name(driver, handle, node));
+        }
+        names.dedup();
+        names
+    }
+
+    /// The PV of `node`'s live attachment of this LUN, read fresh, if any.
+    async fn attached(&self, node: &str) -> Result<Option<String>, String> {
+        for name in self.names(node) {
+            let va = self
+                .cluster
+                .get_va(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(va) = va else { continue };
+            let live = va.metadata.deletion_timestamp.is_none() && va.spec.node_name == node;
+            if live {
+                let pv = va
+                    .spec
+                    .source
+                    .persistent_volume_name
+                    .clone()
+                    .unwrap_or_default();
+                return Ok(Some(pv));
+            }
+        }
+        Ok(None)
+    }
+}
 
 fn deny(kind: &'static str, message: String, phase: Option<Phase>) -> Denied {
     Denied {
@@ -50,23 +156,6 @@ fn refuse(va: &SlimVa, node: &str, vol: &str, uid: &str) -> Option<String> {
         return Some(format!("VolumeAttachment {name} is not attached yet"));
     }
     None
-}
-
-/// The note for attachments of other PVs on the same LUN: their nodes are
-/// live (never preempted), and the operator should know.
-fn shared_lun(pv: &str, fresh: &[Fresh]) -> Option<String> {
-    let others: BTreeSet<String> = fresh
-        .iter()
-        .filter(|f| f.pv != pv)
-        .map(|f| format!("{} on {}", f.pv, f.node))
-        .collect();
-    (!others.is_empty()).then(|| {
-        let list: Vec<String> = others.into_iter().collect();
-        format!(
-            "{SHARED_LUN}: {} (another PV with the same volume handle); their nodes count as live and are never preempted",
-            list.join(", ")
-        )
-    })
 }
 
 /// The start of the note that another PV attaches the same LUN.
@@ -107,25 +196,24 @@ impl ApiAuthority {
                 Some(Phase::Pending),
             ));
         }
-        // The PV's CSI handle (cached; it never changes) finds the other
-        // PVs' attachments of the same LUN.
+        // Which other keys on the LUN are live is asked by the engine after
+        // it read them (see ApiLiveness): one GET per key, not a list of the
+        // cluster, and never older than the keys it answers for.
         let csi = c.volume(&vol.name).await.ok().map(|i| i.csi);
-        let fresh = c
-            .fresh_attachments(&vol.name, csi.as_ref())
-            .await
-            .map_err(|e| deny(e.kind(), format!("{e}; {nothing}"), Some(Phase::Error)))?;
-        let notes = shared_lun(&vol.name, &fresh).into_iter().collect();
-        let live = fresh
-            .into_iter()
-            .filter(|f| !f.deleting)
-            .map(|f| f.node)
-            .chain([c.node.clone()])
-            .collect();
+        let liveness = ApiLiveness {
+            cluster: Arc::clone(c),
+            tag: self.1,
+            pv: vol.name.clone(),
+            csi,
+            rt: tokio::runtime::Handle::current(),
+        };
         let auth = Authorization {
             attachment: auth.attachment,
             read_at,
-            notes,
+            notes: Vec::new(),
+            confirm: Some(Confirm(Arc::new(liveness))),
         };
+        let live = [c.node.clone()].into();
         Ok(Op::Acquire { vol, auth, live })
     }
 
@@ -134,27 +222,22 @@ impl ApiAuthority {
     /// (I7: a node whose detach cannot be confirmed still learns it was fenced).
     async fn release(&self, vol: Volume) -> Result<Op, Denied> {
         let c = &self.0;
-        let why = match c.fresh_attachments(&vol.name, None).await {
+        let why = match self.own_attachment(&vol.name).await {
             Err(e) => format!("{e}; not released until the detach is confirmed"),
-            Ok(fresh) => match fresh.iter().find(|f| f.node == c.node) {
-                None => {
-                    return Ok(Op::Release {
-                        vol,
-                        explicit: false,
-                    })
-                }
-                Some(mine) => {
-                    let how = if mine.deleting {
-                        "is still being detached"
-                    } else {
-                        "still exists"
-                    };
-                    format!(
-                        "VolumeAttachment {} {how} (fresh list): not released yet",
-                        mine.name
-                    )
-                }
-            },
+            Ok(None) => {
+                return Ok(Op::Release {
+                    vol,
+                    explicit: false,
+                })
+            }
+            Ok(Some((name, deleting))) => {
+                let how = if deleting {
+                    "is still being detached"
+                } else {
+                    "still exists"
+                };
+                format!("VolumeAttachment {name} {how} (fresh read): not released yet")
+            }
         };
         tracing::info!(volume = %vol.name, "{why}; checking it instead");
         let live = c
@@ -163,6 +246,40 @@ impl ApiAuthority {
             .map(|s| s.nodes_of(&vol.name))
             .unwrap_or_default();
         Ok(Op::Check { vol, live })
+    }
+}
+
+impl ApiAuthority {
+    /// This node's attachment of `pv`, read fresh: its name and whether it
+    /// is being deleted. By name (the cached ones and the one Kubernetes
+    /// gives it) while the PV can be read; a fresh list of every
+    /// attachment when it cannot (then its volume handle is unknown).
+    async fn own_attachment(&self, pv: &str) -> Result<Option<(String, bool)>, KubeError> {
+        let c = &self.0;
+        let Ok(info) = c.volume(pv).await else {
+            let fresh = c.fresh_attachments(pv, None).await?;
+            return Ok(fresh
+                .into_iter()
+                .find(|f| f.node == c.node)
+                .map(|f| (f.name, f.deleting)));
+        };
+        let liveness = ApiLiveness {
+            cluster: Arc::clone(c),
+            tag: self.1,
+            pv: pv.to_string(),
+            csi: Some(info.csi),
+            rt: tokio::runtime::Handle::current(),
+        };
+        for name in liveness.names(&c.node) {
+            if let Some(va) = c.get_va(&name).await? {
+                let mine = va.spec.node_name == c.node
+                    && va.spec.source.persistent_volume_name.as_deref() == Some(pv);
+                if mine {
+                    return Ok(Some((name, va.metadata.deletion_timestamp.is_some())));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 

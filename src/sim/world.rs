@@ -382,6 +382,7 @@ impl Sim {
             attachment: a.clone(),
             read_at: crate::fence::clock::Clock::wall(&*self.san.clock),
             notes: Vec::new(),
+            confirm: None,
         });
         if kind == OpKind::Release {
             // A release runs on a confirmed detach: the node's pods are gone.

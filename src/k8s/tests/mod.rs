@@ -175,13 +175,18 @@ async fn attach_for_this_node_is_confirmed_fresh_then_acquired_preempting_the_st
         2,
         "registered on both paths"
     );
-    // A fresh list (not the cache) named the live nodes before the preemption.
+    // After the fresh GET of its own attachment, node-b's attachment was
+    // asked for by the name Kubernetes gives it (a fresh read, not the
+    // cache, and no list of the whole cluster): 404, so its key was stale.
     let seen = rig.api.seen();
     let get = seen.iter().position(|s| s.path.ends_with(VA)).unwrap();
+    let b_va =
+        super::cluster::attachment_name("block.csi.example.com", "36001405000000001", "node-b");
+    let asked = |s: &&mock::Seen| s.method == "GET" && s.path.ends_with(&b_va);
+    let listed =
+        |s: &&mock::Seen| s.path.ends_with("/volumeattachments") && !s.query.contains("watch");
     assert!(
-        seen[get..]
-            .iter()
-            .any(|s| s.path.ends_with("/volumeattachments") && !s.query.contains("watch")),
+        seen[get..].iter().any(|s| asked(&s)) && !seen[get..].iter().any(|s| listed(&s)),
         "{:?}",
         seen.iter()
             .map(|s| format!("{} {}?{}", s.method, s.path, s.query))
@@ -292,10 +297,11 @@ async fn a_node_that_finds_its_key_preempted_reports_fenced_and_never_registers_
 }
 
 #[tokio::test]
-async fn the_live_set_comes_from_a_fresh_list_not_the_watch_cache() {
+async fn the_live_set_comes_from_fresh_reads_not_the_watch_cache() {
     // A multi-node volume: node-b attached a moment ago and registered; our
     // watch has not delivered its VolumeAttachment yet. The cache alone would
-    // call node-b's key stale and preempt it (I2).
+    // call node-b's key stale and preempt it (I2); a fresh GET of the
+    // attachment Kubernetes names for node-b finds it.
     let api = MockApi::new(&["node-a", "node-b"]);
     api.put_pv(pv("pv-1", &["ReadWriteMany"]));
     let lun = SimLun::new();
@@ -303,8 +309,10 @@ async fn the_live_set_comes_from_a_fresh_list_not_the_watch_cache() {
     lun.register_other("iqn.2025-01.test.rig:nodeb", b, false);
     let rig = start(api, lun).await;
     rig.loaded().await;
+    let b_va =
+        super::cluster::attachment_name("block.csi.example.com", "36001405000000001", "node-b");
     rig.api
-        .put_va_unwatched(va("csi-b", "uid-b", "node-b", "pv-1", true));
+        .put_va_unwatched(va(&b_va, "uid-b", "node-b", "pv-1", true));
     rig.api.put_va(va(VA, UID, "node-a", "pv-1", true));
     rig.until("held", |r| r.phase() == Some(Phase::Held)).await;
     assert_eq!(

@@ -68,7 +68,7 @@ pub fn start_node<T: Transport + 'static>(
         Duration::from_secs(2),
         rules(),
     ));
-    let auth = Box::new(ApiAuthority(Arc::clone(&cluster)));
+    let auth = Box::new(ApiAuthority(Arc::clone(&cluster), tag));
     let rec = Reconciler::with_authority(
         Arc::new(engine),
         metrics.clone(),
