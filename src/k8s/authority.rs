@@ -1,7 +1,7 @@
 //! The API server's last word before any PR OUT. An acquire needs a fresh GET
 //! of this node's VolumeAttachment (not the watch cache), and the engine asks
 //! after each reading of the LUN which other keys on it are live (a fresh
-//! GET per key, see [`ApiLiveness`]); a release needs this node's attachment
+//! GET per key, see `ApiLiveness`); a release needs this node's attachment
 //! gone, read fresh. When the API server cannot be asked, nothing is
 //! registered, preempted or released.
 

@@ -87,7 +87,7 @@ pub struct Cluster {
     /// The compact watch cache.
     pub store: Mutex<VaStore>,
     volumes: tokio::sync::Mutex<HashMap<String, Cached>>,
-    /// How long a PV's reading is reused ([`VOLUME_TTL`]; shorter in tests).
+    /// How long a PV's reading is reused (30 s; shorter in tests).
     pub volume_ttl: Duration,
     fresh: FreshLists,
 }
