@@ -145,7 +145,17 @@ fn a_kubernetes_failover_fences_the_cut_off_node_on_the_lun() {
         .await;
         let b_last = last_of("node-b");
         assert_eq!(b_last["status"]["nodes"][0]["state"], "Holder");
-        assert_eq!(b_last["status"]["holder"]["node"], "node-b");
+        // The volume-wide fields go under the holders' shared field manager.
+        let holder = api
+            .seen()
+            .into_iter()
+            .rfind(|s| {
+                s.path.ends_with("pv-vol0/status")
+                    && s.query.contains("fieldManager=csi-fencer%2Fholder")
+            })
+            .expect("the holder's fields applied")
+            .body;
+        assert_eq!(holder["status"]["holder"]["node"], "node-b");
     });
     rt.shutdown_background();
 }
