@@ -1,7 +1,7 @@
 # csi-fencer: the two commands of the README, and their parts.
 #   make demo    the failover demo against a real SCSI target in a VM
 #   make test    every test: fmt, clippy, unit + property + mock-API tests, the chart, then the VM rig
-.PHONY: test test-host test-vm demo bench-vm bench-kube fuzz lint help sim
+.PHONY: test test-host test-vm demo bench-vm bench-kube bench-acquire fuzz lint help sim
 
 CARGO ?= cargo
 
@@ -31,6 +31,10 @@ bench-vm:
 ## bench-kube: the daemon's watch cache against a mock API server: 100k VolumeAttachments, 10k+10k watch events, a relist; peak RSS and CPU (ROUNDS=3).
 bench-kube:
 	tests/bench/kube-bench.sh
+
+## bench-acquire: what an acquire asks the API server at 1 000 and 100 000 VolumeAttachments (GETs now, the list it used to make), medians side by side (ROUNDS=5).
+bench-acquire:
+	$(CARGO) run --release --example acquire_bench
 
 ## sim: random schedules of the deterministic SAN simulation (every capability profile, faults, crashes) for SIM_SECONDS (default 300); ends "sim: N schedules, M violations". SIM_SEED=N replays one with its trace.
 SIM_SECONDS ?= 300

@@ -159,6 +159,22 @@ impl MockApi {
         kube::Client::new(svc, "default")
     }
 
+    /// The mock as a tower service, for a client with layers of its own
+    /// (`examples/acquire_bench.rs` puts the daemon's rate limit in front).
+    #[allow(dead_code)]
+    pub fn service(
+        &self,
+    ) -> tower::util::BoxCloneService<Request<kube::client::Body>, Response<Body>, std::io::Error>
+    {
+        let me = self.clone();
+        tower::util::BoxCloneService::new(tower::service_fn(
+            move |req: Request<kube::client::Body>| {
+                let me = me.clone();
+                async move { me.handle(req).await }
+            },
+        ))
+    }
+
     /// A client whose requests hang while `cut` is set, as across a network
     /// partition (no answer at all, until the caller's timeout); counts the
     /// requests sent meanwhile in `hung`.
