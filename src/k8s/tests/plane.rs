@@ -134,70 +134,17 @@ fn certificates(pki: &Path) {
     .expect("san.ext");
     // rustls takes only X.509 v3 certificates: an extension makes one.
     std::fs::write(pki.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("client.ext");
-    let steps: &[&[&str]] = &[
-        &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=kube-apiserver",
-        ],
-        &["x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt"],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/O=system:masters/CN=admin",
-        ],
-        &["x509", "-req", "-in", "admin.csr", "-CA", "ca.crt"],
-        &["genrsa", "-out", "sa.key", "2048"],
-        &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"],
+    let steps = [
+        "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.crt",
+        "req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver -keyout apiserver.key -out apiserver.csr",
+        "x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext -out apiserver.crt",
+        "req -newkey rsa:2048 -nodes -subj /O=system:masters/CN=admin -keyout admin.key -out admin.csr",
+        "x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile client.ext -out admin.crt",
+        "genrsa -out sa.key 2048",
+        "rsa -in sa.key -pubout -out sa.pub",
     ];
-    let tails: &[&[&str]] = &[
-        &[
-            "-subj",
-            "/CN=test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ],
-        &["-keyout", "apiserver.key", "-out", "apiserver.csr"],
-        &[
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "apiserver.crt",
-        ],
-        &["-keyout", "admin.key", "-out", "admin.csr"],
-        &[
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-            "-out",
-            "admin.crt",
-        ],
-        &[],
-        &[],
-    ];
-    for (head, tail) in steps.iter().zip(tails) {
-        let args: Vec<&str> = head.iter().chain(tail.iter()).copied().collect();
-        openssl(pki, &args);
+    for step in steps {
+        openssl(pki, &step.split_whitespace().collect::<Vec<_>>());
     }
 }
 

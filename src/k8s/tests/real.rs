@@ -94,7 +94,21 @@ fn node_a_on(client: kube::Client, lun: Arc<SimLun>, dirs: Arc<(TempDir, TempDir
     Daemon { d, lun, dirs }
 }
 
+/// A VolumeAttachment `name` of `pv` to `node`, attached as the attacher
+/// marks it.
+async fn attach(plane: &Plane, name: &str, node: &str, pv: &str) {
+    plane.apply(&va(name, node, pv)).await;
+    plane.set_attached(name, true).await;
+}
+
 impl Daemon {
+    async fn loaded(&self) {
+        self.until("cache loaded", |d| {
+            d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .await
+    }
+
     fn phase(&self) -> Option<Phase> {
         self.d.rec.statuses().get("pv-1").map(|s| s.phase.clone())
     }
@@ -132,12 +146,8 @@ fn entry<'a>(v: &'a Value, node: &str) -> Option<&'a Value> {
 async fn the_shipped_rbac_lets_a_holder_create_and_report_its_volume_reservation() {
     let plane = cluster().await;
     let a = node_a(&plane, SimLun::new()).await;
-    a.until("cache loaded", |d| {
-        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
-    plane.apply(&va("csi-va-1", "node-a", "pv-1")).await;
-    plane.set_attached("csi-va-1", true).await;
+    a.loaded().await;
+    attach(&plane, "csi-va-1", "node-a", "pv-1").await;
     a.until("held", |d| d.phase() == Some(Phase::Held)).await;
     assert_eq!(a.lun.keys().1, Some(tag().key_for("node-a")));
     plane
@@ -276,12 +286,8 @@ async fn the_volume_reservation_goes_with_its_pv_by_garbage_collection() {
 async fn after_an_api_server_restart_the_watch_resumes_and_a_detach_releases() {
     let mut plane = cluster().await;
     let a = node_a(&plane, SimLun::new()).await;
-    a.until("cache loaded", |d| {
-        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
-    plane.apply(&va("csi-va-1", "node-a", "pv-1")).await;
-    plane.set_attached("csi-va-1", true).await;
+    a.loaded().await;
+    attach(&plane, "csi-va-1", "node-a", "pv-1").await;
     a.until("held", |d| d.phase() == Some(Phase::Held)).await;
     let lists = |d: &Daemon| {
         d.d.metrics
@@ -331,20 +337,15 @@ async fn a_live_node_on_another_pv_of_the_same_lun_is_never_preempted() {
     let b = tag().key_for("node-b");
     lun.register_other("iqn.2025-01.test.rig:nodeb", b, true);
     let a = node_a(&plane, lun).await;
-    a.until("cache loaded", |d| {
-        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
+    a.loaded().await;
     let name_b = attachment_name("block.csi.example.com", HANDLE, "node-b");
     assert_eq!(
         name_b, "csi-238c0e4aa68a270f6bca4aa4555c930bc09b6e64f58857a953c7f01ce94ad85a",
         "the attach/detach controller's naming (sha256 of handle, driver, node)"
     );
-    plane.apply(&va(&name_b, "node-b", "pv-2")).await;
-    plane.set_attached(&name_b, true).await;
+    attach(&plane, &name_b, "node-b", "pv-2").await;
     let name_a = attachment_name("block.csi.example.com", HANDLE, "node-a");
-    plane.apply(&va(&name_a, "node-a", "pv-1")).await;
-    plane.set_attached(&name_a, true).await;
+    attach(&plane, &name_a, "node-a", "pv-1").await;
     a.until("the acquire answered", |d| {
         d.d.rec
             .statuses()
@@ -376,12 +377,8 @@ async fn a_daemon_started_while_the_api_server_is_down_monitors_its_state_store(
     // (a crash loop) and must learn of the fence from its state store (I7).
     let mut plane = cluster().await;
     let a = node_a(&plane, SimLun::new()).await;
-    a.until("cache loaded", |d| {
-        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
-    plane.apply(&va("csi-va-1", "node-a", "pv-1")).await;
-    plane.set_attached("csi-va-1", true).await;
+    a.loaded().await;
+    attach(&plane, "csi-va-1", "node-a", "pv-1").await;
     a.until("held", |d| d.phase() == Some(Phase::Held)).await;
     let client = plane.daemon_client().await;
     let (lun, dirs) = (Arc::clone(&a.lun), Arc::clone(&a.dirs));
@@ -484,12 +481,8 @@ async fn a_volume_never_held_and_then_detached_leaves_no_entry_behind() {
     lost["spec"]["csi"]["volumeHandle"] = json!("3600140500000000f");
     plane.apply(&lost).await;
     let a = node_a(&plane, SimLun::new()).await;
-    a.until("cache loaded", |d| {
-        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
-    plane.apply(&va("csi-va-9", "node-a", "pv-9")).await;
-    plane.set_attached("csi-va-9", true).await;
+    a.loaded().await;
+    attach(&plane, "csi-va-9", "node-a", "pv-9").await;
     let errored = |d: &Daemon| {
         d.d.rec
             .statuses()
@@ -557,12 +550,8 @@ async fn a_role_without_a_rule_is_named_and_nothing_is_registered() {
             "subjects": [{"kind": "ServiceAccount", "name": "csi-fencer-less", "namespace": "kube-system"}]}))
         .await;
     let a = node_a_as(&plane, "csi-fencer-less", SimLun::new()).await;
-    a.until("cache loaded", |d| {
-        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
-    plane.apply(&va("csi-va-1", "node-a", "pv-1")).await;
-    plane.set_attached("csi-va-1", true).await;
+    a.loaded().await;
+    attach(&plane, "csi-va-1", "node-a", "pv-1").await;
     a.until("refused", |d| d.phase() == Some(Phase::Error))
         .await;
     let m = a.d.rec.statuses()["pv-1"].message.clone();
@@ -587,12 +576,8 @@ async fn a_role_without_a_rule_is_named_and_nothing_is_registered() {
 async fn a_node_that_finds_its_key_preempted_reports_fenced_and_never_registers_again() {
     let plane = cluster().await;
     let a = node_a(&plane, SimLun::new()).await;
-    a.until("cache loaded", |d| {
-        d.d.ready.load(std::sync::atomic::Ordering::Relaxed)
-    })
-    .await;
-    plane.apply(&va("csi-va-1", "node-a", "pv-1")).await;
-    plane.set_attached("csi-va-1", true).await;
+    a.loaded().await;
+    attach(&plane, "csi-va-1", "node-a", "pv-1").await;
     a.until("held", |d| d.phase() == Some(Phase::Held)).await;
     let sent = a.lun.pr_out().len();
     a.lun.taken_by(
