@@ -168,7 +168,7 @@ pub struct Context<'a> {
     pub ours: ReservationKey,
     /// This cluster's tag.
     pub tag: ClusterTag,
-    /// Keys of the nodes that hold live attachments for the volume (fresh list), by key.
+    /// Keys of the nodes that hold live attachments of the LUN (read fresh), by key.
     pub live: &'a BTreeMap<ReservationKey, String>,
     /// Every node name the caller knows, by key, for naming stale keys.
     pub known: &'a BTreeMap<ReservationKey, String>,

@@ -5,11 +5,12 @@
 //! gone, read fresh. When the API server cannot be asked, nothing is
 //! registered, preempted or released.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::api::KubeError;
-use super::cluster::{attachment_name, Cluster};
+use super::cluster::{attachment_name, Cluster, Fresh};
 use super::store::SlimVa;
 use crate::daemon::reconcile::{Authority, Confirming, Denied, Op, Phase};
 use crate::fence::engine::{Authorization, Volume};
@@ -27,7 +28,7 @@ pub struct ApiAuthority(pub Arc<Cluster>, pub ClusterTag);
 /// handle, driver and node; the same for every PV with that handle) and the
 /// names the watch cache knows for the PV. A key whose node is not known is
 /// looked up in a fresh Node list; no such node, no attachment.
-struct ApiLiveness {
+pub(crate) struct ApiLiveness {
     cluster: Arc<Cluster>,
     tag: ClusterTag,
     pv: String,
@@ -46,36 +47,86 @@ impl Liveness for ApiLiveness {
 }
 
 impl ApiLiveness {
-    async fn confirm_fresh(
+    /// Liveness of the keys on `pv`'s LUN (`csi`: its driver and handle,
+    /// `None` when the PV could not be read), asked on the current runtime.
+    pub(crate) fn new(
+        cluster: Arc<Cluster>,
+        tag: ClusterTag,
+        pv: &str,
+        csi: Option<(String, String)>,
+    ) -> Self {
+        ApiLiveness {
+            cluster,
+            tag,
+            pv: pv.to_string(),
+            csi,
+            rt: tokio::runtime::Handle::current(),
+        }
+    }
+
+    pub(crate) async fn confirm_fresh(
         &self,
         keys: &[(ReservationKey, Option<String>)],
     ) -> Result<Confirmed, String> {
         let mut out = Confirmed::default();
-        let mut names: Option<Vec<String>> = None;
+        let mut nodes: Option<Vec<String>> = None;
+        let mut listed: Option<BTreeMap<ReservationKey, Fresh>> = None;
         for (key, node) in keys {
             let node = match node {
-                Some(n) => n.clone(),
+                Some(n) => Some(n.clone()),
                 None => {
-                    if names.is_none() {
-                        names = Some(self.cluster.node_names().await.map_err(|e| e.to_string())?);
+                    if nodes.is_none() {
+                        nodes = Some(self.cluster.node_names().await.map_err(|e| e.to_string())?);
                     }
-                    let all = names.as_deref().unwrap_or_default();
-                    match all.iter().find(|n| self.tag.key_for(n) == *key) {
-                        Some(n) => n.clone(),
-                        None => continue,
-                    }
+                    let all = nodes.as_deref().unwrap_or_default();
+                    all.iter().find(|n| self.tag.key_for(n) == *key).cloned()
                 }
             };
-            if let Some(other_pv) = self.attached(&node).await? {
-                if other_pv != self.pv {
-                    out.notes.push(format!(
-                        "{SHARED_LUN}: {other_pv} on {node} (another PV with the same volume handle); its node counts as live and is never preempted"
-                    ));
+            let found = match (node, &self.csi) {
+                (Some(node), Some(_)) => self.attached(&node).await?.map(|pv| (node, pv)),
+                // No name to ask by (the PV's handle could not be read, or
+                // the key's node has no Node object, maybe deleted while its
+                // attachment still exists): a fresh list of every attachment
+                // decides, as before.
+                _ => {
+                    if listed.is_none() {
+                        listed = Some(self.listed().await?);
+                    }
+                    listed
+                        .as_ref()
+                        .and_then(|l| l.get(key))
+                        .map(|f| (f.node.clone(), f.pv.clone()))
                 }
-                out.live.insert(*key, node);
+            };
+            let Some((node, other_pv)) = found else {
+                continue;
+            };
+            if other_pv != self.pv {
+                let note = format!(
+                    "{SHARED_LUN}: {other_pv} on {node} (another PV with the same volume handle); its node counts as live and is never preempted"
+                );
+                if !out.notes.contains(&note) {
+                    out.notes.push(note);
+                }
             }
+            out.live.insert(*key, node);
         }
         Ok(out)
+    }
+
+    /// The live attachments of this LUN from a fresh list of all of them,
+    /// by the key of their node.
+    async fn listed(&self) -> Result<BTreeMap<ReservationKey, Fresh>, String> {
+        let fresh = self
+            .cluster
+            .fresh_attachments(&self.pv, self.csi.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(fresh
+            .into_iter()
+            .filter(|f| !f.deleting)
+            .map(|f| (self.tag.key_for(&f.node), f))
+            .collect())
     }
 
     /// The names `node`'s attachment of this LUN may have: those the watch
@@ -95,6 +146,7 @@ impl ApiLiveness {
         if let Some((driver, handle)) = &self.csi {
             names.push(attachment_name(driver, handle, node));
         }
+        names.sort();
         names.dedup();
         names
     }
@@ -200,13 +252,7 @@ impl ApiAuthority {
         // it read them (see ApiLiveness): one GET per key, not a list of the
         // cluster, and never older than the keys it answers for.
         let csi = c.volume(&vol.name).await.ok().map(|i| i.csi);
-        let liveness = ApiLiveness {
-            cluster: Arc::clone(c),
-            tag: self.1,
-            pv: vol.name.clone(),
-            csi,
-            rt: tokio::runtime::Handle::current(),
-        };
+        let liveness = ApiLiveness::new(Arc::clone(c), self.1, &vol.name, csi);
         let auth = Authorization {
             attachment: auth.attachment,
             read_at,
@@ -263,13 +309,7 @@ impl ApiAuthority {
                 .find(|f| f.node == c.node)
                 .map(|f| (f.name, f.deleting)));
         };
-        let liveness = ApiLiveness {
-            cluster: Arc::clone(c),
-            tag: self.1,
-            pv: pv.to_string(),
-            csi: Some(info.csi),
-            rt: tokio::runtime::Handle::current(),
-        };
+        let liveness = ApiLiveness::new(Arc::clone(c), self.1, pv, Some(info.csi));
         for name in liveness.names(&c.node) {
             if let Some(va) = c.get_va(&name).await? {
                 let mine = va.spec.node_name == c.node

@@ -140,9 +140,10 @@ impl Cluster {
     }
 
     /// Every attachment of `pv`'s LUN by the fenced drivers, from a fresh
-    /// (quorum, paginated) list that started after this call: the live set
-    /// of I2. With `csi` (driver, handle) it also finds the attachments of
-    /// other PVs with the same handle, by their names.
+    /// (quorum, paginated) list that started after this call. With `csi`
+    /// (driver, handle) it also finds the attachments of other PVs with the
+    /// same handle, by their names. Liveness asks this only when it has no
+    /// name to GET by; a release, when the PV cannot be read.
     pub async fn fresh_attachments(
         &self,
         pv: &str,

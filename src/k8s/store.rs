@@ -277,7 +277,7 @@ impl VaStore {
         self.by_name.iter().filter(move |(_, c)| &*c.node == node)
     }
 
-    /// Nodes with a live attachment of `pv`, as cached (not fresh: I2 uses a fresh list).
+    /// Nodes with a live attachment of `pv`, as cached (not fresh: I2 reads fresh).
     pub fn nodes_of(&self, pv: &str) -> BTreeSet<String> {
         let pv = Packed::new(pv);
         self.by_name

@@ -745,3 +745,48 @@ async fn a_partition_costs_one_timeout_not_one_per_volume() {
         "one request found the API server gone; the others were not sent"
     );
 }
+
+#[tokio::test]
+async fn without_a_name_to_ask_by_liveness_falls_back_to_a_fresh_list() {
+    // node-b's attachment has a name only a list finds ("csi-b", not the one
+    // Kubernetes would give it, not in any cache), and node-c has no Node
+    // object any more while its attachment still exists. Neither may be
+    // taken for dead (I2) when the PV's handle is unknown or the key's node
+    // cannot be named.
+    let api = MockApi::new(&["node-a", "node-b"]);
+    api.put_pv(pv("pv-1", &["ReadWriteMany"]));
+    api.put_va(va("csi-b", "uid-b", "node-b", "pv-1", true));
+    api.put_va(va("csi-c", "uid-c", "node-c", "pv-1", true));
+    let c = Arc::new(Cluster::new(
+        api.client(),
+        "node-a".into(),
+        Duration::from_secs(2),
+        rules(),
+    ));
+    let (b, cc) = (tag().key_for("node-b"), tag().key_for("node-c"));
+    // The PV's handle could not be read: only the list can tell.
+    let no_handle = super::authority::ApiLiveness::new(Arc::clone(&c), tag(), "pv-1", None);
+    let found = no_handle
+        .confirm_fresh(&[(b, Some("node-b".into()))])
+        .await
+        .expect("confirmed");
+    assert_eq!(found.live.get(&b).map(String::as_str), Some("node-b"));
+    // The handle is known, but node-c's key maps to no Node: the list again.
+    let csi = Some((
+        "block.csi.example.com".to_string(),
+        "36001405000000001".to_string(),
+    ));
+    let handled = super::authority::ApiLiveness::new(Arc::clone(&c), tag(), "pv-1", csi);
+    let found = handled
+        .confirm_fresh(&[(cc, None)])
+        .await
+        .expect("confirmed");
+    assert_eq!(found.live.get(&cc).map(String::as_str), Some("node-c"));
+    // A key of no node and no attachment stays stale.
+    let nobody = tag().key_for("node-z");
+    let found = handled
+        .confirm_fresh(&[(nobody, None)])
+        .await
+        .expect("confirmed");
+    assert!(found.live.is_empty(), "{:?}", found.live);
+}
