@@ -114,6 +114,10 @@ const REGRESSIONS: &[(u64, &str)] = &[
         3742495,
         "S2: a fresh 2A/05 consumed, then a crash before the fence was recorded",
     ),
+    (
+        7415107,
+        "S2: an unsure path that could not be asked, taken as settled",
+    ),
 ];
 
 #[test]

@@ -75,6 +75,19 @@ impl<T: Transport> Engine<T> {
             return Ok(decide::evidence(rec, obs, self.key, access));
         };
         let mut counted = obs.clone();
+        if let Some(id) = r
+            .unsure
+            .iter()
+            .find(|id| obs.ours_count > 0 && !run.loc.usable.iter().any(|u| &u.id == *id))
+        {
+            // A REGISTER that may have landed after a PREEMPT, on a path
+            // that cannot be asked now: the count cannot be trusted, and
+            // nothing is done on it until the path answers.
+            return Err(FenceError::Undecided {
+                volume: run.vol.name.clone(),
+                why: format!("path {id} may carry a late registration and cannot be asked now"),
+            });
+        }
         if !r.unsure.is_empty() && obs.ours_count > 0 {
             let resets = run.att.resets.get();
             let landed = self.probe_unsure(run, r, obs)?;
