@@ -2,7 +2,9 @@
 //! SIM_SECONDS (default 60; `make sim` passes 300) on every core, across every capability profile;
 //! ends with `sim: N schedules, M violations`. `SIM_SEED=N` replays one
 //! schedule and prints its trace; `SIM_FIRST=N` starts at seed N;
-//! `SIM_LIST=1` prints each failing seed as it is found.
+//! `SIM_LIST=1` prints each failing seed as it is found;
+//! `SIM_SCHEDULES=N` stops after N seeds (a soak of a fixed size), and a
+//! progress line goes to stderr every `SIM_PROGRESS` seconds (default 300).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +37,10 @@ fn main() {
         std::process::exit(i32::from(!r.violations.is_empty()));
     }
     let secs = env("SIM_SECONDS").unwrap_or(60);
-    let next = AtomicU64::new(env("SIM_FIRST").unwrap_or(1));
+    let first = env("SIM_FIRST").unwrap_or(1);
+    let next = AtomicU64::new(first);
+    let last = env("SIM_SCHEDULES").map_or(u64::MAX, |n| first.saturating_add(n));
+    let every = Duration::from_secs(env("SIM_PROGRESS").unwrap_or(300).max(1));
     let workers = env("SIM_WORKERS")
         .map(|w| w.max(1) as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -46,6 +51,22 @@ fn main() {
     let per_profile: Mutex<BTreeMap<&str, u64>> = Mutex::new(BTreeMap::new());
     let (done, bad) = (AtomicU64::new(0), AtomicU64::new(0));
     std::thread::scope(|s| {
+        let (done_p, bad_p, next_p) = (&done, &bad, &next);
+        s.spawn(move || {
+            let mut at = t0 + every;
+            while Instant::now() < stop && next_below(next_p, last) {
+                std::thread::sleep(Duration::from_millis(200));
+                if Instant::now() >= at {
+                    at += every;
+                    eprintln!(
+                        "sim: {:.0} s, {} schedules, {} violations so far",
+                        t0.elapsed().as_secs_f64(),
+                        done_p.load(Ordering::Relaxed),
+                        bad_p.load(Ordering::Relaxed)
+                    );
+                }
+            }
+        });
         for w in 0..workers {
             let (next, stop, done, bad, found, per_profile) =
                 (&next, stop, &done, &bad, &found, &per_profile);
@@ -53,6 +74,9 @@ fn main() {
                 pin_to_cpu(w);
                 while Instant::now() < stop {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= last {
+                        break;
+                    }
                     let r = schedule::run(seed);
                     done.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut p) = per_profile.lock() {
@@ -92,4 +116,9 @@ fn main() {
     );
     println!("sim: {n} schedules, {m} violations");
     std::process::exit(i32::from(m > 0));
+}
+
+/// Whether seeds below `last` remain to be handed out.
+fn next_below(next: &AtomicU64, last: u64) -> bool {
+    next.load(Ordering::Relaxed) < last
 }
