@@ -12,7 +12,7 @@ help:
 test:
 	tests/all.sh
 
-## test-host: formatting, lints, unit, property, CLI and mock-API tests, and the Helm chart tests (no VM).
+## test-host: formatting, lints, unit, property, CLI, real-API-server and mock-API tests, and the Helm chart tests (no VM).
 test-host:
 	tests/all.sh --host-only
 

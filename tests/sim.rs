@@ -118,6 +118,18 @@ const REGRESSIONS: &[(u64, &str)] = &[
         7415107,
         "S2: an unsure path that could not be asked, taken as settled",
     ),
+    (
+        8078792,
+        "S3: a reset's 29/00 consumed by a TEST UNIT READY whose answer was lost",
+    ),
+    (
+        8213777,
+        "S3: a fence's leftover registration on a path whose REGISTER never went out, unnamed",
+    ),
+    (
+        8442062,
+        "S3: a lost TEST UNIT READY's 29/00, then a crash: silence taken for a preemption",
+    ),
 ];
 
 #[test]

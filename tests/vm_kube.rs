@@ -1,19 +1,29 @@
-//! The Kubernetes source on a real LIO target (VM rig): two node daemons,
-//! in-process, with the real engine over real SG_IO and dm-multipath, fed by
-//! the mock API server of the unit tests. A failover in the way the cluster
-//! does it (node-a cut off, its VolumeAttachment force-deleted, node-b
-//! attached) fences node-a on the LUN: sg_persist and node-a's own writes say so.
+//! The Kubernetes source on a real LIO target (VM rig) against a real
+//! kube-apiserver: two node daemons, in-process, with the real engine over
+//! real SG_IO and dm-multipath, each with a token of the chart's
+//! ServiceAccount, talking to the etcd and kube-apiserver that
+//! `examples/kube_relay.rs` runs on the host's loopback (reached through a
+//! virtio-serial port; the guest has no network device). A failover in the
+//! way the cluster does it (node-a cut off, its VolumeAttachment
+//! force-deleted, node-b attached) fences node-a on the LUN: sg_persist and
+//! node-a's own writes say so, and the VolumeReservation tells it.
 
 mod common;
-
-#[allow(dead_code, missing_docs)]
-#[path = "../src/k8s/tests/mock.rs"]
-mod mock;
 
 #[allow(dead_code, missing_docs)]
 #[path = "../src/k8s/tests/node.rs"]
 mod node;
 
+#[allow(dead_code, missing_docs)]
+#[path = "../src/k8s/tests/rest.rs"]
+mod rest;
+
+#[allow(dead_code, missing_docs)]
+#[path = "common/relay.rs"]
+mod relay;
+
+use std::net::TcpListener;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,21 +32,137 @@ use common::*;
 use csi_fencer::daemon::reconcile::{Phase, Reconciler};
 use csi_fencer::device::{Resolver, Sysfs};
 use csi_fencer::fence::engine::Engine;
+use csi_fencer::k8s::cluster::attachment_name;
 use csi_fencer::transport::sgio::SgIo;
-use mock::{pv_of, va, MockApi};
 use node::start_node;
+use rest::Rest;
+use serde_json::{json, Value};
 
 const VOL0: Lun = Lun("VOL0");
+const DRIVER: &str = "block.csi.example.com";
+/// Where the host's relay put the CA, the admin's certificate and the token.
+const KUBE: &str = "/kube";
+/// The guest's loopback ports into the relay: everyone's, and node-a's
+/// own (the one a test can cut).
+const PORT: u16 = 6443;
+const PORT_A: u16 = 6444;
 
 type Rec = Arc<Reconciler<Engine<SgIo>>>;
 
-/// One node's daemon: its engine finds its own maps by `prefix`.
-fn start(api: &MockApi, node: &str, prefix: &str, cut: Arc<AtomicBool>) -> (Rec, Arc<AtomicBool>) {
+/// The virtio-serial port QEMU named `kube`, as a device node.
+fn relay_port() -> std::path::PathBuf {
+    let dir = std::fs::read_dir("/sys/class/virtio-ports")
+        .expect("no virtio-ports in the guest: is virtio_console loaded?");
+    for e in dir.flatten() {
+        let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+        if name.trim() == "kube" {
+            return Path::new("/dev").join(e.file_name());
+        }
+    }
+    panic!("no virtio-serial port named kube: did run.sh start examples/kube_relay?");
+}
+
+/// Starts the guest's end of the relay; returns node-a's cut switch.
+fn relay() -> Arc<AtomicBool> {
+    let port = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(relay_port())
+        .expect("open the relay port");
+    let mux = relay::Mux::new(port.try_clone().expect("port"));
+    let cut_a = Arc::new(AtomicBool::new(false));
+    for (p, cut) in [
+        (PORT, Arc::new(AtomicBool::new(false))),
+        (PORT_A, cut_a.clone()),
+    ] {
+        let l = TcpListener::bind(("127.0.0.1", p)).expect("bind a guest loopback port");
+        mux.serve(l, cut);
+    }
+    let m = Arc::clone(&mux);
+    std::thread::spawn(move || m.demux(port, None));
+    cut_a
+}
+
+/// A client of the host's API server through guest port `port`: the admin
+/// (client certificate) or the chart's ServiceAccount (its token).
+async fn client(port: u16, admin: bool) -> kube::Client {
+    let user = if admin {
+        format!("{{client-certificate: {KUBE}/admin.crt, client-key: {KUBE}/admin.key}}")
+    } else {
+        let token = std::fs::read_to_string(format!("{KUBE}/daemon.token")).expect("token");
+        format!("{{token: \"{}\"}}", token.trim())
+    };
+    let kc = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: host, cluster: {{server: \"https://127.0.0.1:{port}\", \
+         certificate-authority: {KUBE}/ca.crt}}}}]\nusers: [{{name: u, user: {user}}}]\n\
+         contexts: [{{name: c, context: {{cluster: host, user: u}}}}]\ncurrent-context: c\n"
+    );
+    let kc = kube::config::Kubeconfig::from_yaml(&kc).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kube config");
+    kube::Client::try_from(cfg).expect("client")
+}
+
+/// One node's daemon on guest port `port`: its engine finds its own maps by `prefix`.
+async fn start(node: &str, prefix: &str, port: u16) -> (Rec, Arc<AtomicBool>) {
     let state = std::path::PathBuf::from(format!("/tmp/kube-state-{node}"));
     let _ = std::fs::remove_dir_all(&state);
     let resolver = Resolver::new(Sysfs::default(), prefix);
-    let d = start_node(api.client_cut_by(cut), node, SgIo, resolver, &state);
+    let d = start_node(client(port, false).await, node, SgIo, resolver, &state);
     (d.rec, d.ready)
+}
+
+/// The volume handle: the WWID as the driver rule reads it (`3` + NAA hex).
+fn handle() -> String {
+    format!("3{}", VOL0.wwid().trim_start_matches("naa."))
+}
+
+/// A VolumeAttachment of pv-vol0 to `node`, named as the external-attacher names it.
+fn va(node: &str) -> (String, Value) {
+    let name = attachment_name(DRIVER, &handle(), node);
+    let v = json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+        "metadata": {"name": name},
+        "spec": {"attacher": DRIVER, "nodeName": node, "source": {"persistentVolumeName": "pv-vol0"}}});
+    (name, v)
+}
+
+async fn cluster(api: &Rest) {
+    for n in ["node-a", "node-b"] {
+        api.apply(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}))
+            .await;
+    }
+    api.apply(
+        &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "san-block"}, "provisioner": DRIVER}),
+    )
+    .await;
+    api.apply(&json!({"apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": "pv-vol0"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "64Mi"},
+                 "volumeMode": "Block", "storageClassName": "san-block",
+                 "persistentVolumeReclaimPolicy": "Retain",
+                 "csi": {"driver": DRIVER, "volumeHandle": handle()}}}))
+        .await;
+}
+
+async fn attach(api: &Rest, node: &str) -> String {
+    let (name, v) = va(node);
+    api.apply(&v).await;
+    api.set_attached(&name, true).await;
+    name
+}
+
+/// node's entry in pv-vol0's VolumeReservation.
+async fn entry(api: &Rest, node: &str) -> Option<Value> {
+    let v = api
+        .get("/apis/csi-fencer.io/v1alpha1/volumereservations/pv-vol0")
+        .await?;
+    v["status"]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|e| e["node"] == node)
+        .cloned()
 }
 
 fn phase(rec: &Rec) -> Option<Phase> {
@@ -68,19 +194,17 @@ fn a_kubernetes_failover_fences_the_cut_off_node_on_the_lun() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let api = MockApi::new(&["node-a", "node-b"]);
-        let mut pv = pv_of("pv-vol0", &["ReadWriteOnce"], "vol0-handle");
-        pv["metadata"]["annotations"]["csi-fencer.io/wwid"] = serde_json::json!(VOL0.wwid());
-        api.put_pv(pv);
-        let cut_a = Arc::new(AtomicBool::new(false));
-        let (a, ready_a) = start(&api, "node-a", "mpath-", cut_a.clone());
-        let (b, ready_b) = start(&api, "node-b", "mpathb-", Arc::new(AtomicBool::new(false)));
+        let cut_a = relay();
+        let api = Rest(client(PORT, true).await);
+        cluster(&api).await;
+        let (a, ready_a) = start("node-a", "mpath-", PORT_A).await;
+        let (b, ready_b) = start("node-b", "mpathb-", PORT).await;
         until("both daemons listed", || {
             ready_a.load(Ordering::Relaxed) && ready_b.load(Ordering::Relaxed)
         })
         .await;
 
-        api.put_va(va("csi-a", "uid-a", "node-a", "pv-vol0", true));
+        let va_a = attach(&api, "node-a").await;
         until("node-a holds", || phase(&a) == Some(Phase::Held)).await;
         assert_eq!(
             keys(),
@@ -90,12 +214,19 @@ fn a_kubernetes_failover_fences_the_cut_off_node_on_the_lun() {
         assert_eq!(holder(VOL0), Some(key_a().0));
         direct_write(&VOL0.dm("A"), 0, 4096, 0xa1).expect("node-a writes while it holds the LUN");
         assert_eq!(phase(&b), None, "node-b has no attachment: nothing done");
+        api.until("node-a's entry: Holder", || async {
+            entry(&api, "node-a")
+                .await
+                .is_some_and(|e| e["state"] == "Holder")
+        })
+        .await;
 
         // node-a is cut off from the API server; the cluster force-detaches
         // its attachment and attaches the volume to node-b.
         cut_a.store(true, Ordering::Relaxed);
-        api.delete_va("csi-a");
-        api.put_va(va("csi-b", "uid-b", "node-b", "pv-vol0", true));
+        api.delete(&format!("/apis/storage.k8s.io/v1/volumeattachments/{va_a}"))
+            .await;
+        attach(&api, "node-b").await;
         until("node-b holds", || phase(&b) == Some(Phase::Held)).await;
         assert_eq!(
             keys(),
@@ -111,11 +242,17 @@ fn a_kubernetes_failover_fences_the_cut_off_node_on_the_lun() {
             phase(&a) == Some(Phase::Fenced)
         })
         .await;
-        until("Preempted event naming node-a", || {
-            api.events().iter().any(|e| {
-                e["reason"] == "Preempted"
-                    && e["note"].as_str().is_some_and(|n| n.contains("node-a"))
-            })
+        api.until("a Preempted Event naming node-a", || async {
+            api.get("/apis/events.k8s.io/v1/namespaces/default/events")
+                .await
+                .is_some_and(|l| {
+                    l["items"].as_array().is_some_and(|i| {
+                        i.iter().any(|e| {
+                            e["reason"] == "Preempted"
+                                && e["note"].as_str().is_some_and(|n| n.contains("node-a"))
+                        })
+                    })
+                })
         })
         .await;
 
@@ -128,34 +265,23 @@ fn a_kubernetes_failover_fences_the_cut_off_node_on_the_lun() {
         .await;
         assert_eq!(keys(), vec![key_b().0, key_b().0]);
         assert_eq!(holder(VOL0), Some(key_b().0));
-        // Each node applied only its own entry; the last words of each.
-        let last_of = |node: &str| {
-            api.seen()
-                .into_iter()
-                .rfind(|s| {
-                    s.path.ends_with("pv-vol0/status")
-                        && s.body["status"]["nodes"][0]["node"] == node
-                })
-                .unwrap_or_else(|| panic!("no status from {node}"))
-                .body
-        };
-        until("node-a published Released", || {
-            last_of("node-a")["status"]["nodes"][0]["state"] == "Released"
-        })
+        api.until(
+            "node-a's entry Released or gone, node-b's Holder",
+            || async {
+                entry(&api, "node-a")
+                    .await
+                    .is_none_or(|e| e["state"] == "Released")
+                    && entry(&api, "node-b")
+                        .await
+                        .is_some_and(|e| e["state"] == "Holder")
+            },
+        )
         .await;
-        let b_last = last_of("node-b");
-        assert_eq!(b_last["status"]["nodes"][0]["state"], "Holder");
-        // The volume-wide fields go under the holders' shared field manager.
-        let holder = api
-            .seen()
-            .into_iter()
-            .rfind(|s| {
-                s.path.ends_with("pv-vol0/status")
-                    && s.query.contains("fieldManager=csi-fencer%2Fholder")
-            })
-            .expect("the holder's fields applied")
-            .body;
-        assert_eq!(holder["status"]["holder"]["node"], "node-b");
+        let v = api
+            .get("/apis/csi-fencer.io/v1alpha1/volumereservations/pv-vol0")
+            .await
+            .expect("the VolumeReservation");
+        assert_eq!(v["status"]["holder"]["node"], "node-b", "{v}");
     });
     rt.shutdown_background();
 }

@@ -948,6 +948,14 @@ impl<T: Transport> Engine<T> {
         rec.unsure = io::ids_of(&run.loc, &unanswered);
         let mut maybe = registered.to_vec();
         maybe.extend(run.touched.iter().cloned());
+        // A path that carried the key, or may have (its nexus unnamed),
+        // before these REGISTERs still does, whether or not one reached it.
+        maybe.extend(
+            obs.paths
+                .iter()
+                .filter(|(_, r)| *r != decide::PathRegistration::NotRegistered)
+                .map(|(p, _)| p.clone()),
+        );
         // Paths this operation could not use keep what the record said.
         let unused = rec
             .paths

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build-initramfs.sh - build the guest's initramfs as two concatenated cpio archives.
 #
-#   build-initramfs.sh --out FILE --init GUEST_INIT --fencer BIN [--test NAME=BIN]... [--script FILE]
+#   build-initramfs.sh --out FILE --init GUEST_INIT --fencer BIN [--test NAME=BIN]... [--script FILE] [--kube DIR]
 #
 # The kernel unpacks any sequence of (compressed or plain) newc cpio archives passed as one
 # initrd, later files adding to earlier ones.  So the slow, rarely changing part is cached and
@@ -33,7 +33,8 @@ set -euo pipefail
 # cannot service the kernel's request_module("crypto-crc32c").
 GUEST_MODULES=(crc32c_generic configfs target_core_mod target_core_file target_core_iblock
     iscsi_target_mod scsi_mod sd_mod sg scsi_transport_iscsi libiscsi libiscsi_tcp iscsi_tcp
-    brd dm-mod dm-delay dm-multipath dm-round-robin)
+    brd dm-mod dm-delay dm-multipath dm-round-robin virtio_console)
+# virtio_console: the virtio-serial port that carries the host's kube-apiserver to vm_kube.
 # brd: one 64 MiB RAM disk (/dev/ram0) under dm-delay for the SLOW LUN.
 declare -A MODULE_PARAMS=([brd]="rd_nr=1 rd_size=65536")
 GUEST_TOOLS=(sg_persist sg_inq sg_vpd sg_turs sg_dd sg_requests sg_readcap sg_raw sg_rtpg sg_luns
@@ -186,10 +187,10 @@ install_stripped() {
     chmod 755 "$2"
 }
 
-# build_payload OUT BASE_LIBS INIT FENCER SCRIPT TEST_SPEC...: the per-run plain cpio.
+# build_payload OUT BASE_LIBS INIT FENCER SCRIPT KUBE TEST_SPEC...: the per-run plain cpio.
 build_payload() {
-    local out=$1 base_libs=$2 init=$3 fencer=$4 script=$5 spec name bin root elves=()
-    shift 5
+    local out=$1 base_libs=$2 init=$3 fencer=$4 script=$5 kube=$6 spec name bin root elves=()
+    shift 6
     root=$RIG_WORK/payload-root
     rm -rf "$root"
     mkdir -p "$root/usr/bin" "$root/tests" "$root/rig"
@@ -203,6 +204,8 @@ build_payload() {
         elves+=("$root/tests/$name")
     done
     [ -n "$script" ] && install -m 755 "$script" "$root/rig/script.sh"
+    # The host's kube-apiserver credentials (CA, admin certificate, token), for vm_kube.
+    [ -n "$kube" ] && cp -r "$kube" "$root/kube"
     copy_libraries "$root" "$base_libs" "${elves[@]}" > "$root/rig/payload-libs.txt"
     cpio_of "$root" > "$out"
     rig_log "payload: $(du -h "$out" | cut -f1) ($(cd "$root" && find usr/bin tests -type f | tr '\n' ' ')+ libs: $(tr '\n' ' ' < "$root/rig/payload-libs.txt"))"
@@ -210,13 +213,14 @@ build_payload() {
 }
 
 main() {
-    local out="" init="" fencer="" script="" tests=() base
+    local out="" init="" fencer="" script="" kube="" tests=() base
     while [ $# -gt 0 ]; do
         case $1 in
             --out) out=$2; shift 2 ;;
             --init) init=$2; shift 2 ;;
             --fencer) fencer=$2; shift 2 ;;
             --script) script=$2; shift 2 ;;
+            --kube) kube=$2; shift 2 ;;
             --test) tests+=("$2"); shift 2 ;;
             *) usage ;;
         esac
@@ -226,7 +230,7 @@ main() {
     rig_load_kernel_env
     mkdir -p "$RIG_WORK" "$(dirname "$out")"
     base=$(build_base)
-    build_payload "$out.payload" "$base.libs" "$init" "$fencer" "$script" ${tests[@]+"${tests[@]}"}
+    build_payload "$out.payload" "$base.libs" "$init" "$fencer" "$script" "$kube" ${tests[@]+"${tests[@]}"}
     cat "$base" "$out.payload" > "$out"
     rm -f "$out.payload"
 }

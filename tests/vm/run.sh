@@ -121,11 +121,53 @@ build_project() {
         rig_die "cargo test --no-run failed (are there tests/vm_*.rs integration tests in $PROJECT_DIR?)"
     while read -r spec; do TEST_SPECS+=("--test" "$spec"); done < <(cargo_artifacts "$json" tests)
     [ ${#TEST_SPECS[@]} -gt 0 ] || rig_die "no vm_* integration test executables in $PROJECT_DIR"
+    case " ${TEST_SPECS[*]} " in
+        *" vm_kube="*) start_kube_relay ;;
+    esac
+}
+
+# vm_kube's control plane: a real etcd and kube-apiserver on the host's loopback, reached from the
+# guest through one virtio-serial port (examples/kube_relay.rs, tests/common/relay.rs). It stops
+# when QEMU closes the port; KUBE_ARGS are the extra qemu and initramfs arguments.
+start_kube_relay() {
+    local json=$RIG_OUT/cargo-relay.json relay i
+    rig_log "cargo build --example kube_relay; starting the host's kube-apiserver for vm_kube"
+    (cd "$PROJECT_DIR" && cargo build --example kube_relay --message-format=json-render-diagnostics > "$json") ||
+        rig_die "cargo build --example kube_relay failed"
+    relay=$(python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "kube_relay" and m.get("executable"):
+        print(m["executable"])' "$json" | tail -n 1)
+    [ -n "$relay" ] || rig_die "cargo built no kube_relay executable"
+    rm -rf "$RIG_OUT/kube" "$RIG_OUT/kube.sock"
+    "$relay" "$RIG_OUT/kube" "$RIG_OUT/kube.sock" 2> "$RIG_OUT/kube-relay.log" &
+    RELAY_PID=$!
+    for i in $(seq 1 600); do
+        [ -f "$RIG_OUT/kube/ready" ] && break
+        kill -0 "$RELAY_PID" 2> /dev/null ||
+            rig_die "kube_relay (the host's kube-apiserver for vm_kube) failed: $(tail -n 20 "$RIG_OUT/kube-relay.log")"
+        sleep 0.2
+    done
+    [ -f "$RIG_OUT/kube/ready" ] || rig_die "kube_relay not ready after 120 s: $(tail -n 20 "$RIG_OUT/kube-relay.log")"
+    KUBE_ARGS=(-device virtio-serial-pci -chardev "socket,id=kube,path=$RIG_OUT/kube.sock"
+        -device virtserialport,chardev=kube,name=kube)
+    KUBE_DIR=$RIG_OUT/kube
+}
+
+# After the guest: the relay ends when QEMU closes the port; make sure it did.
+stop_kube_relay() {
+    [ -n "${RELAY_PID:-}" ] || return 0
+    local i
+    for i in $(seq 1 50); do kill -0 "$RELAY_PID" 2> /dev/null || break; sleep 0.2; done
+    kill "$RELAY_PID" 2> /dev/null || true
+    wait "$RELAY_PID" 2> /dev/null || true
 }
 
 build_initrd() {
     local args=(--out "$INITRD" --init "$RIG_HOST_DIR/guest-init.sh" --fencer "$FENCER_BIN")
     [ -n "$SCRIPT" ] && args+=(--script "$SCRIPT")
+    [ -n "${KUBE_DIR:-}" ] && args+=(--kube "$KUBE_DIR")
     "$RIG_HOST_DIR/build-initramfs.sh" "${args[@]}" ${TEST_SPECS[@]+"${TEST_SPECS[@]}"}
 }
 
@@ -147,7 +189,7 @@ boot_guest() {
     timeout -k 10 "$RIG_TIMEOUT" qemu-system-x86_64 -M pc -accel tcg,thread=multi -cpu max -smp 2 \
         -m "$RIG_MEM" -nographic -no-reboot -nic none -pidfile "$RIG_OUT/qemu.pid" \
         -kernel "$RIG_KDIR/boot/vmlinuz-$RIG_KV" -initrd "$INITRD" \
-        -append "$(kernel_cmdline)" < /dev/null 2> "$RIG_OUT/qemu.stderr" |
+        ${KUBE_ARGS[@]+"${KUBE_ARGS[@]}"} -append "$(kernel_cmdline)" < /dev/null 2> "$RIG_OUT/qemu.stderr" |
         python3 -u "$RIG_HOST_DIR/console.py" "$RIG_OUT" "$t0" "$RIG_OUT/qemu.pid" >&3
     rcs=("${PIPESTATUS[@]}")
     set -e
@@ -272,6 +314,7 @@ main() {
     build_initrd
     t_boot=$(rig_now)
     boot_guest "$t_boot"
+    stop_kube_relay
     t_end=$(rig_now)
     judge_run
     report "$t_start" "$t_boot" "$t_end"

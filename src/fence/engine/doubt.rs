@@ -216,10 +216,17 @@ impl<T: Transport> Engine<T> {
         if let Some(r) = run.loc.reports.iter().find(|r| !r.usable && !r.wrong_lun) {
             unreachable = Some(format!("{} was not usable", r.info.dev.display()));
         }
+        // A TEST UNIT READY whose answer is lost may take the very attention
+        // it was sent for: noted like any lost answer, so the silence that
+        // may follow (now or after a crash) is weighed as blind.
+        let lost = || self.note_blind(&wwid);
         for u in &run.loc.usable {
             let fresh = run.att.open(&u.dev);
             let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, &run.att, fresh, s);
-            let mut p = self.path(&u.dev).on_unit_attention(&noted);
+            let mut p = self
+                .path(&u.dev)
+                .on_unit_attention(&noted)
+                .on_lost_answer(&lost);
             let r = p.test_unit_ready();
             run.att.answered(&u.dev, &r);
             if let Err(e) = r {

@@ -18,6 +18,7 @@ mod mock;
 mod node;
 mod plane;
 mod real;
+mod rest;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicBool;

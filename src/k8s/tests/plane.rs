@@ -22,6 +22,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::rest::Rest;
 use crate::testutil::TempDir;
 
 /// The chart's ServiceAccount, as `deploy/csi-fencer.yaml` names it.
@@ -40,6 +41,7 @@ pub struct Plane {
     pub url: String,
     /// A client in `system:masters`, for the tests' own objects.
     pub admin: kube::Client,
+    rest: Rest,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -213,6 +215,7 @@ impl Plane {
             api_port,
             etcd_url,
             url,
+            rest: Rest(admin.clone()),
             admin,
             _slot: slot,
         };
@@ -221,7 +224,8 @@ impl Plane {
         plane
     }
 
-    fn pki(&self, f: &str) -> String {
+    /// The path of file `f` of the plane's PKI (`ca.crt`, `admin.crt`, …).
+    pub fn pki(&self, f: &str) -> String {
         self.dir.path().join("pki").join(f).display().to_string()
     }
 
@@ -306,80 +310,6 @@ impl Plane {
         }
     }
 
-    /// SSA of one object as the admin; panics with the server's answer.
-    pub async fn apply(&self, obj: &Value) {
-        let path = object_path(obj);
-        let body = serde_json::to_vec(obj).expect("json");
-        let req = Request::patch(format!("{path}?fieldManager=test&force=true"))
-            .header("Content-Type", "application/apply-patch+yaml")
-            .body(body)
-            .expect("request");
-        if let Err(e) = self.admin.request_text(req).await {
-            panic!("apply {path}: {e}");
-        }
-    }
-
-    /// SSA of one object's status as the admin; returns the Warning headers.
-    pub async fn apply_status_warnings(&self, obj: &Value) -> Vec<String> {
-        self.warnings_of(format!("{}/status", object_path(obj)), obj)
-            .await
-    }
-
-    /// SSA of one object as the admin; returns the server's Warning headers.
-    pub async fn apply_warnings(&self, obj: &Value) -> Vec<String> {
-        self.warnings_of(object_path(obj), obj).await
-    }
-
-    async fn warnings_of(&self, path: String, obj: &Value) -> Vec<String> {
-        let body = serde_json::to_vec(obj).expect("json");
-        let req = Request::patch(format!("{path}?fieldManager=test&force=true"))
-            .header("Content-Type", "application/apply-patch+yaml")
-            .body(kube::client::Body::from(body))
-            .expect("request");
-        let res = self.admin.send(req).await.expect("apply");
-        assert!(res.status().is_success(), "apply {path}: {}", res.status());
-        res.headers()
-            .get_all("warning")
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect()
-    }
-
-    /// Sets a VolumeAttachment's `status.attached` as the attacher would.
-    pub async fn set_attached(&self, va: &str, attached: bool) {
-        let body = json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
-            "metadata": {"name": va}, "status": {"attached": attached}});
-        let req = Request::patch(format!(
-            "/apis/storage.k8s.io/v1/volumeattachments/{va}/status?fieldManager=csi-attacher&force=true"
-        ))
-        .header("Content-Type", "application/apply-patch+yaml")
-        .body(serde_json::to_vec(&body).expect("json"))
-        .expect("request");
-        if let Err(e) = self.admin.request_text(req).await {
-            panic!("attach {va}: {e}");
-        }
-    }
-
-    /// DELETE of a path; a 404 is fine.
-    pub async fn delete(&self, path: &str) {
-        let req = Request::delete(path).body(Vec::new()).expect("request");
-        match self.admin.request_text(req).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => panic!("delete {path}: {e}"),
-        }
-    }
-
-    /// GET of a path as JSON, `None` on 404.
-    pub async fn get(&self, path: &str) -> Option<Value> {
-        let req = Request::get(path).body(Vec::new()).expect("request");
-        match self.admin.request::<Value>(req).await {
-            Ok(v) => Some(v),
-            Err(kube::Error::Api(s)) if s.code == 404 => None,
-            Err(e) => panic!("get {path}: {e}"),
-        }
-    }
-
     /// The shipped CRD, ServiceAccount, ClusterRole and ClusterRoleBinding.
     async fn install_shipped(&self) {
         let text = std::fs::read_to_string(repo().join("deploy/csi-fencer.yaml"))
@@ -409,21 +339,6 @@ impl Plane {
         .await;
     }
 
-    /// Polls `f` every 100 ms for up to 30 s.
-    pub async fn until<F, Fut>(&self, what: &str, f: F)
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        for _ in 0..300 {
-            if f().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("timed out after 30 s waiting for: {what}");
-    }
-
     /// A client with a fresh token of the chart's ServiceAccount: the
     /// daemon's identity in a cluster.
     pub async fn daemon_client(&self) -> kube::Client {
@@ -433,19 +348,7 @@ impl Plane {
 
     /// A client with a fresh token of ServiceAccount `ns/sa`.
     pub async fn token_client(&self, ns: &str, sa: &str) -> kube::Client {
-        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600}});
-        let req = Request::post(format!(
-            "/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"
-        ))
-        .header("Content-Type", "application/json")
-        .body(serde_json::to_vec(&body).expect("json"))
-        .expect("request");
-        let answer: Value = self.admin.request(req).await.expect("TokenRequest");
-        let token = answer["status"]["token"]
-            .as_str()
-            .expect("token")
-            .to_string();
+        let token = self.token(ns, sa).await;
         let kc = format!(
             "apiVersion: v1\nkind: Config\nclusters: [{{name: local, cluster: {{server: \"{}\", \
              certificate-authority: \"{}\"}}}}]\nusers: [{{name: sa, user: {{token: \"{token}\"}}}}]\n\
@@ -459,6 +362,31 @@ impl Plane {
             .join(format!("sa-{}.kubeconfig", free_port()));
         std::fs::write(&path, kc).expect("kubeconfig");
         client_from(&path).await
+    }
+
+    /// A fresh token (one hour) of ServiceAccount `ns/sa`, by TokenRequest.
+    pub async fn token(&self, ns: &str, sa: &str) -> String {
+        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600}});
+        let req = Request::post(format!(
+            "/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"
+        ))
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(&body).expect("json"))
+        .expect("request");
+        let answer: Value = self.admin.request(req).await.expect("TokenRequest");
+        answer["status"]["token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    }
+}
+
+impl std::ops::Deref for Plane {
+    type Target = Rest;
+
+    fn deref(&self) -> &Rest {
+        &self.rest
     }
 }
 
@@ -484,28 +412,4 @@ async fn client_from(path: &Path) -> kube::Client {
         .await
         .expect("kube config");
     kube::Client::try_from(cfg).expect("kube client")
-}
-
-/// The REST path of a (cluster-scoped or namespaced) object the tests create.
-fn object_path(obj: &Value) -> String {
-    let name = obj["metadata"]["name"].as_str().expect("name");
-    let ns = obj["metadata"]["namespace"].as_str();
-    let (prefix, plural) = match obj["kind"].as_str().expect("kind") {
-        "CustomResourceDefinition" => {
-            ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions")
-        }
-        "ServiceAccount" => ("/api/v1", "serviceaccounts"),
-        "ClusterRole" => ("/apis/rbac.authorization.k8s.io/v1", "clusterroles"),
-        "ClusterRoleBinding" => ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings"),
-        "Node" => ("/api/v1", "nodes"),
-        "PersistentVolume" => ("/api/v1", "persistentvolumes"),
-        "StorageClass" => ("/apis/storage.k8s.io/v1", "storageclasses"),
-        "VolumeAttachment" => ("/apis/storage.k8s.io/v1", "volumeattachments"),
-        "VolumeReservation" => ("/apis/csi-fencer.io/v1alpha1", "volumereservations"),
-        k => panic!("the harness does not know where {k} lives"),
-    };
-    match ns {
-        Some(ns) => format!("{prefix}/namespaces/{ns}/{plural}/{name}"),
-        None => format!("{prefix}/{plural}/{name}"),
-    }
 }
