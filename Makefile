@@ -28,11 +28,12 @@ demo:
 bench-vm:
 	RIG_EXTRA_LUNS=$${RIG_EXTRA_LUNS:-64} tests/vm/run.sh script tests/vm/scripts/bench.sh
 
-## bench-kube: the daemon's watch cache against a mock API server: 100k VolumeAttachments, 10k+10k watch events, a relist; peak RSS and CPU (ROUNDS=3).
+## bench-kube: the daemon's watch cache against a mock API server: 100k VolumeAttachments, 10k+10k watch events, a relist; peak RSS and CPU (ROUNDS=3); then bench-acquire.
 bench-kube:
 	tests/bench/kube-bench.sh
+	$(CARGO) run --release --example acquire_bench
 
-## bench-acquire: what an acquire asks the API server at 1 000 and 100 000 VolumeAttachments (GETs now, the list it used to make), medians side by side (ROUNDS=5).
+## bench-acquire: what an acquire asks the API server at 1 000 and 100 000 VolumeAttachments (GETs now, the list it used to make), on the mock and on a real kube-apiserver (REAL_SIZES=1000,10000), and attached -> first PR OUT end to end on the real one; medians side by side (ROUNDS=5).
 bench-acquire:
 	$(CARGO) run --release --example acquire_bench
 

@@ -14,17 +14,50 @@
 //! - **before**: the fresh list of every attachment that the acquire used to
 //!   make (still the release's fallback when the PV cannot be read).
 //!
-//! Env: `ROUNDS` (5), `SIZES` (`1000,100000`).
+//! Then the same against a real kube-apiserver and etcd v1.36 (the tests'
+//! control plane, `src/k8s/tests/plane.rs`), at the sizes it holds here:
+//! node-a's client is the daemon's own (`k8s::daemon::client`: a token of
+//! the chart's ServiceAccount, the same rate limit), its attachment named
+//! as the external-attacher names it. And end to end: node-a's daemon, as
+//! `run` assembles it, over the tests' simulated LUN (node-b's stale key on
+//! it), from the PATCH that marks its attachment attached to the engine's
+//! first PR OUT (polled every millisecond).
+//!
+//! Env: `ROUNDS` (5), `SIZES` (`1000,100000`), `REAL_SIZES` (`1000,10000`;
+//! empty skips the real server).
 
 #[allow(dead_code, missing_docs)]
 #[path = "../src/k8s/tests/mock.rs"]
 mod mock;
 
+#[allow(dead_code, missing_docs)]
+#[path = "../src/k8s/tests/plane.rs"]
+mod plane;
+
+#[allow(dead_code, missing_docs)]
+#[path = "../src/k8s/tests/rest.rs"]
+mod rest;
+
+#[allow(dead_code, missing_docs)]
+#[path = "../src/testutil.rs"]
+mod testutil;
+
+#[allow(dead_code, missing_docs)]
+#[path = "../src/k8s/tests/lun.rs"]
+mod lun;
+
+#[allow(dead_code, missing_docs)]
+#[path = "../src/k8s/tests/node.rs"]
+mod node;
+
+// The paths the shared test modules use inside the crate.
+use csi_fencer::{scsi, sim, transport};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use csi_fencer::daemon::metrics::Metrics;
-use csi_fencer::daemon::reconcile::{Authority, Op};
+use csi_fencer::daemon::reconcile::{Authority, Op, Phase};
 use csi_fencer::fence::engine::{Authorization, Volume};
 use csi_fencer::fence::keys::ClusterTag;
 use csi_fencer::fence::policy::{AccessMode, Policy};
@@ -94,6 +127,10 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 async fn now(c: &Arc<Cluster>, tag: ClusterTag) -> Duration {
+    now_for(c, tag, UID).await
+}
+
+async fn now_for(c: &Arc<Cluster>, tag: ClusterTag, uid: &str) -> Duration {
     let authority = ApiAuthority(Arc::clone(c), tag);
     let vol = Volume {
         name: "pv-1".into(),
@@ -103,7 +140,7 @@ async fn now(c: &Arc<Cluster>, tag: ClusterTag) -> Duration {
         policy: Policy::default(),
     };
     let auth = Authorization {
-        attachment: AttachmentId(UID.into()),
+        attachment: AttachmentId(uid.into()),
         read_at: SystemTime::now(),
         notes: Vec::new(),
         confirm: None,
@@ -151,11 +188,201 @@ async fn main() {
             b.push(before(&node_a(&api)).await);
         }
         let (a, b) = (median(a), median(b));
-        println!(
-            "{n:>11} | {:>10.2} ms | {:>10.2} ms | {:.0}x",
-            a.as_secs_f64() * 1e3,
-            b.as_secs_f64() * 1e3,
-            b.as_secs_f64() / a.as_secs_f64()
-        );
+        row(&n.to_string(), a, b);
     }
+    let sizes: Vec<usize> = env("REAL_SIZES", "1000,10000")
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().expect("REAL_SIZES"))
+        .collect();
+    if !sizes.is_empty() {
+        real(&sizes, rounds, tag).await;
+    }
+}
+
+fn row(what: &str, a: Duration, b: Duration) {
+    println!(
+        "{what:>11} | {:>10.2} ms | {:>10.2} ms | {:.0}x",
+        a.as_secs_f64() * 1e3,
+        b.as_secs_f64() * 1e3,
+        b.as_secs_f64() / a.as_secs_f64()
+    );
+}
+
+const DRIVER: &str = "block.csi.example.com";
+const HANDLE: &str = "36001405000000001";
+
+/// The real control plane, grown to each size in turn.
+async fn real(sizes: &[usize], rounds: usize, tag: ClusterTag) {
+    let plane = plane::Plane::start().await;
+    for n in ["node-a", "node-b"] {
+        plane
+            .apply(
+                &serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}),
+            )
+            .await;
+    }
+    let own = csi_fencer::k8s::cluster::attachment_name(DRIVER, HANDLE, "node-a");
+    plane
+        .apply(
+            &serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "pv-1"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"},
+                     "volumeMode": "Block", "persistentVolumeReclaimPolicy": "Retain",
+                     "csi": {"driver": DRIVER, "volumeHandle": HANDLE}}}),
+        )
+        .await;
+    let mut have = 1;
+    for &n in sizes {
+        let t0 = Instant::now();
+        fill(&plane, have, n).await;
+        have = have.max(n);
+        eprintln!(
+            "real server: {n} attachments stored in {:.0?}",
+            t0.elapsed()
+        );
+        plane.apply(&real_va(&own, "node-a", "pv-1")).await;
+        plane.set_attached(&own, true).await;
+        let uid = plane
+            .get(&format!("/apis/storage.k8s.io/v1/volumeattachments/{own}"))
+            .await
+            .and_then(|v| v["metadata"]["uid"].as_str().map(String::from))
+            .expect("node-a's attachment");
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let c = real_node_a(&plane, &own, &uid).await;
+            a.push(now_for(&c, tag, &uid).await);
+            b.push(before(&real_node_a(&plane, &own, &uid).await).await);
+        }
+        row(&format!("{n} (real)"), median(a), median(b));
+        end_to_end(&plane, &own, n, rounds).await;
+    }
+}
+
+/// node-a's daemon on the simulated LUN: attached to first PR OUT, `rounds`
+/// times, each after a full release.
+async fn end_to_end(plane: &plane::Plane, own: &str, n: usize, rounds: usize) {
+    let va_path = format!("/apis/storage.k8s.io/v1/volumeattachments/{own}");
+    plane.delete(&va_path).await;
+    let lun = Arc::new(lun::SimLun::new());
+    let (sys, state) = (
+        testutil::iscsi_fixture(lun::INITIATOR_A),
+        testutil::TempDir::new("bench-state"),
+    );
+    let resolver = csi_fencer::device::Resolver::new(
+        csi_fencer::device::Sysfs::new(sys.path(), "/dev"),
+        "mpath-",
+    );
+    let (ns, sa) = plane::SERVICE_ACCOUNT;
+    let client = plane.token_client(ns, sa).await;
+    let d = node::start_node(client, "node-a", Arc::clone(&lun), resolver, state.path());
+    let t0 = Instant::now();
+    wait("node-a's daemon listed", || {
+        d.ready.load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .await;
+    eprintln!(
+        "real server: node-a's daemon listed {n} attachments in {:.0?}",
+        t0.elapsed()
+    );
+    let phase = || d.rec.statuses().get("pv-1").map(|s| s.phase.clone());
+    let mut took = Vec::new();
+    for _ in 0..rounds {
+        let b = csi_fencer::fence::keys::ClusterTag::new(0x7e57)
+            .expect("tag")
+            .key_for("node-b");
+        lun.register_other("iqn.2025-01.test.rig:nodeb", b, true);
+        plane.apply(&real_va(own, "node-a", "pv-1")).await;
+        let sent = lun.pr_out().len();
+        let t0 = Instant::now();
+        plane.set_attached(own, true).await;
+        while lun.pr_out().len() == sent {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert!(t0.elapsed() < Duration::from_secs(60), "no PR OUT in 60 s");
+        }
+        took.push(t0.elapsed());
+        wait("held", || phase() == Some(Phase::Held)).await;
+        plane.delete(&va_path).await;
+        wait("released", || phase() == Some(Phase::Released)).await;
+    }
+    d.task.abort();
+    println!(
+        "{:>11} | attached -> first PR OUT (median of {rounds}): {:.1} ms",
+        format!("{n} (real)"),
+        median(took).as_secs_f64() * 1e3
+    );
+}
+
+async fn wait(what: &str, f: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn real_va(name: &str, node: &str, pv: &str) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+        "metadata": {"name": name},
+        "spec": {"attacher": DRIVER, "nodeName": node, "source": {"persistentVolumeName": pv}}})
+}
+
+/// Creates attachments `from..to` (other nodes' volumes), 16 at a time.
+async fn fill(plane: &plane::Plane, from: usize, to: usize) {
+    use futures_util::StreamExt;
+    let creates = (from..to).map(|i| {
+        let body = real_va(
+            &format!("csi-{i:064x}"),
+            &format!("node-{}", i % 200),
+            &format!("pv-x{i}"),
+        );
+        let req = http::Request::post("/apis/storage.k8s.io/v1/volumeattachments")
+            .header("Content-Type", "application/json")
+            .body(serde_json::to_vec(&body).expect("json"))
+            .expect("request");
+        let client = plane.admin.clone();
+        async move { client.request_text(req).await.map(|_| ()) }
+    });
+    let mut results = futures_util::stream::iter(creates).buffer_unordered(16);
+    while let Some(r) = results.next().await {
+        r.expect("create an attachment");
+    }
+}
+
+/// node-a's view through the daemon's own client (the chart's
+/// ServiceAccount, its rate limit), its watch cache holding its attachment.
+async fn real_node_a(plane: &plane::Plane, own: &str, uid: &str) -> Arc<Cluster> {
+    let (ns, sa) = plane::SERVICE_ACCOUNT;
+    let kc = std::env::temp_dir().join(format!("acquire-bench-{}.kubeconfig", std::process::id()));
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: p, cluster: {{server: \"{}\", \
+             certificate-authority: \"{}\"}}}}]\nusers: [{{name: u, user: {{token: \"{}\"}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: p, user: u}}}}]\ncurrent-context: c\n",
+            plane.url,
+            plane.pki("ca.crt"),
+            plane.token(ns, sa).await
+        ),
+    )
+    .expect("kubeconfig");
+    let spec = csi_fencer::k8s::daemon::KubeSpec {
+        kubeconfig: Some(kc),
+        limits: (5.0, 10),
+        timeout: Duration::from_secs(60),
+        csi_address: None,
+    };
+    let client = csi_fencer::k8s::daemon::client(&spec, Arc::new(Metrics::new()))
+        .await
+        .expect("the daemon's client");
+    let c = Cluster::new(client, "node-a".into(), Duration::from_secs(60), rules());
+    let mine = serde_json::json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+        "metadata": {"name": own, "uid": uid},
+        "spec": {"attacher": DRIVER, "nodeName": "node-a", "source": {"persistentVolumeName": "pv-1"}},
+        "status": {"attached": true}});
+    let slim: SlimVa = serde_json::from_value(mine).expect("attachment");
+    if let Ok(mut s) = c.store.lock() {
+        s.apply(&slim);
+    }
+    Arc::new(c)
 }

@@ -21,25 +21,9 @@ mod rest;
 #[path = "../tests/common/relay.rs"]
 mod relay;
 
-/// What the plane module takes from the crate's test support.
-mod testutil {
-    use std::path::{Path, PathBuf};
-
-    /// A directory of this process; the plane removes it when it stops.
-    pub struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!("csi-fencer-{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&p).expect("temporary directory");
-            TempDir(p)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-}
+#[allow(dead_code, missing_docs)]
+#[path = "../src/testutil.rs"]
+mod testutil;
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;

@@ -502,8 +502,10 @@ impl<F: Fencer> Reconciler<F> {
             // The call is stuck in the kernel (SG_IO sleeps uninterruptibly):
             // report it, free the permit for other volumes, and keep this one
             // busy until the call returns (I6).
+            // An acquire also waits on the API server for the liveness of
+            // the other keys' nodes: the message names both suspects.
             let why = format!(
-                "{} did not finish in {:?}: device hung?",
+                "{} did not finish in {:?}: a SCSI command stuck in the kernel (device hung?), or the API server slow to say whether the nodes of the other keys on the LUN are live",
                 op.kind(),
                 self.timeout
             );

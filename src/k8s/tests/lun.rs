@@ -50,7 +50,14 @@ impl SimLun {
     }
 
     fn run(&self, nexus: &Nexus, p: &PrOut) {
-        let done = self.lun.lock().unwrap().execute(nexus, &p.command());
+        let mut lun = self.lun.lock().unwrap();
+        // Another node's daemon reads the attentions its nexus has pending
+        // (a preemption by node-a, say) before it acts again.
+        let tur = crate::scsi::cdb::test_unit_ready();
+        while !lun.pending_unit_attentions(nexus).is_empty() {
+            lun.execute(nexus, &tur);
+        }
+        let done = lun.execute(nexus, &p.command());
         assert_eq!(
             done.status,
             crate::scsi::ScsiStatus::Good,

@@ -265,6 +265,55 @@ async fn a_new_holder_takes_the_volume_wide_fields_and_its_release_leaves_none()
     assert_eq!(entry(&v, "node-b").expect("node-b")["state"], "Released");
 }
 
+/// Three nodes' entries in one object, each under its own field manager:
+/// the real server's merge keeps every node's entry whatever the others
+/// apply, and one node's release changes only its own.
+#[tokio::test]
+async fn three_nodes_apply_their_own_entries_and_none_overwrites_another() {
+    let plane = cluster().await;
+    plane.apply(&node("node-c")).await;
+    let mut a = publisher(&plane, "node-a").await;
+    let mut b = publisher(&plane, "node-b").await;
+    let mut c = publisher(&plane, "node-c").await;
+    a.publish(&update("node-a", Phase::Fenced))
+        .await
+        .expect("a");
+    b.publish(&update("node-b", Phase::Held)).await.expect("b");
+    c.publish(&update("node-c", Phase::Registered))
+        .await
+        .expect("c");
+    let v = vres(&plane, "pv-1").await.expect("object");
+    let states = |v: &Value| {
+        ["node-a", "node-b", "node-c"].map(|n| {
+            entry(v, n)
+                .and_then(|e| e["state"].as_str().map(String::from))
+                .unwrap_or_default()
+        })
+    };
+    assert_eq!(states(&v), ["Fenced", "Holder", "Registered"], "{v}");
+    assert_eq!(v["status"]["holder"]["node"], "node-b");
+    c.publish(&update("node-c", Phase::Released))
+        .await
+        .expect("c releases");
+    let v = vres(&plane, "pv-1").await.expect("object");
+    assert_eq!(states(&v), ["Fenced", "Holder", "Released"], "{v}");
+    assert_eq!(v["status"]["holder"]["node"], "node-b", "{v}");
+    let managers: Vec<&str> = v["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    for m in [
+        "csi-fencer/node-a",
+        "csi-fencer/node-b",
+        "csi-fencer/node-c",
+        "csi-fencer/holder",
+    ] {
+        assert!(managers.contains(&m), "{m} not among {managers:?}");
+    }
+}
+
 #[tokio::test]
 async fn the_volume_reservation_goes_with_its_pv_by_garbage_collection() {
     let mut plane = cluster().await;

@@ -1,0 +1,60 @@
+//! Test support shared by the unit tests and the examples that run the
+//! tests' control plane or LUN (`examples/kube_relay.rs`,
+//! `examples/acquire_bench.rs`): a temporary directory and a sysfs fixture.
+use std::path::{Path, PathBuf};
+
+/// A self-cleaning temporary directory (no extra dependency).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "csi-fencer-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// A sysfs tree: dm-0 (uuid mpath-36001405000000001) over sdc (session1,
+/// port 1) and sdd (session2, port 2), both from `initiator`.
+pub fn iscsi_fixture(initiator: &str) -> TempDir {
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    let d = TempDir::new("sysfs");
+    let r = d.path();
+    fs::create_dir_all(r.join("class/block/dm-0/dm")).unwrap();
+    fs::write(
+        r.join("class/block/dm-0/dm/uuid"),
+        "mpath-36001405000000001",
+    )
+    .unwrap();
+    for (sd, n) in [("sdc", 1), ("sdd", 2)] {
+        let dev = r.join(format!(
+            "devices/platform/host{n}/session{n}/target{n}:0:0/{n}:0:0:0"
+        ));
+        fs::create_dir_all(&dev).unwrap();
+        fs::write(dev.join("state"), "running\n").unwrap();
+        fs::create_dir_all(r.join(format!("class/block/dm-0/slaves/{sd}"))).unwrap();
+        fs::create_dir_all(r.join(format!("class/block/{sd}"))).unwrap();
+        symlink(&dev, r.join(format!("class/block/{sd}/device"))).unwrap();
+        let sess = r.join(format!("class/iscsi_session/session{n}"));
+        fs::create_dir_all(&sess).unwrap();
+        fs::write(sess.join("initiatorname"), initiator).unwrap();
+    }
+    d
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
