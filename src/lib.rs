@@ -1,13 +1,13 @@
 //! csi-fencer: fencing of shared SAN block storage for Kubernetes with SCSI-3
 //! Persistent Reservations.
 //!
-//! Layers, each testable alone (see DESIGN.md §2):
+//! Layers, each testable alone (see docs/design.md §2):
 //! - [`scsi`]: the pure codec (CDBs, parameter lists, responses, sense);
 //! - [`transport`]: the [`transport::Transport`] trait, its SG_IO
 //!   implementation, and typed commands on one path;
 //! - [`device`]: block devices, dm-multipath maps and their paths in sysfs;
 //! - [`fence`]: keys, policy, decisions, the fenced-state store and the engine;
-//! - [`source`]: where attachments come from (a YAML file; Kubernetes later).
+//! - [`source`]: where attachments come from (a YAML file, or Kubernetes: [`k8s`]).
 #![warn(missing_docs)]
 
 // Lets code shared with integration tests (the mock API server) name this

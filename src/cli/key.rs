@@ -1,4 +1,4 @@
-//! `csi-fencer key`: the reservation key of a node (DESIGN §4).
+//! `csi-fencer key`: the reservation key of a node (docs/design.md §4).
 
 use clap::Args;
 use serde::Serialize;

@@ -70,7 +70,7 @@ pub enum DaemonError {
     /// The gRPC socket could not be served.
     #[error(transparent)]
     Grpc(#[from] super::grpc::SocketError),
-    /// multipathd owns registrations of these maps too (DESIGN §6).
+    /// multipathd owns registrations of these maps too (docs/design.md §7).
     #[error("one owner of registrations: multipathd is configured to register its own keys ({}); it would re-register a fenced node's paths behind csi-fencer's back. Remove reservation_key for the maps csi-fencer fences (and do not use mpathpersist or fence_mpath on them), or set multipathConfig: \"\" to skip this check", .0.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("; "))]
     OneOwner(Vec<crate::device::multipath::Owner>),
     /// multipath.conf could not be read.

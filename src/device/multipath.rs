@@ -1,4 +1,4 @@
-//! The one-owner rule (DESIGN §6): when multipathd has a `reservation_key`
+//! The one-owner rule (docs/design.md §7): when multipathd has a `reservation_key`
 //! for a map, it registers that key on every new path itself, and the two
 //! owners undo each other's work (a fenced node's multipathd re-registers it).
 //! This reads multipath.conf and its conf.d the way multipathd does, and

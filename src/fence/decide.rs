@@ -1,5 +1,5 @@
 //! The engine's decisions, as pure functions of what the LUN says now
-//! (DESIGN §5). No I/O here: every rule is table-tested.
+//! (docs/design.md §5). No I/O here: every rule is table-tested.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! Reservation keys (DESIGN §4): 2-byte cluster tag ‖ 48 bits of SHA-256(node name).
+//! Reservation keys (docs/design.md §4): 2-byte cluster tag ‖ 48 bits of SHA-256(node name).
 //!
 //! Stateless: any node computes any other node's key from its name, so a key
 //! found on a LUN can be traced back to a node without a registry, and a key

@@ -1,4 +1,4 @@
-//! Reservation policy (DESIGN §5): which type, how to preempt, which options.
+//! Reservation policy (docs/design.md §5): which type, how to preempt, which options.
 
 use serde::{Deserialize, Serialize};
 

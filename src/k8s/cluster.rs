@@ -350,7 +350,7 @@ impl<'a> SameLun<'a> {
     }
 }
 
-/// Two node names whose keys collide, if any (DESIGN §4: refuse to run).
+/// Two node names whose keys collide, if any (docs/design.md §4: refuse to run).
 pub fn key_collision(
     tag: crate::fence::keys::ClusterTag,
     nodes: &[String],

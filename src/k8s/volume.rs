@@ -1,6 +1,6 @@
 //! What a PersistentVolume says about its LUN: the WWID (driver rule, or the
 //! `csi-fencer.io/wwid` annotation), single- or multi-node from its access
-//! modes (DESIGN §5), and policy overrides from the driver rule, then the
+//! modes (docs/design.md §5), and policy overrides from the driver rule, then the
 //! StorageClass parameters, then the PV's annotations (the last one wins).
 
 use std::collections::BTreeMap;
