@@ -1,7 +1,6 @@
 //! Prometheus metrics, prefixed `csi_fencer_`, and a transport wrapper that
 //! counts and times every SCSI command.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,7 +9,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use super::reconcile::{Phase, VolumeStatus};
 use crate::fence::engine::VolumeState;
 use crate::scsi::{Command, ScsiStatus};
 use crate::transport::{Completion, HostStatus, ScsiError, Transport};
@@ -205,36 +203,43 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Sets the per-state and per-volume gauges from the statuses.
-    pub fn set_volumes(&self, all: &BTreeMap<String, VolumeStatus>) {
-        for p in [
-            "pending",
-            "held",
-            "registered",
-            "fenced",
-            "released",
-            "error",
-        ] {
+    /// Sets the per-state and per-volume gauges, one entry per volume.
+    pub fn set_volumes<'a>(&self, all: impl IntoIterator<Item = VolumeGauge<'a>>) {
+        for p in STATES {
             self.volumes.with_label_values(&[p]).set(0);
         }
-        for s in all.values() {
-            let p = match s.phase {
-                Phase::Pending => "pending",
-                Phase::Held => "held",
-                Phase::Registered => "registered",
-                Phase::Fenced => "fenced",
-                Phase::Released => "released",
-                Phase::Error => "error",
-            };
-            self.volumes.with_label_values(&[p]).inc();
+        for g in all {
+            self.volumes.with_label_values(&[g.state]).inc();
             self.paths
-                .with_label_values(&[&s.volume, "registered"])
-                .set(s.paths_registered as i64);
+                .with_label_values(&[g.volume, "registered"])
+                .set(g.paths_registered as i64);
             self.paths
-                .with_label_values(&[&s.volume, "total"])
-                .set(s.paths_total as i64);
+                .with_label_values(&[g.volume, "total"])
+                .set(g.paths_total as i64);
         }
     }
+}
+
+/// The `state` label values of `csi_fencer_volumes`, each set every time.
+pub const STATES: [&str; 6] = [
+    "pending",
+    "held",
+    "registered",
+    "fenced",
+    "released",
+    "error",
+];
+
+/// What the gauges show of one volume.
+pub struct VolumeGauge<'a> {
+    /// The volume (PV) name.
+    pub volume: &'a str,
+    /// One of [`STATES`].
+    pub state: &'static str,
+    /// Paths carrying this node's key.
+    pub paths_registered: usize,
+    /// All paths of the LUN.
+    pub paths_total: usize,
 }
 
 impl Default for Metrics {

@@ -104,6 +104,20 @@ pub enum Phase {
     Error,
 }
 
+impl Phase {
+    /// The `state` label of `csi_fencer_volumes`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Held => "held",
+            Phase::Registered => "registered",
+            Phase::Fenced => "fenced",
+            Phase::Released => "released",
+            Phase::Error => "error",
+        }
+    }
+}
+
 impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -141,6 +155,18 @@ pub struct VolumeStatus {
     /// refusal of the source does not clear it, so the volume is still
     /// monitored (I7) and still released on a detach.
     pub on_lun: bool,
+}
+
+impl VolumeStatus {
+    /// What the metrics show of it.
+    pub fn gauge(&self) -> super::metrics::VolumeGauge<'_> {
+        super::metrics::VolumeGauge {
+            volume: &self.volume,
+            state: self.phase.label(),
+            paths_registered: self.paths_registered,
+            paths_total: self.paths_total,
+        }
+    }
 }
 
 /// One thing to do for one volume.
@@ -562,7 +588,8 @@ impl<F: Fencer> Reconciler<F> {
         for s in &gone {
             all.remove(&s.volume);
         }
-        self.metrics.set_volumes(&all);
+        self.metrics
+            .set_volumes(all.values().map(VolumeStatus::gauge));
         drop(all);
         for status in gone.iter().cloned() {
             let _ = self.changes.send(Update {
@@ -612,7 +639,8 @@ impl<F: Fencer> Reconciler<F> {
             || prev.as_ref().map(|s| &s.message) != Some(&d.message);
         let st = self.status_after(volume, wwid, prev, phase, d.message);
         all.insert(st.volume.clone(), st.clone());
-        self.metrics.set_volumes(&all);
+        self.metrics
+            .set_volumes(all.values().map(VolumeStatus::gauge));
         drop(all);
         self.send(st, changed, d.kind, answers);
     }
@@ -743,7 +771,8 @@ impl<F: Fencer> Reconciler<F> {
                 status: st.clone(),
             });
             all.insert(st.volume.clone(), st);
-            self.metrics.set_volumes(&all);
+            self.metrics
+                .set_volumes(all.values().map(VolumeStatus::gauge));
         }
         match (&r, &update) {
             (Err((kind, msg)), _) => {

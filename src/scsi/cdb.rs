@@ -80,11 +80,15 @@ pub struct Command {
     pub data: DataTransfer,
 }
 
+/// The PERSISTENT RESERVE OUT opcode: the one command here that changes a
+/// device's state.
+pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
+
 impl Command {
     /// True when the command may change device state (PR OUT). Used to refuse
     /// it where only reads are allowed (dry runs).
     pub fn changes_state(&self) -> bool {
-        self.cdb.opcode() == super::prout::OPCODE
+        self.cdb.opcode() == PERSISTENT_RESERVE_OUT
     }
 }
 

@@ -9,7 +9,7 @@ use super::transport_id::TransportId;
 use super::types::{PrOutAction, ReservationKey, ReservationType, Scope};
 
 /// PERSISTENT RESERVE OUT operation code.
-pub const OPCODE: u8 = 0x5f;
+pub const OPCODE: u8 = super::cdb::PERSISTENT_RESERVE_OUT;
 
 /// Length of the basic parameter list without SPEC_I_PT TransportIDs.
 pub const BASIC_LIST_LEN: usize = 24;
