@@ -52,7 +52,7 @@ impl<T: crate::transport::Transport + 'static> Fencer for crate::fence::engine::
 /// Why [`Authority::confirm`] stopped an operation.
 #[derive(Debug, Clone)]
 pub struct Denied {
-    /// A short label for metrics and logs (`api-unreachable`, `not-attached`, ...).
+    /// A short label for metrics and logs (`api_unreachable`, `not_attached`, ...).
     pub kind: &'static str,
     /// What was found, in words.
     pub message: String,

@@ -212,9 +212,9 @@ impl KubeError {
     /// A label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            KubeError::Forbidden { .. } => "api-forbidden",
-            KubeError::Timeout { .. } | KubeError::Unreachable { .. } => "api-unreachable",
-            KubeError::Api { .. } => "api-error",
+            KubeError::Forbidden { .. } => "api_forbidden",
+            KubeError::Timeout { .. } | KubeError::Unreachable { .. } => "api_unreachable",
+            KubeError::Api { .. } => "api_error",
         }
     }
 

@@ -220,7 +220,7 @@ impl ApiAuthority {
         let name = c.store.lock().ok().and_then(|s| s.name_of_uid(&uid));
         let Some(name) = name else {
             return Err(deny(
-                "not-attached",
+                "not_attached",
                 format!("attachment {uid} left the cache"),
                 None,
             ));
@@ -231,7 +231,7 @@ impl ApiAuthority {
             Ok(Some(va)) => va,
             Ok(None) => {
                 let why = format!("fresh GET: VolumeAttachment {name} not found (404); {nothing}");
-                return Err(deny("not-attached", why, Some(Phase::Pending)));
+                return Err(deny("not_attached", why, Some(Phase::Pending)));
             }
             Err(e) => {
                 return Err(deny(
@@ -243,7 +243,7 @@ impl ApiAuthority {
         };
         if let Some(why) = refuse(&va, &c.node, &vol.name, &uid) {
             return Err(deny(
-                "not-attached",
+                "not_attached",
                 format!("fresh GET: {why}; {nothing}"),
                 Some(Phase::Pending),
             ));

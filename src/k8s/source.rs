@@ -293,7 +293,7 @@ async fn snapshot<F: Fencer>(cluster: &Cluster, rec: &Reconciler<F>) -> Attachme
             Err(e) => {
                 let kind = match &e {
                     VolumeError::Api(k) => k.kind(),
-                    VolumeError::Invalid(_) => "volume-unresolved",
+                    VolumeError::Invalid(_) => "volume_unresolved",
                 };
                 let known = rec
                     .statuses()

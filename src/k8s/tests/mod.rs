@@ -542,7 +542,7 @@ async fn an_unreachable_api_server_means_nothing_registered_or_preempted() {
     .await;
     let text = rig.metrics.render();
     assert!(
-        text.contains("csi_fencer_reconcile_errors_total{kind=\"api-unreachable\"}"),
+        text.contains("csi_fencer_reconcile_errors_total{kind=\"api_unreachable\"}"),
         "{text}"
     );
     // Back again: the next resync acquires.

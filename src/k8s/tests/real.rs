@@ -173,7 +173,7 @@ async fn the_shipped_rbac_lets_a_holder_create_and_report_its_volume_reservation
         a.d.metrics
             .render()
             .lines()
-            .any(|l| l.contains("api-forbidden") && !l.ends_with(" 0"));
+            .any(|l| l.contains("api_forbidden") && !l.ends_with(" 0"));
     assert!(!forbidden, "no request was forbidden");
 }
 
@@ -616,9 +616,9 @@ async fn a_role_without_a_rule_is_named_and_nothing_is_registered() {
     let forbidden =
         a.d.metrics
             .reconcile_errors
-            .with_label_values(&["api-forbidden"])
+            .with_label_values(&["api_forbidden"])
             .get();
-    assert!(forbidden > 0, "counted as api-forbidden");
+    assert!(forbidden > 0, "counted as api_forbidden");
 }
 
 #[tokio::test]
