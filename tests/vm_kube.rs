@@ -79,7 +79,12 @@ fn relay() -> Arc<AtomicBool> {
         mux.serve(l, cut);
     }
     let m = Arc::clone(&mux);
-    std::thread::spawn(move || m.demux(port, None));
+    std::thread::spawn(move || {
+        m.demux(port, None);
+        // Every request would wait on the port forever: fail now, and say why.
+        eprintln!("relay: the host closed the port (did examples/kube_relay die? see target/rig/out/kube-relay.log)");
+        std::process::abort();
+    });
     cut_a
 }
 

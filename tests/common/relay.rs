@@ -16,6 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// No frame is larger than one read of a connection (32 KiB); a length
+/// beyond this means the stream lost its framing.
+const MAX_FRAME: usize = 1 << 20;
+
 const OPEN: u8 = 0;
 const DATA: u8 = 1;
 const CLOSE: u8 = 2;
@@ -59,7 +63,12 @@ impl Mux {
     ) -> io::Result<()> {
         let reader = tcp.try_clone()?;
         if let Ok(mut c) = self.conns.lock() {
-            c.insert(id, tcp);
+            // Ids are never reused: a second connection under one would be
+            // closed by the first one's end.
+            assert!(
+                c.insert(id, tcp).is_none(),
+                "relay: connection {id} opened twice"
+            );
         }
         announce()?;
         let mux = Arc::clone(self);
@@ -86,6 +95,8 @@ impl Mux {
     }
 
     /// Forgets and shuts connection `id`; false when it was already gone.
+    /// Both directions: neither kube-rs (hyper over rustls) nor the API
+    /// server half-closes a connection and then waits for more.
     fn drop_conn(&self, id: u32) -> bool {
         let gone = self.conns.lock().ok().and_then(|mut c| c.remove(&id));
         gone.map(|t| t.shutdown(Shutdown::Both)).is_some()
@@ -99,6 +110,10 @@ impl Mux {
         while input.read_exact(&mut head).is_ok() {
             let id = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
             let len = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) as usize;
+            assert!(
+                len <= MAX_FRAME,
+                "relay: a frame of {len} bytes: the stream lost its framing"
+            );
             let mut data = vec![0u8; len];
             if input.read_exact(&mut data).is_err() {
                 return;
@@ -136,14 +151,17 @@ impl Mux {
     /// the stream. While `cut` is set, the listener's connections are closed
     /// and new ones refused: a node cut off from the API server.
     pub fn serve(self: &Arc<Self>, listener: TcpListener, cut: Arc<AtomicBool>) {
+        // The listener's live ids. Held from the `cut` test to the id's entry
+        // (and while cutting), so no connection slips through a cut.
         let mine: Arc<Mutex<Vec<u32>>> = Arc::default();
         let (mux, ids, flag) = (Arc::clone(self), Arc::clone(&mine), Arc::clone(&cut));
         std::thread::spawn(move || loop {
-            if flag.load(Ordering::Relaxed) {
-                let cutting: Vec<u32> = ids.lock().map(|mut v| v.split_off(0)).unwrap_or_default();
-                for id in cutting {
-                    if mux.drop_conn(id) {
-                        let _ = mux.send(id, CLOSE, &[]);
+            if flag.load(Ordering::SeqCst) {
+                if let Ok(mut v) = ids.lock() {
+                    for id in v.drain(..) {
+                        if mux.drop_conn(id) {
+                            let _ = mux.send(id, CLOSE, &[]);
+                        }
                     }
                 }
             }
@@ -152,17 +170,18 @@ impl Mux {
         let mux = Arc::clone(self);
         std::thread::spawn(move || {
             for tcp in listener.incoming().flatten() {
-                if cut.load(Ordering::Relaxed) {
+                let Ok(mut ids) = mine.lock() else { break };
+                if cut.load(Ordering::SeqCst) {
                     continue;
                 }
                 let id = mux.next.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut v) = mine.lock() {
-                    v.retain(|i| mux.conns.lock().is_ok_and(|c| c.contains_key(i)));
-                    v.push(id);
-                }
-                if mux.add(id, tcp, || mux.send(id, OPEN, &[])).is_err() {
+                ids.retain(|i| mux.conns.lock().is_ok_and(|c| c.contains_key(i)));
+                if let Err(e) = mux.add(id, tcp, || mux.send(id, OPEN, &[])) {
+                    eprintln!("relay: connection {id} could not be opened: {e}");
+                    mux.drop_conn(id);
                     break;
                 }
+                ids.push(id);
             }
         });
     }

@@ -155,13 +155,19 @@ for l in open(sys.argv[1]):
     KUBE_DIR=$RIG_OUT/kube
 }
 
-# After the guest: the relay ends when QEMU closes the port; make sure it did.
+# After the guest: the relay ends when QEMU closes the port. One that died early, failed, or
+# outlived QEMU is a reason to fail the run, with its log.
 stop_kube_relay() {
     [ -n "${RELAY_PID:-}" ] || return 0
-    local i
-    for i in $(seq 1 50); do kill -0 "$RELAY_PID" 2> /dev/null || break; sleep 0.2; done
-    kill "$RELAY_PID" 2> /dev/null || true
-    wait "$RELAY_PID" 2> /dev/null || true
+    local i rc=0 alive=1
+    for i in $(seq 1 50); do kill -0 "$RELAY_PID" 2> /dev/null || { alive=0; break; }; sleep 0.2; done
+    [ "$alive" = 1 ] && kill "$RELAY_PID" 2> /dev/null
+    wait "$RELAY_PID" 2> /dev/null || rc=$?
+    if [ "$alive" = 1 ]; then
+        REASONS+=("kube_relay still running 10 s after QEMU exited: $(tail -n 5 "$RIG_OUT/kube-relay.log" | tr '\n' ' ')")
+    elif [ "$rc" != 0 ]; then
+        REASONS+=("kube_relay failed (rc=$rc): $(tail -n 20 "$RIG_OUT/kube-relay.log" | tr '\n' ' ')")
+    fi
 }
 
 build_initrd() {
