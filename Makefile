@@ -37,10 +37,10 @@ bench-kube:
 bench-acquire:
 	$(CARGO) run --release --example acquire_bench
 
-## sim: random schedules of the deterministic SAN simulation (every capability profile, faults, crashes) for SIM_SECONDS (default 300); ends "sim: N schedules, M violations". SIM_SEED=N replays one with its trace.
+## sim: random schedules of the deterministic SAN simulation (every capability profile, faults, crashes) for SIM_SECONDS (default 300) or SIM_SCHEDULES of them, whichever ends first; ends "sim: N schedules, M violations". SIM_SEED=N replays one with its trace.
 SIM_SECONDS ?= 300
 sim:
-	SIM_SECONDS=$(SIM_SECONDS) $(CARGO) run --release --example sim
+	SIM_SECONDS=$(SIM_SECONDS) SIM_SCHEDULES=$(SIM_SCHEDULES) $(CARGO) run --release --example sim
 
 lint:
 	$(CARGO) fmt --all -- --check
