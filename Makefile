@@ -26,7 +26,7 @@ demo:
 
 ## bench-vm: failover latency (engine vs raw SG_IO vs sg_persist) and a 64-LUN bulk failover, in the rig.
 bench-vm:
-	RIG_EXTRA_LUNS=$${RIG_EXTRA_LUNS:-64} tests/vm/run.sh script tests/vm/scripts/bench.sh
+	RIG_EXTRA_LUNS=$${RIG_EXTRA_LUNS:-64} RIG_TEST_TIMEOUT=$${RIG_TEST_TIMEOUT:-1500} RIG_TIMEOUT=$${RIG_TIMEOUT:-2400} tests/vm/run.sh script tests/vm/scripts/bench.sh
 
 ## bench-kube: the daemon's watch cache against a mock API server: 100k VolumeAttachments, 10k+10k watch events, a relist; peak RSS and CPU (ROUNDS=3); then bench-acquire.
 bench-kube:

@@ -1,14 +1,17 @@
 //! Failover benchmark, run in the VM rig (`make bench-vm`); prints figures,
 //! asserts nothing about speed.
 //!
-//! Each round: clear VOL0, node-a acquires it, then node-b's acquire is timed
-//! (register on both of B's paths, PREEMPT AND ABORT of A, read back). Side by
-//! side in the same run:
-//! - `engine`: node-b's in-process `Engine::acquire`;
-//! - `raw SG_IO`: the sum of the wall times of the SCSI commands that acquire
-//!   sent (measured around each `Transport::execute`), i.e. the floor;
-//! - `sg_persist`: the same PR sequence done the way fence_mpath / fence_scsi
-//!   do it, one `sg_persist` / `sg_vpd` process per command.
+//! Each round, with the engines' caches warm as in a running daemon: clear
+//! VOL0; node-a acquires it from empty; node-b takes it over (REGISTER on both
+//! of B's paths, PREEMPT AND ABORT of A); node-b checks it (steady state);
+//! node-b releases it. For each operation, side by side in the same run:
+//! - the number of SCSI commands it sent;
+//! - `engine`: the in-process `Engine` call's wall time;
+//! - `raw`: the sum of the wall times of those commands (measured around
+//!   each `Transport::execute`), i.e. the floor for a sequential sender.
+//!
+//! For the failover, the same PR sequence done the way fence_mpath /
+//! fence_scsi do it: one `sg_persist` / `sg_vpd` process per command.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use csi_fencer::device::{Resolver, Sysfs};
-use csi_fencer::fence::engine::{Authorization, Engine, EngineConfig, Volume};
+use csi_fencer::fence::engine::{Authorization, Engine, EngineConfig, Volume, VolumeState};
 use csi_fencer::fence::keys::ClusterTag;
 use csi_fencer::fence::policy::{AccessMode, Policy};
 use csi_fencer::fence::state::{AttachmentId, Phase, Record, StateStore};
@@ -43,6 +46,10 @@ impl Transport for Timed {
             l.push(t0.elapsed());
         }
         r
+    }
+
+    fn device_number(&self, path: &Path) -> Option<u64> {
+        SgIo.device_number(path)
     }
 }
 
@@ -105,7 +112,6 @@ fn auth(id: &str) -> Authorization {
 
 fn stats(name: &str, mut v: Vec<Duration>) -> Duration {
     v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let med = v[v.len() / 2];
     let p95 = v[(v.len() * 95).div_ceil(100).min(v.len()) - 1];
     println!(
@@ -181,35 +187,91 @@ fn live(node: &str) -> BTreeSet<String> {
     [node.to_string()].into()
 }
 
-fn failover(runs: usize) {
-    let vol = volume("vol0", &env("RIG_VOL0_WWID"));
-    let a1 = env("RIG_VOL0_A1_SD");
-    let b_paths = vec![env("RIG_VOL0_B1_SD"), env("RIG_VOL0_B2_SD")];
-    let a = engine("node-a", "mpath-", SgIo, "/tmp/bench-a");
-    let timed = Timed {
-        log: Mutex::new(Vec::new()),
-    };
-    let b = engine("node-b", "mpathb-", timed, "/tmp/bench-b");
-    let (live_a, live_b) = (live("node-a"), live("node-b"));
-    let (mut eng, mut raw, mut sgp, mut cmds) = (Vec::new(), Vec::new(), Vec::new(), 0);
-    for i in 0..runs {
-        reset(&a1);
-        a.acquire(&vol, &auth(&format!("a-{i}")), &live_a)
-            .expect("A acquires");
-        drain(&[&b_paths[0], &b_paths[1]]);
-        if let Ok(mut l) = b.transport_log() {
+/// One timed engine operation: its wall time, the sum of the round trips of
+/// the SCSI commands it sent, and how many it sent.
+#[derive(Default)]
+struct Op {
+    wall: Vec<Duration>,
+    raw: Vec<Duration>,
+    commands: Vec<usize>,
+}
+
+impl Op {
+    /// Runs `f` with the transport's log cleared, and records it.
+    fn time<R>(&mut self, e: &Engine<Timed>, f: impl FnOnce() -> R) -> R {
+        if let Ok(mut l) = e.transport_log() {
             l.clear();
         }
         let t0 = Instant::now();
-        let out = b
-            .acquire(&vol, &auth(&format!("b-{i}")), &live_b)
-            .expect("B acquires");
-        eng.push(t0.elapsed());
+        let r = f();
+        self.wall.push(t0.elapsed());
+        let log = e.transport_log().map(|l| l.clone()).unwrap_or_default();
+        self.commands.push(log.len());
+        self.raw.push(log.iter().sum());
+        r
+    }
+
+    fn row(&self, name: &str) -> (Duration, Duration) {
+        let (w, r) = (median(&self.wall), median(&self.raw));
+        let mut c = self.commands.clone();
+        c.sort();
+        println!(
+            "{name:<26} {:>8} {:>10.2} {:>10.2} {:>10.2}x   (commands min {} max {})",
+            c[c.len() / 2],
+            ms(w),
+            ms(r),
+            w.as_secs_f64() / r.as_secs_f64(),
+            c[0],
+            c[c.len() - 1],
+        );
+        (w, r)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn timed() -> Timed {
+    Timed {
+        log: Mutex::new(Vec::new()),
+    }
+}
+
+fn failover(runs: usize) {
+    let vol = volume("vol0", &env("RIG_VOL0_WWID"));
+    let a_paths = [env("RIG_VOL0_A1_SD"), env("RIG_VOL0_A2_SD")];
+    let b_paths = [env("RIG_VOL0_B1_SD"), env("RIG_VOL0_B2_SD")];
+    let a = engine("node-a", "mpath-", timed(), "/tmp/bench-a");
+    let b = engine("node-b", "mpathb-", timed(), "/tmp/bench-b");
+    let (live_a, live_b) = (live("node-a"), live("node-b"));
+    let (mut empty, mut fail, mut check, mut release) =
+        (Op::default(), Op::default(), Op::default(), Op::default());
+    let mut sgp = Vec::new();
+    for i in 0..runs {
+        reset(&a_paths[0]);
+        drain(&[&a_paths[0], &a_paths[1]]);
+        empty.time(&a, || {
+            a.acquire(&vol, &auth(&format!("a-{i}")), &live_a)
+                .expect("A acquires")
+        });
+        drain(&[&b_paths[0], &b_paths[1]]);
+        let out = fail.time(&b, || {
+            b.acquire(&vol, &auth(&format!("b-{i}")), &live_b)
+                .expect("B acquires")
+        });
         assert_eq!(out.preempted.len(), 1, "B preempted A");
-        let log = b.transport_log().map(|l| l.clone()).unwrap_or_default();
-        cmds = log.len();
-        raw.push(log.iter().sum());
-        reset(&a1);
+        let out = check.time(&b, || b.check(&vol, &live_b).expect("B checks"));
+        assert_eq!(out.state, VolumeState::Held, "B holds");
+        let out = release.time(&b, || b.release(&vol).expect("B releases"));
+        assert_eq!(out.state, VolumeState::NotRegistered, "B released");
+        reset(&a_paths[0]);
         a.acquire(&vol, &auth(&format!("a2-{i}")), &live_a)
             .expect("A acquires");
         drain(&[&b_paths[0], &b_paths[1]]);
@@ -217,16 +279,18 @@ fn failover(runs: usize) {
         sg_persist_failover(&b_paths, a.key().0, b.key().0);
         sgp.push(t0.elapsed());
     }
-    println!("failover of VOL0 from node-a to node-b, {runs} rounds, {cmds} SCSI commands per engine acquire");
-    let e = stats("csi-fencer engine acquire", eng);
-    let r = stats("sum of its raw SG_IO round trips", raw);
-    let s = stats("sg_persist, one process per command", sgp);
+    println!("VOL0 (2 paths per node), {runs} rounds; medians; the engine's caches warm (a daemon's steady state)");
     println!(
-        "engine / raw SG_IO   = {:.2}x (goal <= 1.20)",
-        e.as_secs_f64() / r.as_secs_f64()
+        "{:<26} {:>8} {:>10} {:>10} {:>11}",
+        "operation", "commands", "engine ms", "raw ms", "engine/raw"
     );
+    empty.row("acquire from empty (A)");
+    let (e, _) = fail.row("failover (B preempts A)");
+    check.row("steady check (B)");
+    release.row("release (B)");
+    let s = stats("failover, sg_persist one process per command", sgp);
     println!(
-        "sg_persist / engine  = {:.1}x (goal >= 10)",
+        "sg_persist / engine failover = {:.1}x (goal >= 10)",
         s.as_secs_f64() / e.as_secs_f64()
     );
     overheads(&vol.wwid);
@@ -250,7 +314,7 @@ fn bulk(runs: usize) {
     let b_paths: Vec<[String; 2]> = (0..n).map(|i| [var(i, "B1_SD"), var(i, "B2_SD")]).collect();
     let a1: Vec<String> = (0..n).map(|i| var(i, "A1_SD")).collect();
     let a = engine("node-a", "mpath-", SgIo, "/tmp/bulk-a");
-    let b = engine("node-b", "mpathb-", SgIo, "/tmp/bulk-b");
+    let b = engine("node-b", "mpathb-", timed(), "/tmp/bulk-b");
     let (live_a, live_b) = (live("node-a"), live("node-b"));
     let setup = |round: &str| {
         for (i, v) in vols.iter().enumerate() {
@@ -260,10 +324,13 @@ fn bulk(runs: usize) {
             drain(&[&b_paths[i][0], &b_paths[i][1]]);
         }
     };
-    let (mut eng, mut sgp) = (Vec::new(), Vec::new());
+    let (mut eng, mut sgp, mut commands) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..runs {
         setup(&format!("a{r}"));
         let next = std::sync::atomic::AtomicUsize::new(0);
+        if let Ok(mut l) = b.transport_log() {
+            l.clear();
+        }
         let t0 = Instant::now();
         std::thread::scope(|s| {
             for _ in 0..CONCURRENCY {
@@ -278,6 +345,7 @@ fn bulk(runs: usize) {
             }
         });
         eng.push(t0.elapsed());
+        commands.push(b.transport_log().map(|l| l.len()).unwrap_or_default());
         setup(&format!("c{r}"));
         let t0 = Instant::now();
         for p in &b_paths {
@@ -285,7 +353,12 @@ fn bulk(runs: usize) {
         }
         sgp.push(t0.elapsed());
     }
-    println!("bulk failover of {n} LUNs from node-a to node-b, {runs} rounds");
+    commands.sort();
+    println!(
+        "bulk failover of {n} LUNs from node-a to node-b, {runs} rounds, {} SCSI commands ({:.1} per LUN)",
+        commands[commands.len() / 2],
+        commands[commands.len() / 2] as f64 / n as f64
+    );
     let e = stats(&format!("engine, {CONCURRENCY} at a time"), eng);
     let s = stats("sg_persist loop, sequential", sgp);
     println!(
@@ -316,6 +389,41 @@ fn overheads(wwid: &csi_fencer::scsi::Wwid) {
         })
         .collect();
     stats("  of which: one state-store write", writes);
+    let reads: Vec<Duration> = (0..50)
+        .map(|_| {
+            let t0 = Instant::now();
+            let _ = st.get("naa.x");
+            t0.elapsed()
+        })
+        .collect();
+    stats("  of which: one state-store read", reads);
+    let sys = Sysfs::default();
+    let paths = r.find(wwid).map(|l| l.paths).unwrap_or_default();
+    let per_path: Vec<Duration> = (0..50)
+        .map(|_| {
+            let t0 = Instant::now();
+            for p in &paths {
+                let _ = sys.path_info(&p.name);
+                let _ = sys.initiator_port(&p.name);
+                let _ = sys.scsi_wwid(&p.name);
+                let _ = SgIo.device_number(&p.dev);
+            }
+            t0.elapsed()
+        })
+        .collect();
+    stats("  of which: sysfs of both paths", per_path);
+    let a_cmd: ScsiCommand =
+        csi_fencer::scsi::prin::command(csi_fencer::scsi::PrInAction::ReadFullStatus, 8192);
+    if let Some(p) = paths.first() {
+        let rfs: Vec<Duration> = (0..50)
+            .map(|_| {
+                let t0 = Instant::now();
+                let _ = SgIo.execute(&p.dev, &a_cmd, Duration::from_secs(5));
+                t0.elapsed()
+            })
+            .collect();
+        stats("  one READ FULL STATUS, raw SG_IO", rfs);
+    }
 }
 
 trait Log {

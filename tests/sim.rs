@@ -463,7 +463,7 @@ mod cases {
         let done = sim.run_with(
             &[(A, OpKind::Acquire)],
             &mut |sim: &mut Sim, pending: &[Pending]| {
-                if !renamed && pending[0].cmd.name.contains("READ KEYS") {
+                if !renamed && pending[0].cmd.name.contains("READ FULL STATUS") {
                     renamed = true;
                     sim.san
                         .renumber("node-a", std::path::Path::new("/dev/sdc"), 0xdead);

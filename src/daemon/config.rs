@@ -11,6 +11,7 @@
 //!   aptpl: false
 //!   removeForeignKeys: false
 //! monitorIntervalSeconds: 10    # how often held volumes are checked (I7)
+//! kernelLog: /dev/kmsg          # a conflict logged there is checked at once ("" turns it off)
 //! resyncIntervalSeconds: 60     # full reconcile even without changes
 //! maxConcurrentVolumes: 8       # volumes reconciled at once
 //! operationTimeoutSeconds: 60   # one acquire/release/check, all commands (I6)
@@ -46,6 +47,7 @@ struct Raw {
     #[serde(default)]
     policy: RawPolicy,
     monitor_interval_seconds: Option<u64>,
+    kernel_log: Option<String>,
     resync_interval_seconds: Option<u64>,
     max_concurrent_volumes: Option<u64>,
     operation_timeout_seconds: Option<u64>,
@@ -96,6 +98,9 @@ pub struct Config {
     pub remove_foreign_keys: bool,
     /// How often held volumes are checked.
     pub monitor_interval: Duration,
+    /// The kernel log to follow for this node's own RESERVATION CONFLICTs
+    /// (see [`super::kernel_log`]); `None`: checks at the monitor interval only.
+    pub kernel_log: Option<std::path::PathBuf>,
     /// Full reconcile period.
     pub resync_interval: Duration,
     /// Volumes reconciled at once.
@@ -211,6 +216,11 @@ impl Config {
                 10,
                 (1, 3600),
             )?,
+            kernel_log: match raw.kernel_log.as_deref() {
+                None => Some(super::kernel_log::DEFAULT_PATH.into()),
+                Some("") => None,
+                Some(p) => Some(p.into()),
+            },
             resync_interval: seconds(
                 origin,
                 "resyncIntervalSeconds",
@@ -314,11 +324,12 @@ mod tests {
         assert_eq!(c.monitor_interval, Duration::from_secs(10));
         assert_eq!(c.max_concurrent_volumes, 8);
         assert!(!c.remove_foreign_keys);
+        assert_eq!(c.kernel_log, Some("/dev/kmsg".into()));
     }
 
     #[test]
     fn every_field_parses() {
-        let text = "clusterTag: '0x7e57'\nmapUuidPrefix: mpathb-\npolicy: {preempt: preempt, allTgPt: true, aptpl: true, removeForeignKeys: true}\nmonitorIntervalSeconds: 2\nresyncIntervalSeconds: 30\nmaxConcurrentVolumes: 4\noperationTimeoutSeconds: 20\ncommandTimeoutSeconds: 5\ndeviceWaitSeconds: 0\nknownNodes: [a, b]\n";
+        let text = "clusterTag: '0x7e57'\nmapUuidPrefix: mpathb-\npolicy: {preempt: preempt, allTgPt: true, aptpl: true, removeForeignKeys: true}\nmonitorIntervalSeconds: 2\nresyncIntervalSeconds: 30\nmaxConcurrentVolumes: 4\noperationTimeoutSeconds: 20\ncommandTimeoutSeconds: 5\ndeviceWaitSeconds: 0\nknownNodes: [a, b]\nkernelLog: \"\"\n";
         let c = Config::parse("c.yaml", text).unwrap();
         assert_eq!(c.tag.value(), 0x7e57);
         assert_eq!(
@@ -327,6 +338,7 @@ mod tests {
         );
         assert_eq!(c.known_nodes.len(), 2);
         assert_eq!(c.device_wait, Duration::ZERO);
+        assert_eq!(c.kernel_log, None, "\"\" turns it off");
     }
 
     #[test]

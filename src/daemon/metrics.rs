@@ -30,6 +30,11 @@ pub struct Metrics {
     pub preemptions: IntCounter,
     /// RESERVATION CONFLICT answers seen by this node.
     pub conflicts: IntCounter,
+    /// RESERVATION CONFLICTs of this node's own I/O, from the kernel log.
+    pub kernel_conflicts: IntCounter,
+    /// Time from the kernel's first conflict record for a LUN to the daemon
+    /// reporting it fenced.
+    pub kernel_notice_to_fenced_seconds: HistogramVec,
     /// Volumes by phase.
     pub volumes: IntGaugeVec,
     /// Paths registered and total, per volume.
@@ -126,6 +131,19 @@ impl Metrics {
             conflicts: counter(
                 "csi_fencer_reservation_conflicts_total",
                 "RESERVATION CONFLICT answers seen by this node.",
+            ),
+            kernel_conflicts: counter(
+                "csi_fencer_kernel_conflicts_total",
+                "RESERVATION CONFLICT records of this node's own I/O in the kernel log.",
+            ),
+            kernel_notice_to_fenced_seconds: hist_vec(
+                "csi_fencer_kernel_notice_to_fenced_seconds",
+                "Time from the kernel's first RESERVATION CONFLICT record for a LUN to the daemon reporting it fenced.",
+                &[],
+                vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0,
+                ],
             ),
             volumes: gauge_vec("csi_fencer_volumes", "Volumes by state.", &["state"]),
             paths: gauge_vec(
@@ -297,12 +315,30 @@ impl<T: Transport> Transport for Metered<T> {
         }
         r
     }
+
+    fn device_number(&self, path: &Path) -> Option<u64> {
+        self.inner.device_number(path)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::transport::scripted::Scripted;
+
+    /// The daemon's transport (metered, hang hook, SG_IO) passes the device
+    /// number on: without it the engine's I3 guards see no number at all.
+    #[test]
+    fn the_daemons_transport_passes_the_device_number_on() {
+        use crate::transport::{hang::Hanging, sgio::SgIo};
+        let t = Metered::new(
+            Hanging::new(SgIo, Vec::new()),
+            std::sync::Arc::new(Metrics::new()),
+        );
+        let null = Path::new("/dev/null");
+        assert!(SgIo.device_number(null).is_some());
+        assert_eq!(t.device_number(null), SgIo.device_number(null));
+    }
 
     #[test]
     fn metrics_build_and_count_commands_by_result() {

@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod grpc;
+pub mod kernel_log;
 pub mod metrics;
+pub mod notice;
 pub mod reconcile;
 pub mod run;

@@ -313,6 +313,7 @@ pub struct Reconciler<F: Fencer> {
     timeout: Duration,
     changes: tokio::sync::broadcast::Sender<Update>,
     retry: Retry,
+    notices: super::notice::Notices,
 }
 
 /// Failed operations come back soon, not at the next resync: the most
@@ -393,6 +394,7 @@ impl<F: Fencer> Reconciler<F> {
                 due: tokio::sync::Notify::new(),
                 max: Mutex::new(Duration::from_secs(60)),
             },
+            notices: super::notice::Notices::default(),
         })
     }
 
@@ -427,6 +429,11 @@ impl<F: Fencer> Reconciler<F> {
             tokio::time::sleep(delay).await;
             me.retry.due.notify_one();
         });
+    }
+
+    /// The kernel's notices of conflicts on this node's paths.
+    pub fn notices(&self) -> &super::notice::Notices {
+        &self.notices
     }
 
     /// Every volume's status.
@@ -787,7 +794,27 @@ impl<F: Fencer> Reconciler<F> {
             }
         }
         if let Some(u) = update {
+            self.measure_notice(&u, started);
             let _ = self.changes.send(u);
+        }
+    }
+
+    /// The time from the kernel's first conflict to this fence.
+    fn measure_notice(&self, u: &Update, started: Instant) {
+        let Some(now) = super::notice::monotonic() else {
+            return;
+        };
+        let lun = &u.status.wwid;
+        if u.status.phase == Phase::Fenced && u.changed {
+            if let Some(d) = self.notices.fenced(lun, now) {
+                self.metrics
+                    .kernel_notice_to_fenced_seconds
+                    .with_label_values(&[] as &[&str])
+                    .observe(d.as_secs_f64());
+            }
+        } else if u.status.phase != Phase::Fenced && u.error_kind.is_none() {
+            self.notices
+                .not_fenced(lun, now.saturating_sub(started.elapsed()));
         }
     }
 }

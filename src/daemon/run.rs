@@ -156,6 +156,7 @@ async fn run_source(
             let engine = Arc::new(build_engine(opts, metrics.clone(), &[])?);
             let rec = Reconciler::new(engine, metrics.clone(), conc, op_timeout);
             rec.set_max_retry_delay(c.resync_interval);
+            follow_kernel_log(c, &rec, &metrics);
             tokio::select! {
                 _ = drive(opts, Arc::clone(&rec), metrics, ready, world.clone()) => {}
                 r = serve_grpc(opts, &rec, &world) => r?,
@@ -175,6 +176,7 @@ async fn run_source(
                 authority,
             );
             rec.set_max_retry_delay(c.resync_interval);
+            follow_kernel_log(c, &rec, &metrics);
             let tick = Tick {
                 monitor: c.monitor_interval,
                 resync: c.resync_interval,
@@ -201,6 +203,34 @@ async fn run_source(
         }
     }
     Ok(())
+}
+
+/// Checks a LUN as soon as the kernel logs a RESERVATION CONFLICT on one of
+/// its paths (see [`super::kernel_log`]); without the log, fences are
+/// noticed at the monitor interval, as before.
+fn follow_kernel_log<F: Fencer + 'static>(
+    c: &Config,
+    rec: &Arc<Reconciler<F>>,
+    metrics: &Arc<Metrics>,
+) {
+    let Some(path) = &c.kernel_log else {
+        return;
+    };
+    let (rec, metrics) = (Arc::clone(rec), Arc::clone(metrics));
+    let on = move |lun: Option<String>, at| {
+        metrics.kernel_conflicts.inc();
+        tracing::info!(
+            lun = lun.as_deref().unwrap_or("unknown"),
+            "the kernel logged a reservation conflict: checking now"
+        );
+        rec.notices().notice(lun, at);
+    };
+    match super::kernel_log::follow(path, Sysfs::default(), on) {
+        Ok(_) => {
+            tracing::info!(path = %path.display(), "following the kernel log for reservation conflicts")
+        }
+        Err(e) => tracing::warn!("{e}"),
+    }
 }
 
 /// A check of every LUN the state store has a record of (held, being
@@ -308,6 +338,7 @@ async fn drive<F: Fencer>(
     let pol = policy(&opts.config);
     let mut loaded = false;
     loop {
+        let mut noticed = None;
         let check = tokio::select! {
             _ = poll.tick() => {
                 match watcher.poll() {
@@ -338,6 +369,10 @@ async fn drive<F: Fencer>(
             _ = monitor.tick() => true,
             _ = resync.tick() => false,
             _ = rec.retry_due() => false,
+            n = rec.notices().next() => {
+                noticed = Some(n);
+                true
+            }
         };
         // Until the source was read once there is nothing to reconcile; after
         // that the monitor goes on even while the source is broken (I7).
@@ -348,7 +383,10 @@ async fn drive<F: Fencer>(
             *w = (snapshot.clone(), read_at);
         }
         // The file was last confirmed unchanged at read_at: that is its freshness.
-        let ops = plan(&opts.node, &snapshot, &rec.statuses(), &pol, check, read_at);
+        let mut ops = plan(&opts.node, &snapshot, &rec.statuses(), &pol, check, read_at);
+        if let Some(n) = &noticed {
+            ops.retain(|op| n.keep(op));
+        }
         rec.dispatch(ops);
     }
 }

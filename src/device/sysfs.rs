@@ -184,6 +184,15 @@ impl Sysfs {
         sorted_names(&self.root.join("class/block"))
     }
 
+    /// The disk (`sdc`) of the SCSI device at `H:C:T:L`.
+    pub fn disk_of_scsi(&self, hctl: &str) -> Option<String> {
+        if hctl.contains('/') || hctl.contains("..") {
+            return None;
+        }
+        let dir = self.root.join("bus/scsi/devices").join(hctl).join("block");
+        sorted_names(&dir).into_iter().next()
+    }
+
     /// The kernel's own reading of a SCSI device's VPD 83h identity
     /// (`device/wwid`, e.g. `naa.6001405…`), when it has one.
     pub fn scsi_wwid(&self, name: &str) -> Option<String> {

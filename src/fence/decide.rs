@@ -9,7 +9,9 @@ use serde::Serialize;
 use super::keys::ClusterTag;
 use super::policy::{AccessMode, Policy, PreemptMode};
 use super::state::{Phase, Record};
-use crate::scsi::{Capabilities, Reservation, ReservationKey, ReservationType, Sense};
+use crate::scsi::{
+    Capabilities, FullStatus, Reservation, ReservationKey, ReservationType, Scope, Sense,
+};
 
 /// Whether one of this node's paths carries its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -73,6 +75,9 @@ pub struct Signs {
     pub reset: bool,
     /// 2A/05: registrations preempted (our key removed from that nexus).
     pub preempted: bool,
+    /// 3F/xx: new microcode, changed inquiry data or LUN inventory: what
+    /// was learned of the target's features may no longer hold.
+    pub features_changed: bool,
 }
 
 impl Signs {
@@ -84,6 +89,7 @@ impl Signs {
             // when another node takes or releases a reservation we merely
             // shared, which removes nothing of ours.
             preempted: uas.iter().any(|s| s.asc == 0x2a && s.ascq == 0x05),
+            features_changed: uas.iter().any(|s| s.asc == 0x3f),
         }
     }
 }
@@ -98,6 +104,102 @@ pub enum Evidence {
     /// Our registrations are gone with no preemption in sight: a target
     /// reset or power loss (or a CLEAR), not a fence.
     Lost,
+}
+
+/// The keys (one per registration, as READ KEYS lists them) and the
+/// reservation (as READ RESERVATION reports it: key 0 for the
+/// all-registrants types) that one READ FULL STATUS carries.
+pub fn from_full_status(fs: &FullStatus) -> (Vec<ReservationKey>, Option<Reservation>) {
+    let keys = fs.registrations.iter().map(|r| r.key).collect();
+    let reservation = fs
+        .registrations
+        .iter()
+        .find_map(|r| r.rtype.filter(|_| r.holder).map(|t| (r.key, t)))
+        .map(|(key, rtype)| Reservation {
+            key: if rtype.all_registrants() {
+                ReservationKey::NONE
+            } else {
+                key
+            },
+            scope: Scope::LogicalUnit,
+            rtype,
+        });
+    (keys, reservation)
+}
+
+/// The LUN after an acquire's `steps` all came back GOOD, as their statuses
+/// prove it without a read-back, or `None` where only a read can tell:
+/// - a REGISTER adds exactly one registration only on a nexus known to
+///   carry none of ours, and without ALL_TG_PT (which registers every
+///   target port, however many the target has);
+/// - RESERVE takes a LUN found unreserved; PREEMPT of the single holder
+///   moves the reservation to us and removes every registration of the key;
+/// - the reservation must end single-holder: under an all-registrants type
+///   any registrant may write, and a REGISTER of another node that landed
+///   after the observation would go unseen.
+///
+/// Other nodes' commands that landed meanwhile are not in the result; under
+/// a single-holder type they grant no access, and the next check reads them.
+pub fn after_steps(obs: &Observed, steps: &[Step], ours: ReservationKey) -> Option<Observed> {
+    let mut after = obs.clone();
+    after.signs = Signs::default();
+    for step in steps {
+        match step {
+            Step::Register {
+                path,
+                all_tg_pt: false,
+                ..
+            } => {
+                let (_, reg) = after.paths.iter_mut().find(|(p, _)| p == path)?;
+                if *reg != PathRegistration::NotRegistered {
+                    return None;
+                }
+                *reg = PathRegistration::Registered {
+                    all_tg_pt: false,
+                    holder: false,
+                };
+                after.keys.push(ours);
+                after.ours_count += 1;
+                after.generation = after.generation.wrapping_add(1);
+            }
+            Step::Reserve { rtype } if after.reservation.is_none() => {
+                after.reservation = Some(Reservation {
+                    key: ours,
+                    scope: Scope::LogicalUnit,
+                    rtype: *rtype,
+                });
+            }
+            Step::Preempt {
+                victim,
+                holder,
+                rtype,
+                ..
+            } => {
+                let holds = after
+                    .reservation
+                    .as_ref()
+                    .is_some_and(|r| r.key == victim.key && !r.rtype.all_registrants());
+                if *holder != holds || victim.key == ours {
+                    return None;
+                }
+                if holds {
+                    after.reservation = Some(Reservation {
+                        key: ours,
+                        scope: Scope::LogicalUnit,
+                        rtype: *rtype,
+                    });
+                }
+                after.keys.retain(|k| *k != victim.key);
+                after.generation = after.generation.wrapping_add(1);
+            }
+            _ => return None,
+        }
+    }
+    let single = after
+        .reservation
+        .as_ref()
+        .is_some_and(|r| r.key == ours && !r.rtype.all_registrants());
+    single.then_some(after)
 }
 
 /// Weighs the record of what this node registered against what the LUN says.
@@ -897,5 +999,77 @@ mod tests {
         );
         assert_eq!(k.foreign.len(), 1);
         assert!(k.foreign[0].foreign);
+    }
+
+    /// What the statuses of an acquire's steps prove, and where only a
+    /// read-back can tell.
+    #[test]
+    fn after_steps_proves_only_what_the_statuses_prove() {
+        let p = Policy::default();
+        let single = AccessMode::SingleNode;
+        let after = |o: &Observed, steps: &[Step]| after_steps(o, steps, key("b"));
+        // From empty: two REGISTERs and a RESERVE.
+        let empty = obs(vec![], None, vec![NotRegistered, NotRegistered]);
+        let steps = plan(&empty, &["b"], single, &p).unwrap();
+        let a = after(&empty, &steps).expect("proven");
+        assert_eq!(a.ours_count, 2);
+        assert_eq!(a.generation, 3, "two REGISTERs bump it, RESERVE does not");
+        assert!(a.paths.iter().all(|(_, r)| r.is_registered()));
+        assert_eq!(a.reservation.as_ref().map(|r| r.key), Some(key("b")));
+        assert_eq!(
+            plan(&a, &["b"], single, &p),
+            Ok(vec![]),
+            "nothing left to do"
+        );
+        // Failover: A holds, B registers and preempts A.
+        let held = obs(
+            vec![key("a"), key("a")],
+            reserved(key("a"), 5),
+            vec![NotRegistered, NotRegistered],
+        );
+        let steps = plan(&held, &["b"], single, &p).unwrap();
+        let a = after(&held, &steps).expect("proven");
+        assert_eq!(
+            a.keys,
+            vec![key("b"), key("b")],
+            "A's registrations are gone"
+        );
+        assert_eq!(a.generation, 4);
+        assert_eq!(plan(&a, &["b"], single, &p), Ok(vec![]));
+        // A nexus whose registration is not known: the REGISTER may add none.
+        let unknown = obs(vec![], None, vec![NotRegistered, Unknown]);
+        let steps = plan(&unknown, &["b"], single, &p).unwrap();
+        assert!(after(&unknown, &steps).is_none());
+        // ALL_TG_PT registers every target port: how many is not known.
+        let atp = [Step::Register {
+            path: "/dev/sd0".into(),
+            all_tg_pt: true,
+            aptpl: false,
+        }];
+        assert!(after(&empty, &atp).is_none());
+        // Ending under an all-registrants type: any late registrant may write.
+        let ar = [Step::Reserve {
+            rtype: ReservationType::from_code(7).unwrap(),
+        }];
+        let registered = obs(vec![key("b")], None, vec![REG]);
+        assert!(after(&registered, &ar).is_none());
+        // A PREEMPT whose plan thought the victim held, on a LUN that says
+        // otherwise, or a RELEASE: read back.
+        let wrong = [Step::Preempt {
+            victim: OtherKey {
+                key: key("c"),
+                node: Some("c".into()),
+                foreign: false,
+            },
+            holder: true,
+            abort: true,
+            rtype: ReservationType::from_code(5).unwrap(),
+        }];
+        assert!(after(&held, &wrong).is_none());
+        let release = [Step::Release {
+            path: None,
+            rtype: ReservationType::from_code(5).unwrap(),
+        }];
+        assert!(after(&held, &release).is_none());
     }
 }

@@ -425,6 +425,8 @@ struct Run<'a> {
     release_via: Option<PathBuf>,
     /// What the unit attentions met by this operation's commands told.
     att: Attentions,
+    /// PR OUTs of this operation that did not come back GOOD.
+    failed_sends: u32,
 }
 
 /// The unit attentions of one operation, by age. A path's pending
@@ -475,6 +477,32 @@ impl Attentions {
     }
 }
 
+/// What would make an acquire's read-back necessary, counted before its
+/// steps: a PR OUT that did not come back GOOD, a unit attention, a reset.
+struct Clean {
+    failed: u32,
+    attentions: usize,
+    resets: u32,
+}
+
+impl Clean {
+    fn of(run: &Run<'_>) -> Clean {
+        Clean {
+            failed: run.failed_sends,
+            attentions: run.out.unit_attentions.len(),
+            resets: run.att.resets.get(),
+        }
+    }
+
+    /// Nothing of the kind happened since [`Clean::of`].
+    fn still(&self, run: &Run<'_>) -> bool {
+        run.failed_sends == self.failed
+            && run.out.unit_attentions.len() == self.attentions
+            && run.att.resets.get() == self.resets
+            && !run.att.fresh_preempt.get()
+    }
+}
+
 /// The engine for one node.
 pub struct Engine<T: Transport> {
     cfg: EngineConfig,
@@ -483,6 +511,8 @@ pub struct Engine<T: Transport> {
     resolver: Resolver,
     state: StateStore,
     caps: Mutex<HashMap<String, LunCaps>>,
+    /// Each path's identity as last proven (see [`identity`]).
+    ids: identity::Identities,
     /// Node names learned after start (the Kubernetes Node list), to name
     /// their keys in reports.
     learned_nodes: Mutex<BTreeSet<String>>,
@@ -502,6 +532,7 @@ impl<T: Transport> Engine<T> {
             resolver,
             state,
             caps: Mutex::new(HashMap::new()),
+            ids: identity::Identities::default(),
             learned_nodes: Mutex::new(BTreeSet::new()),
         }
     }
@@ -546,6 +577,7 @@ impl<T: Transport> Engine<T> {
             release_via: None,
             prefer: None,
             att: Attentions::default(),
+            failed_sends: 0,
         })
     }
 
@@ -621,8 +653,21 @@ impl<T: Transport> Engine<T> {
                 // anywhere after it is recoverable.
                 self.note_registering(run, &auth.attachment, &obs, rec.as_ref(), &steps)?;
             }
+            let before = Clean::of(run);
             match self.execute_acquire(run, &obs, &steps)? {
-                Executed::Done => {}
+                Executed::Done => {
+                    // Every step GOOD and nothing else heard: the statuses
+                    // prove the result, and reading it back would add a
+                    // command that decides nothing.
+                    let after = decide::after_steps(&obs, &steps, self.key)
+                        .filter(|_| before.still(run))
+                        .filter(|a| decide::plan_acquire(a, ctx).is_ok_and(|s| s.is_empty()));
+                    if let Some(after) = after {
+                        run.out.generation.1 = after.generation;
+                        io::set_registrations(&mut run.out, &after);
+                        return self.settle(run, &after, auth);
+                    }
+                }
                 Executed::Replan(why) => {
                     run.out
                         .notes
@@ -1317,6 +1362,7 @@ impl Outcome {
 
 mod doubt;
 mod exec;
+mod identity;
 mod io;
 
 #[cfg(test)]

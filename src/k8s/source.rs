@@ -49,6 +49,7 @@ pub async fn drive<F: Fencer>(
     let mut loaded = false;
     let mut mine: BTreeSet<String> = BTreeSet::new();
     loop {
+        let mut noticed = None;
         let check = tokio::select! {
             ev = stream.next() => {
                 let Some(ev) = ev else { return };
@@ -75,6 +76,10 @@ pub async fn drive<F: Fencer>(
             _ = monitor.tick() => true,
             _ = resync.tick() => false,
             _ = rec.retry_due() => false,
+            n = rec.notices().next() => {
+                noticed = Some(n);
+                true
+            }
         };
         publish_health(&cluster, &metrics, &ready, loaded && stream.live);
         if !loaded {
@@ -100,7 +105,7 @@ pub async fn drive<F: Fencer>(
             *w = (snap.clone(), SystemTime::now());
         }
         let now = SystemTime::now();
-        let ops = plan(
+        let mut ops = plan(
             &cluster.node,
             &snap,
             &rec.statuses(),
@@ -108,6 +113,9 @@ pub async fn drive<F: Fencer>(
             check,
             now,
         );
+        if let Some(n) = &noticed {
+            ops.retain(|op| n.keep(op));
+        }
         rec.dispatch(ops);
         publish_health(&cluster, &metrics, &ready, loaded && stream.live);
     }

@@ -14,6 +14,12 @@ pub const OPCODE: u8 = 0x5e;
 /// descriptors; larger answers are re-read at the length they announce.
 pub const DEFAULT_ALLOCATION: u16 = 512;
 
+/// First allocation length of READ FULL STATUS: a descriptor with an iSCSI
+/// name takes about 90 bytes, and a re-read at the announced length would
+/// double the cost of the engine's one observation; 8 KiB holds some 90
+/// registrations.
+pub const FULL_STATUS_ALLOCATION: u16 = 8192;
+
 /// Builds a PR IN CDB for `action` with `allocation` bytes of buffer.
 pub fn command(action: PrInAction, allocation: u16) -> Command {
     let [hi, lo] = allocation.to_be_bytes();

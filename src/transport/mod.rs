@@ -81,12 +81,13 @@ pub trait Transport: Send + Sync {
     ) -> Result<Completion, ScsiError>;
 
     /// The device number (`st_rdev`) behind `path` now, where there is one.
-    /// The engine proves a path's identity (VPD 83h) once per operation and
-    /// checks this number again right before each PR OUT: a name that the
-    /// kernel gave to another device meanwhile must not receive it (I3).
-    fn device_number(&self, _path: &Path) -> Option<u64> {
-        None
-    }
+    /// The engine checks it right before each PR OUT against the number it
+    /// had when the path's identity (VPD 83h) was proven, and reuses a
+    /// proven identity only while it is unchanged: a name that the kernel
+    /// gave to another device meanwhile must not receive a command (I3).
+    /// No default: a wrapper that forgot to pass it on would silently turn
+    /// both guards off.
+    fn device_number(&self, path: &Path) -> Option<u64>;
 }
 
 impl<T: Transport + ?Sized> Transport for &T {

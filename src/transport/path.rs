@@ -152,7 +152,10 @@ impl<'t> ScsiPath<'t> {
         action: PrInAction,
         parse: fn(&[u8]) -> Result<T, ParseError>,
     ) -> Result<T, ScsiError> {
-        let mut alloc = prin::DEFAULT_ALLOCATION;
+        let mut alloc = match action {
+            PrInAction::ReadFullStatus => prin::FULL_STATUS_ALLOCATION,
+            _ => prin::DEFAULT_ALLOCATION,
+        };
         // Registrations can grow between two reads; three rounds is plenty.
         for _ in 0..3 {
             let cmd = prin::command(action, alloc);

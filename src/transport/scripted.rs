@@ -64,4 +64,10 @@ impl Transport for Scripted {
             reason: format!("scripted transport has no answer left for {cmd}"),
         })
     }
+
+    /// Scripted devices have no device number: each operation proves their
+    /// identity again.
+    fn device_number(&self, _path: &Path) -> Option<u64> {
+        None
+    }
 }

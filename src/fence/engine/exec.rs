@@ -195,6 +195,7 @@ impl<T: Transport> Engine<T> {
     /// is noted at once (see [`Engine::note_reset`]).
     fn send(&self, run: &mut Run<'_>, via: &Path, step: &Step) -> Result<(), ScsiError> {
         let (r, uas) = self.prout_on(run, via, &self.prout_of(step));
+        run.failed_sends += u32::from(r.is_err());
         run.out
             .unit_attentions
             .extend(uas.iter().map(|s| format!("{}: {s}", via.display())));

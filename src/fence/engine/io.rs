@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    Attentions, Engine, FenceError, Located, LunCaps, PathReport, Run, UsablePath, VolumeState,
+    identity, Attentions, Engine, FenceError, Located, LunCaps, PathReport, Run, UsablePath,
+    VolumeState,
 };
 use crate::device::PathInfo;
-use crate::fence::decide::{Observed, PathRegistration, Signs};
+use crate::fence::decide::{self, Observed, PathRegistration, Signs};
 use crate::fence::state::{Phase, Record};
-use crate::scsi::{Designator, FullStatus, ReservationKey, TransportId, Wwid};
+use crate::scsi::{Designator, FullStatus, Reservation, ReservationKey, TransportId, Wwid};
 use crate::transport::{ScsiError, Transport};
 
 const DEVICE_POLL: Duration = Duration::from_millis(250);
@@ -73,7 +74,7 @@ impl<T: Transport> Engine<T> {
         // The number first: if the name moves to another device after the
         // VPD read, the number taken before it no longer matches (I3).
         let devnum = self.transport.device_number(&report.info.dev);
-        let ds = match self.path(&report.info.dev).device_id() {
+        let ds = match self.identity(&report.info, devnum) {
             Ok(ds) => ds,
             Err(e) => {
                 report.problem = Some(e.to_string());
@@ -111,6 +112,33 @@ impl<T: Transport> Engine<T> {
             initiator: self.resolver.sysfs().initiator_port(&report.info.name),
         };
         (Some(usable), report)
+    }
+
+    /// The path's designations: as last proven, while nothing that sysfs
+    /// and the device number tell has changed, else from VPD 83h.
+    fn identity(
+        &self,
+        info: &PathInfo,
+        devnum: Option<u64>,
+    ) -> Result<Vec<crate::scsi::Designation>, ScsiError> {
+        let seen = identity::Seen {
+            devnum,
+            hctl: info.hctl.clone(),
+            kernel_wwid: self.resolver.sysfs().scsi_wwid(&info.name),
+        };
+        if let Some(ds) = self.ids.get(&info.dev, &seen) {
+            return Ok(ds);
+        }
+        match self.path(&info.dev).device_id() {
+            Ok(ds) => {
+                self.ids.put(&info.dev, seen, &ds);
+                Ok(ds)
+            }
+            Err(e) => {
+                self.ids.forget(&info.dev);
+                Err(e)
+            }
+        }
     }
 
     /// Reads the PR state and records it in the run's outcome.
@@ -155,7 +183,12 @@ impl<T: Transport> Engine<T> {
             match self.consistent_state(&p.dev, &wwid, &run.att, &mut caps) {
                 Ok((mut obs, fs, uas)) => {
                     if let Ok(mut all) = self.caps.lock() {
-                        all.insert(wwid.clone(), caps.clone());
+                        // Learned across a change of microcode or inquiry
+                        // data: asked again next time.
+                        match obs.signs.features_changed {
+                            true => all.remove(&wwid),
+                            false => all.insert(wwid.clone(), caps.clone()),
+                        };
                     }
                     obs.paths = self.match_paths(loc, fs.as_ref(), rec, obs.ours_count > 0);
                     return Ok((obs, uas));
@@ -184,10 +217,11 @@ impl<T: Transport> Engine<T> {
         }
     }
 
-    /// READ KEYS, READ RESERVATION and (where the target has it) READ FULL
-    /// STATUS, again until their generations agree: a decision must never mix
-    /// a state from before another node's PR OUT with one from after it.
-    /// REPORT CAPABILITIES is asked once per LUN.
+    /// One consistent reading of the PR state: READ FULL STATUS alone where
+    /// the target has it (keys, holder and type under one generation), else
+    /// READ KEYS and READ RESERVATION, again until their generations agree:
+    /// a decision must never mix a state from before another node's PR OUT
+    /// with one from after it. REPORT CAPABILITIES is asked once per LUN.
     fn consistent_state(
         &self,
         dev: &Path,
@@ -205,6 +239,28 @@ impl<T: Transport> Engine<T> {
             .path(dev)
             .on_unit_attention(&noted)
             .on_lost_answer(&lost);
+        if !caps.asked {
+            let c = p.capabilities();
+            att.answered(dev, &c);
+            match c {
+                Ok(c) => (caps.report, caps.asked) = (Some(c), true),
+                Err(ScsiError::Unsupported { .. }) => (caps.report, caps.asked) = (None, true),
+                Err(_) => {}
+            }
+        }
+        if !caps.no_full_status {
+            let fs = p.full_status();
+            att.answered(dev, &fs);
+            match fs {
+                Ok(fs) => {
+                    let (keys, reservation) = decide::from_full_status(&fs);
+                    let obs = self.observed(fs.generation, keys, reservation, caps, &p, true);
+                    return Ok((obs, Some(fs), attentions_of(dev, &p)));
+                }
+                Err(ScsiError::Unsupported { .. }) => caps.no_full_status = true,
+                Err(e) => return Err(e.into()),
+            }
+        }
         for _ in 0..CONSISTENT_READ_ATTEMPTS {
             let keys = p.read_keys();
             att.answered(dev, &keys);
@@ -214,54 +270,42 @@ impl<T: Transport> Engine<T> {
             // generation back, so the generations alone may agree).
             let settled = p.unit_attentions().len();
             let res = p.read_reservation()?;
-            if !caps.asked {
-                match p.capabilities() {
-                    Ok(c) => (caps.report, caps.asked) = (Some(c), true),
-                    Err(ScsiError::Unsupported { .. }) => (caps.report, caps.asked) = (None, true),
-                    Err(_) => {}
-                }
-            }
-            let fs = if caps.no_full_status {
-                None
-            } else {
-                match p.full_status() {
-                    Ok(fs) => Some(fs),
-                    Err(ScsiError::Unsupported { .. }) => {
-                        caps.no_full_status = true;
-                        None
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            };
             seen = vec![keys.generation, res.generation];
-            seen.extend(fs.as_ref().map(|f| f.generation));
             let quiet = p.unit_attentions().len() == settled;
-            if quiet && seen.iter().all(|g| *g == keys.generation) {
-                let signs = Signs::from_unit_attentions(p.unit_attentions());
-                let uas = p
-                    .unit_attentions()
-                    .iter()
-                    .map(|s| format!("{}: {s}", dev.display()))
-                    .collect();
-                let ours_count = keys.keys.iter().filter(|k| **k == self.key).count() as u32;
-                let obs = Observed {
-                    generation: keys.generation,
-                    keys: keys.keys,
-                    reservation: res.reservation,
-                    caps: caps.report.clone(),
-                    paths: Vec::new(),
-                    ours_count,
-                    full_status: fs.is_some(),
-                    no_preempt_and_abort: caps.no_preempt_and_abort,
-                    signs,
-                };
-                return Ok((obs, fs, uas));
+            if quiet && keys.generation == res.generation {
+                let obs =
+                    self.observed(keys.generation, keys.keys, res.reservation, caps, &p, false);
+                return Ok((obs, None, attentions_of(dev, &p)));
             }
         }
         Err(FenceError::Unstable {
             device: dev.to_path_buf(),
             generations: seen,
         })
+    }
+
+    /// An observation from one consistent reading (its paths matched later).
+    fn observed(
+        &self,
+        generation: u32,
+        keys: Vec<ReservationKey>,
+        reservation: Option<Reservation>,
+        caps: &LunCaps,
+        p: &crate::transport::ScsiPath<'_>,
+        full_status: bool,
+    ) -> Observed {
+        let ours_count = keys.iter().filter(|k| **k == self.key).count() as u32;
+        Observed {
+            generation,
+            keys,
+            reservation,
+            caps: caps.report.clone(),
+            paths: Vec::new(),
+            ours_count,
+            full_status,
+            no_preempt_and_abort: caps.no_preempt_and_abort,
+            signs: Signs::from_unit_attentions(p.unit_attentions()),
+        }
     }
 
     /// A unit attention, the moment it is consumed: a reset (29/xx) is
@@ -275,6 +319,9 @@ impl<T: Transport> Engine<T> {
         s: &crate::scsi::Sense,
     ) {
         att.met(s, fresh);
+        if identity::unsettles_identity(s) {
+            self.ids.forget_lun(wwid);
+        }
         let noted = match (s.asc, s.ascq) {
             (0x29, _) => self.note_reset(wwid),
             (0x2a, 0x05) if fresh => self.note_preempted(wwid),
@@ -321,6 +368,14 @@ impl<T: Transport> Engine<T> {
             })
             .collect()
     }
+}
+
+/// The unit attentions a path met, as the outcome reports them.
+fn attentions_of(dev: &Path, p: &crate::transport::ScsiPath<'_>) -> Vec<String> {
+    p.unit_attentions()
+        .iter()
+        .map(|s| format!("{}: {s}", dev.display()))
+        .collect()
 }
 
 fn no_usable_path(volume: &str, loc: &Located) -> FenceError {

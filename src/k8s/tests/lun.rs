@@ -120,4 +120,8 @@ impl Transport for SimLun {
         }
         Ok(self.lun.lock().unwrap().execute(&nexus_a(path), cmd))
     }
+
+    fn device_number(&self, _path: &Path) -> Option<u64> {
+        None
+    }
 }
