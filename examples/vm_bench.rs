@@ -166,11 +166,31 @@ fn main() {
     match what.as_str() {
         "failover" => failover(runs),
         "bulk" => bulk(runs),
+        // Used by bench.sh: an application's write on a node that may be fenced.
+        "write" => {
+            let dev = std::env::args().nth(2).unwrap_or_default();
+            std::process::exit(i32::from(write_direct(Path::new(&dev)).is_err()))
+        }
         other => {
-            eprintln!("usage: vm_bench failover|bulk [ROUNDS] (not {other:?})");
+            eprintln!("usage: vm_bench failover|bulk [ROUNDS] | write DEVICE (not {other:?})");
             std::process::exit(2)
         }
     }
+}
+
+/// One 4 KiB O_DIRECT write at offset 0, as an application would.
+fn write_direct(dev: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(dev)?;
+    // O_DIRECT wants an aligned buffer: 4 KiB inside an 8 KiB allocation.
+    let mut v = vec![0x5au8; 8192];
+    let off = v.as_ptr().align_offset(4096);
+    f.write_all_at(&v[off..off + 4096], 0)?;
+    v.clear();
+    Ok(())
 }
 
 fn volume(name: &str, wwid: &str) -> Volume {

@@ -134,12 +134,13 @@ pub fn from_full_status(fs: &FullStatus) -> (Vec<ReservationKey>, Option<Reserva
 ///   target port, however many the target has);
 /// - RESERVE takes a LUN found unreserved; PREEMPT of the single holder
 ///   moves the reservation to us and removes every registration of the key;
-/// - the reservation must end single-holder: under an all-registrants type
-///   any registrant may write, and a REGISTER of another node that landed
-///   after the observation would go unseen.
+/// - the reservation ends ours (or all registrants').
 ///
-/// Other nodes' commands that landed meanwhile are not in the result; under
-/// a single-holder type they grant no access, and the next check reads them.
+/// Another node's REGISTER that landed after the observation is not in the
+/// result. A read-back would not make that safe either (one may land right
+/// after it): every node takes back its own registrations that its own
+/// read-back finds beside another node's reservation, and a crashed one
+/// does so at its restart check.
 pub fn after_steps(obs: &Observed, steps: &[Step], ours: ReservationKey) -> Option<Observed> {
     let mut after = obs.clone();
     after.signs = Signs::default();
@@ -163,11 +164,7 @@ pub fn after_steps(obs: &Observed, steps: &[Step], ours: ReservationKey) -> Opti
                 after.generation = after.generation.wrapping_add(1);
             }
             Step::Reserve { rtype } if after.reservation.is_none() => {
-                after.reservation = Some(Reservation {
-                    key: ours,
-                    scope: Scope::LogicalUnit,
-                    rtype: *rtype,
-                });
+                after.reservation = Some(held_by(ours, *rtype));
             }
             Step::Preempt {
                 victim,
@@ -183,11 +180,7 @@ pub fn after_steps(obs: &Observed, steps: &[Step], ours: ReservationKey) -> Opti
                     return None;
                 }
                 if holds {
-                    after.reservation = Some(Reservation {
-                        key: ours,
-                        scope: Scope::LogicalUnit,
-                        rtype: *rtype,
-                    });
+                    after.reservation = Some(held_by(ours, *rtype));
                 }
                 after.keys.retain(|k| *k != victim.key);
                 after.generation = after.generation.wrapping_add(1);
@@ -195,11 +188,25 @@ pub fn after_steps(obs: &Observed, steps: &[Step], ours: ReservationKey) -> Opti
             _ => return None,
         }
     }
-    let single = after
+    let held = after
         .reservation
         .as_ref()
-        .is_some_and(|r| r.key == ours && !r.rtype.all_registrants());
-    single.then_some(after)
+        .is_some_and(|r| r.key == ours || r.rtype.all_registrants());
+    held.then_some(after)
+}
+
+/// A reservation of `rtype` taken by `ours`, as READ RESERVATION reports it
+/// (key 0 for the all-registrants types).
+fn held_by(ours: ReservationKey, rtype: ReservationType) -> Reservation {
+    Reservation {
+        key: if rtype.all_registrants() {
+            ReservationKey::NONE
+        } else {
+            ours
+        },
+        scope: Scope::LogicalUnit,
+        rtype,
+    }
 }
 
 /// Weighs the record of what this node registered against what the LUN says.
@@ -1047,12 +1054,20 @@ mod tests {
             aptpl: false,
         }];
         assert!(after(&empty, &atp).is_none());
-        // Ending under an all-registrants type: any late registrant may write.
+        // Under an all-registrants type the reservation reads as key 0.
         let ar = [Step::Reserve {
             rtype: ReservationType::from_code(7).unwrap(),
         }];
         let registered = obs(vec![key("b")], None, vec![REG]);
-        assert!(after(&registered, &ar).is_none());
+        let a = after(&registered, &ar).expect("proven");
+        assert_eq!(
+            a.reservation.as_ref().map(|r| r.key),
+            Some(ReservationKey::NONE)
+        );
+        // RESERVE of a LUN another node reserved meanwhile would have conflicted;
+        // one the observation found reserved is not proven.
+        let theirs = obs(vec![key("a"), key("b")], reserved(key("a"), 5), vec![REG]);
+        assert!(after(&theirs, &ar).is_none());
         // A PREEMPT whose plan thought the victim held, on a LUN that says
         // otherwise, or a RELEASE: read back.
         let wrong = [Step::Preempt {
