@@ -437,36 +437,67 @@ struct Run<'a> {
 #[derive(Default)]
 struct Attentions {
     /// Paths where a command of this operation has been answered.
-    used: std::cell::RefCell<Vec<PathBuf>>,
+    /// (Shared by the concurrent REGISTERs of one operation, hence atomics.)
+    used: Mutex<Vec<PathBuf>>,
     /// A reset (29/xx) known to be news.
-    fresh_reset: std::cell::Cell<bool>,
+    fresh_reset: Flag,
     /// A reset of unknown age (the first answer on its path).
-    aged_reset: std::cell::Cell<bool>,
+    aged_reset: Flag,
     /// A preemption of our registration (2A/05) known to be news.
-    fresh_preempt: std::cell::Cell<bool>,
+    fresh_preempt: Flag,
     /// Resets met so far, of any age: a reading taken before one of them
     /// no longer describes the LUN.
-    resets: std::cell::Cell<u32>,
+    resets: Count,
+}
+
+/// A flag several threads of one operation may raise.
+#[derive(Default)]
+struct Flag(std::sync::atomic::AtomicBool);
+
+impl Flag {
+    fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn set(&self, v: bool) {
+        self.0.store(v, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A count several threads of one operation may raise.
+#[derive(Default)]
+struct Count(std::sync::atomic::AtomicU32);
+
+impl Count {
+    fn get(&self) -> u32 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn bump(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Attentions {
     /// About to send commands on `dev`: is what they meet news?
     fn open(&self, dev: &std::path::Path) -> bool {
-        self.used.borrow().iter().any(|p| p == dev)
+        self.used.lock().is_ok_and(|u| u.iter().any(|p| p == dev))
     }
 
     /// A command on `dev` came back with a status (not a timeout or a
     /// transport failure): its pending attentions have been reported.
     fn answered<T>(&self, dev: &std::path::Path, r: &Result<T, ScsiError>) {
-        if r.as_ref().err().is_none_or(|e| e.answered()) && !self.open(dev) {
-            self.used.borrow_mut().push(dev.to_path_buf());
+        if r.as_ref().err().is_none_or(|e| e.answered()) {
+            if let Ok(mut u) = self.used.lock() {
+                if !u.iter().any(|p| p == dev) {
+                    u.push(dev.to_path_buf());
+                }
+            }
         }
     }
 
     /// An attention met on a path that [`Attentions::open`] judged.
     fn met(&self, s: &crate::scsi::Sense, fresh: bool) {
         if s.asc == 0x29 {
-            self.resets.set(self.resets.get() + 1);
+            self.resets.bump();
         }
         match (s.asc, s.ascq) {
             (0x29, _) if fresh => self.fresh_reset.set(true),
@@ -513,6 +544,9 @@ pub struct Engine<T: Transport> {
     caps: Mutex<HashMap<String, LunCaps>>,
     /// Each path's identity as last proven (see [`identity`]).
     ids: identity::Identities,
+    /// One read-change-write of the record at a time for what the commands
+    /// of concurrent REGISTERs note (a reset must not overwrite a fence).
+    noting: Mutex<()>,
     /// Node names learned after start (the Kubernetes Node list), to name
     /// their keys in reports.
     learned_nodes: Mutex<BTreeSet<String>>,
@@ -533,6 +567,7 @@ impl<T: Transport> Engine<T> {
             state,
             caps: Mutex::new(HashMap::new()),
             ids: identity::Identities::default(),
+            noting: Mutex::new(()),
             learned_nodes: Mutex::new(BTreeSet::new()),
         }
     }
@@ -1018,6 +1053,7 @@ impl<T: Transport> Engine<T> {
     /// registrations it dropped are not a preemption. Written at once, since
     /// the attention is gone once read and a crash must not forget it.
     pub(super) fn note_reset(&self, wwid: &str) -> Result<(), FenceError> {
+        let _one = self.noting.lock();
         let Some(mut rec) = self.state.get(wwid)? else {
             return Ok(());
         };
@@ -1037,6 +1073,7 @@ impl<T: Transport> Engine<T> {
     /// it is written at once: the attention is gone once read, and a crash
     /// before the operation records its outcome must not forget the fence.
     pub(super) fn note_preempted(&self, wwid: &str) -> Result<(), FenceError> {
+        let _one = self.noting.lock();
         let Some(rec) = self.state.get(wwid)? else {
             return Ok(());
         };

@@ -254,6 +254,12 @@ impl San {
         self.lock().running += 1;
     }
 
+    /// An actor hands its place to `n` jobs that run at once.
+    pub fn forked(&self, n: usize) {
+        let mut g = self.lock();
+        g.running += n - 1;
+    }
+
     /// An actor finished.
     pub fn actor_finished(&self) {
         let mut g = self.lock();
@@ -494,5 +500,39 @@ impl Transport for NodeTransport {
 
     fn device_number(&self, path: &Path) -> Option<u64> {
         self.san.devnum(&self.node, path)
+    }
+
+    /// Each job on a thread of its own, counted by the scheduler like an
+    /// actor: the scheduler picks only once every one of them is blocked on
+    /// a command or finished, and the actor that waits for them counts
+    /// again only once the last has finished, so the order of commands
+    /// stays a function of the seed.
+    fn at_once<'a, R: Send + 'a>(&self, jobs: Vec<crate::transport::Job<'a, R>>) -> Vec<R> {
+        if jobs.len() < 2 {
+            return jobs.into_iter().map(|j| j()).collect();
+        }
+        let left = AtomicU64::new(jobs.len() as u64);
+        // The jobs run from now on, the actor waiting for them does not.
+        self.san.forked(jobs.len());
+        std::thread::scope(|s| {
+            let running: Vec<_> = jobs
+                .into_iter()
+                .map(|j| {
+                    let left = &left;
+                    s.spawn(move || {
+                        let r = j();
+                        // The last job's count goes back to the actor.
+                        if left.fetch_sub(1, Ordering::SeqCst) > 1 {
+                            self.san.actor_finished();
+                        }
+                        r
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
     }
 }

@@ -88,7 +88,31 @@ pub trait Transport: Send + Sync {
     /// No default: a wrapper that forgot to pass it on would silently turn
     /// both guards off.
     fn device_number(&self, path: &Path) -> Option<u64>;
+
+    /// Runs `jobs` (each sending commands through this transport) at once and
+    /// returns their results in order: commands to independent paths need
+    /// not wait for each other. The default runs each on a thread of its own;
+    /// a transport that schedules commands itself (the simulation) overrides
+    /// it to keep every interleaving under its control.
+    fn at_once<'a, R: Send + 'a>(&self, jobs: Vec<Job<'a, R>>) -> Vec<R>
+    where
+        Self: Sized,
+    {
+        if jobs.len() < 2 {
+            return jobs.into_iter().map(|j| j()).collect();
+        }
+        std::thread::scope(|s| {
+            let running: Vec<_> = jobs.into_iter().map(|j| s.spawn(j)).collect();
+            running
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    }
 }
+
+/// One of the jobs of [`Transport::at_once`].
+pub type Job<'a, R> = Box<dyn FnOnce() -> R + Send + 'a>;
 
 impl<T: Transport + ?Sized> Transport for &T {
     fn execute(

@@ -44,6 +44,7 @@ impl<T: Transport> Engine<T> {
     /// A command's answer was lost: a reset's unit attention may have gone
     /// with it. Written at once, like a reset, so a crash cannot forget it.
     pub(super) fn note_blind(&self, wwid: &str) {
+        let _one = self.noting.lock();
         let noted = (|| -> Result<(), FenceError> {
             let Some(mut rec) = self.state.get(wwid)? else {
                 return Ok(());

@@ -23,24 +23,37 @@ impl<T: Transport> Engine<T> {
     ) -> Result<Executed, FenceError> {
         let mut registered: Vec<PathBuf> = registered_paths(obs);
         let mut errors = Vec::new();
-        for step in steps.iter().filter(|s| matches!(s, Step::Register { .. })) {
-            let Step::Register { path, .. } = step else {
-                continue;
-            };
-            match self.send_granting(run, step, path) {
-                Ok(()) => {
-                    run.touched.push(path.clone());
-                    registered.push(path.clone());
+        let regs: Vec<(&Step, &PathBuf)> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Register { path, .. } => Some((s, path)),
+                _ => None,
+            })
+            .collect();
+        for chunk in regs.chunks(REGISTERS_AT_ONCE) {
+            // Every guard of the chunk holds before any of it is sent.
+            for (step, path) in chunk {
+                if let Err(why) = self.may_grant(run, path) {
+                    return Err(self.stopped(run, obs, step, why)?);
                 }
-                Err(Send::Path(e)) => {
-                    if matches!(e, ScsiError::Timeout { .. }) {
-                        // It may still have landed: roll it back like one that did.
-                        run.touched.push(path.clone());
+            }
+            let answers = self.send_at_once(run, chunk);
+            for ((step, path), r) in chunk.iter().zip(answers) {
+                match r {
+                    Ok(()) => {
+                        run.out.steps.push((*step).clone());
+                        run.touched.push((*path).clone());
+                        registered.push((*path).clone());
                     }
-                    set_problem(&mut run.out, path, e.to_string());
-                    errors.push(format!("{}: {e}", path.display()));
+                    Err(e) => {
+                        if matches!(e, ScsiError::Timeout { .. }) {
+                            // It may still have landed: roll it back like one that did.
+                            run.touched.push((*path).clone());
+                        }
+                        set_problem(&mut run.out, path, e.to_string());
+                        errors.push(format!("{}: {e}", path.display()));
+                    }
                 }
-                Err(Send::Stop(why)) => return Err(self.stopped(run, obs, step, why)?),
             }
         }
         let wanted = steps.iter().any(|s| matches!(s, Step::Register { .. }));
@@ -154,19 +167,60 @@ impl<T: Transport> Engine<T> {
         step: &Step,
         via: &Path,
     ) -> Result<(), Send> {
-        if self.cfg.clock.mono() > run.deadline {
-            return Err(Send::Stop(format!(
-                "the operation's deadline ({:?}) passed",
-                self.cfg.operation_deadline
-            )));
-        }
-        if let Some(r) = run.auth.and_then(|a| self.unfresh_authorization(a)) {
-            return Err(Send::Stop(r.to_string()));
-        }
-        self.same_device(run, via).map_err(Send::Stop)?;
+        self.may_grant(run, via).map_err(Send::Stop)?;
         self.send(run, via, step).map_err(Send::Path)?;
         run.out.steps.push(step.clone());
         Ok(())
+    }
+
+    /// Whether a PR OUT that grants access may go to `via` now: within the
+    /// deadline (I6), under a fresh authority (I1), to the proven device (I3).
+    fn may_grant(&self, run: &Run<'_>, via: &Path) -> Result<(), String> {
+        if self.cfg.clock.mono() > run.deadline {
+            return Err(format!(
+                "the operation's deadline ({:?}) passed",
+                self.cfg.operation_deadline
+            ));
+        }
+        if let Some(r) = run.auth.and_then(|a| self.unfresh_authorization(a)) {
+            return Err(r.to_string());
+        }
+        self.same_device(run, via)
+    }
+
+    /// The REGISTERs of one chunk, each on its own path, at once; their
+    /// answers in order, reported like [`Engine::send`]'s.
+    fn send_at_once(
+        &self,
+        run: &mut Run<'_>,
+        sends: &[(&Step, &PathBuf)],
+    ) -> Vec<Result<(), ScsiError>> {
+        let wwid = run.vol.wwid.to_string();
+        let cmds: Vec<(&Path, PrOut)> = sends
+            .iter()
+            .map(|(step, path)| (path.as_path(), self.prout_of(step)))
+            .collect();
+        let (att, wwid) = (&run.att, wwid.as_str());
+        type Answer = (Result<(), ScsiError>, Vec<crate::scsi::Sense>);
+        let jobs: Vec<crate::transport::Job<'_, Answer>> = cmds
+            .iter()
+            .map(|(dev, cmd)| {
+                Box::new(move || self.prout_with(att, wwid, dev, cmd))
+                    as crate::transport::Job<'_, Answer>
+            })
+            .collect();
+        let answers = self.transport.at_once(jobs);
+        answers
+            .into_iter()
+            .zip(sends)
+            .map(|((r, uas), (_, via))| {
+                run.failed_sends += u32::from(r.is_err());
+                run.out
+                    .unit_attentions
+                    .extend(uas.iter().map(|s| format!("{}: {s}", via.display())));
+                r
+            })
+            .collect()
     }
 
     /// One PR OUT on `dev`: the unit attentions it meets are judged by age
@@ -178,16 +232,25 @@ impl<T: Transport> Engine<T> {
         dev: &Path,
         cmd: &PrOut,
     ) -> (Result<(), ScsiError>, Vec<crate::scsi::Sense>) {
-        let wwid = run.vol.wwid.to_string();
-        let fresh = run.att.open(dev);
-        let noted = |s: &crate::scsi::Sense| self.unit_attention(&wwid, &run.att, fresh, s);
-        let lost = || self.note_blind(&wwid);
+        self.prout_with(&run.att, &run.vol.wwid.to_string(), dev, cmd)
+    }
+
+    fn prout_with(
+        &self,
+        att: &super::Attentions,
+        wwid: &str,
+        dev: &Path,
+        cmd: &PrOut,
+    ) -> (Result<(), ScsiError>, Vec<crate::scsi::Sense>) {
+        let fresh = att.open(dev);
+        let noted = |s: &crate::scsi::Sense| self.unit_attention(wwid, att, fresh, s);
+        let lost = || self.note_blind(wwid);
         let mut p = self
             .path(dev)
             .on_unit_attention(&noted)
             .on_lost_answer(&lost);
         let r = p.prout(cmd);
-        run.att.answered(dev, &r);
+        att.answered(dev, &r);
         (r, p.unit_attentions().to_vec())
     }
 
@@ -432,6 +495,10 @@ impl<T: Transport> Engine<T> {
 const UNREGISTER_TRIES: u32 = 3;
 
 /// Failures of one path, where another path may do.
+/// REGISTERs sent at once, at most: one per path of a LUN, bounded so that
+/// a LUN with many paths does not open a thread per path.
+const REGISTERS_AT_ONCE: usize = 8;
+
 fn is_path_problem(e: &ScsiError) -> bool {
     matches!(
         e,
