@@ -51,6 +51,13 @@ impl Transport for Timed {
     fn device_number(&self, path: &Path) -> Option<u64> {
         SgIo.device_number(path)
     }
+
+    fn at_once<'a, R: Send + 'a>(&self, jobs: Vec<csi_fencer::transport::Job<'a, R>>) -> Vec<R> {
+        if std::env::var_os("BENCH_SEQUENTIAL").is_some() {
+            return jobs.into_iter().map(|j| j()).collect();
+        }
+        SgIo.at_once(jobs)
+    }
 }
 
 fn env(name: &str) -> String {
@@ -366,6 +373,9 @@ fn bulk(runs: usize) {
         });
         eng.push(t0.elapsed());
         commands.push(b.transport_log().map(|l| l.len()).unwrap_or_default());
+        if std::env::var_os("BENCH_NO_SG_PERSIST").is_some() {
+            continue;
+        }
         setup(&format!("c{r}"));
         let t0 = Instant::now();
         for p in &b_paths {
@@ -380,6 +390,9 @@ fn bulk(runs: usize) {
         commands[commands.len() / 2] as f64 / n as f64
     );
     let e = stats(&format!("engine, {CONCURRENCY} at a time"), eng);
+    if sgp.is_empty() {
+        return;
+    }
     let s = stats("sg_persist loop, sequential", sgp);
     println!(
         "sg_persist / engine  = {:.1}x",

@@ -211,6 +211,86 @@ mod cases {
         );
     }
 
+    /// The commands that reached the LUN since trace line `from`.
+    fn sent_since(sim: &Sim, from: usize) -> Vec<String> {
+        sim.san.log()[from..]
+            .iter()
+            .filter(|l| l.contains(" ran: "))
+            .cloned()
+            .collect()
+    }
+
+    /// Issue 13: a steady check of a held volume is one READ FULL STATUS;
+    /// a reset makes the next operation prove every path's identity again
+    /// (INQUIRY), and the check after that is one command again.
+    #[test]
+    fn a_steady_check_is_one_read_and_a_reset_proves_the_paths_again() {
+        let mut sim = holding(Profile::FULL, AccessMode::SingleNode, 2);
+        let from = sim.san.log_len();
+        let done = sim.run(&[(A, OpKind::Check)]);
+        assert_eq!(state(&done, A), Ok(VolumeState::Held));
+        let sent = sent_since(&sim, from);
+        assert_eq!(sent.len(), 1, "{sent:#?}");
+        assert!(sent[0].contains("READ FULL STATUS"), "{sent:#?}");
+        sim.reset();
+        let done = sim.run(&[(A, OpKind::Check)]);
+        assert_eq!(state(&done, A), Ok(VolumeState::Lost), "{}", sim.trace());
+        let from = sim.san.log_len();
+        let done = sim.run(&[(A, OpKind::Acquire)]);
+        assert_eq!(state(&done, A), Ok(VolumeState::Held), "{}", sim.trace());
+        let inquiries = sent_since(&sim, from)
+            .iter()
+            .filter(|l| l.contains("INQUIRY"))
+            .count();
+        assert_eq!(inquiries, 2, "both paths proven again:\n{}", sim.trace());
+        // The other path's own 29/00 came back on its REGISTER: that drops
+        // the identities once more, and the next check proves them again.
+        let from = sim.san.log_len();
+        sim.run(&[(A, OpKind::Check)]);
+        let sent = sent_since(&sim, from);
+        assert_eq!(
+            sent.iter().filter(|l| l.contains("INQUIRY")).count(),
+            2,
+            "{sent:#?}"
+        );
+        let from = sim.san.log_len();
+        let done = sim.run(&[(A, OpKind::Check)]);
+        assert_eq!(state(&done, A), Ok(VolumeState::Held));
+        assert_eq!(sent_since(&sim, from).len(), 1, "{}", sim.trace());
+        clean(&sim);
+    }
+
+    /// Issue 13: a failover on two paths is one reading, two REGISTERs and
+    /// the PREEMPT AND ABORT, with the new node's caches warm; an acquire
+    /// from empty is one reading, two REGISTERs and the RESERVE.
+    #[test]
+    fn a_failover_and_an_acquire_from_empty_send_n_plus_2_commands() {
+        let mut sim = holding(Profile::FULL, AccessMode::SingleNode, 2);
+        // Node-b's caches warm: one check of a volume it does not hold.
+        sim.run(&[(B, OpKind::Check)]);
+        sim.detach(A);
+        sim.attach(B);
+        let from = sim.san.log_len();
+        let done = sim.run(&[(B, OpKind::Acquire)]);
+        assert_eq!(state(&done, B), Ok(VolumeState::Held), "{}", sim.trace());
+        let sent = sent_since(&sim, from);
+        let b: Vec<&String> = sent.iter().filter(|l| l.starts_with("node-b")).collect();
+        assert_eq!(b.len(), 4, "{b:#?}");
+        assert!(b[0].contains("READ FULL STATUS"), "{b:#?}");
+        assert!(b[3].contains("PREEMPT AND ABORT"), "{b:#?}");
+        clean(&sim);
+        let mut sim = Sim::new(7, 2, Profile::FULL, AccessMode::SingleNode);
+        sim.attach(A);
+        sim.run(&[(A, OpKind::Check)]);
+        let from = sim.san.log_len();
+        let done = sim.run(&[(A, OpKind::Acquire)]);
+        assert_eq!(state(&done, A), Ok(VolumeState::Held), "{}", sim.trace());
+        let sent = sent_since(&sim, from);
+        assert_eq!(sent.len(), 4, "{sent:#?}");
+        assert!(sent[3].contains("RESERVE"), "{sent:#?}");
+        clean(&sim);
+    }
+
     /// Why 1: the new node's PREEMPT meets the old node's release and
     /// conflicts; the acquire re-plans and ends Held in the same call.
     #[test]
