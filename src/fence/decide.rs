@@ -114,16 +114,7 @@ pub fn from_full_status(fs: &FullStatus) -> (Vec<ReservationKey>, Option<Reserva
     let reservation = fs
         .registrations
         .iter()
-        .find_map(|r| r.rtype.filter(|_| r.holder).map(|t| (r.key, t)))
-        .map(|(key, rtype)| Reservation {
-            key: if rtype.all_registrants() {
-                ReservationKey::NONE
-            } else {
-                key
-            },
-            scope: Scope::LogicalUnit,
-            rtype,
-        });
+        .find_map(|r| r.rtype.filter(|_| r.holder).map(|t| held_by(r.key, t)));
     (keys, reservation)
 }
 
@@ -195,14 +186,14 @@ pub fn after_steps(obs: &Observed, steps: &[Step], ours: ReservationKey) -> Opti
     held.then_some(after)
 }
 
-/// A reservation of `rtype` taken by `ours`, as READ RESERVATION reports it
+/// A reservation of `rtype` held by `key`, as READ RESERVATION reports it
 /// (key 0 for the all-registrants types).
-fn held_by(ours: ReservationKey, rtype: ReservationType) -> Reservation {
+fn held_by(key: ReservationKey, rtype: ReservationType) -> Reservation {
     Reservation {
         key: if rtype.all_registrants() {
             ReservationKey::NONE
         } else {
-            ours
+            key
         },
         scope: Scope::LogicalUnit,
         rtype,
