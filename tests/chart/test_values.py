@@ -81,7 +81,7 @@ def test_config_yaml_is_what_the_daemon_reads():
     assert "clusterTag" not in cfg  # the daemon rejects both keys together
     assert cfg["drivers"] == [{"name": "block.csi.example.com",
                                "volumeHandleRegex": "^(?P<wwid>3[0-9a-f]{32})$"}]
-    want = {"clusterName", "mapUuidPrefix", "multipathConfig", "policy", "monitorIntervalSeconds", "resyncIntervalSeconds",
+    want = {"clusterName", "mapUuidPrefix", "multipathConfig", "policy", "monitorIntervalSeconds", "kernelLog", "resyncIntervalSeconds",
             "maxConcurrentVolumes", "operationTimeoutSeconds", "commandTimeoutSeconds",
             "deviceWaitSeconds", "knownNodes", "drivers"}
     assert set(cfg) == want
