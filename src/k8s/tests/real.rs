@@ -150,17 +150,20 @@ async fn the_shipped_rbac_lets_a_holder_create_and_report_its_volume_reservation
     attach(&plane, "csi-va-1", "node-a", "pv-1").await;
     a.until("held", |d| d.phase() == Some(Phase::Held)).await;
     assert_eq!(a.lun.keys().1, Some(tag().key_for("node-a")));
+    // The entry and the volume-wide holder fields are two applies (two
+    // field managers): a reader may see the first before the second.
     plane
-        .until("the VolumeReservation with node-a's entry", || async {
-            vres(&plane, "pv-1")
-                .await
-                .as_ref()
-                .and_then(|v| entry(v, "node-a"))
-                .is_some_and(|e| e["state"] == "Holder")
-        })
+        .until(
+            "the VolumeReservation with node-a's entry and as holder",
+            || async {
+                vres(&plane, "pv-1").await.as_ref().is_some_and(|v| {
+                    entry(v, "node-a").is_some_and(|e| e["state"] == "Holder")
+                        && v["status"]["holder"]["node"] == "node-a"
+                })
+            },
+        )
         .await;
     let v = vres(&plane, "pv-1").await.expect("found");
-    assert_eq!(v["status"]["holder"]["node"], "node-a");
     let pv = plane
         .get("/api/v1/persistentvolumes/pv-1")
         .await
