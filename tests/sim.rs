@@ -42,6 +42,10 @@ fn random_schedules_keep_every_invariant() {
 /// second; a change that reopens a gap fails here before any soak.
 const REGRESSIONS: &[(u64, &str)] = &[
     (
+        30844576,
+        "S2: a check's repair REGISTER landed after a preemption and a reset, then crashes; the restart adopted it",
+    ),
+    (
         13538,
         "S2: a REGISTER landing after a PREEMPT, then a crash before the read-back",
     ),

@@ -75,6 +75,21 @@ impl<T: Transport> Engine<T> {
         let Some(r) = rec.filter(|r| r.phase != Phase::Fenced && !self.cfg.dry_run) else {
             return Ok(decide::evidence(rec, obs, self.key, access));
         };
+        if run.auth.is_none()
+            && r.phase == Phase::Registering
+            && r.key_count == Some(0)
+            && obs.ours_count > 0
+        {
+            // The record counts none of ours (a reset was noted, or an
+            // acquire was cut off before its REGISTERs were counted), yet
+            // the LUN shows some: they landed after that baseline, from an
+            // operation that did not finish. A check has no authority to
+            // adopt them (the repair REGISTER of a check that read the LUN
+            // before a preemption and a reset lands as a fresh one): they
+            // are taken back, and an acquire under a live attachment
+            // registers again.
+            return Ok(Evidence::Lost);
+        }
         let mut counted = obs.clone();
         if let Some(id) = r
             .unsure
