@@ -264,11 +264,13 @@ mod cases {
         clean(&sim);
     }
 
-    /// Issue 13: a failover on two paths is one reading, two REGISTERs and
-    /// the PREEMPT AND ABORT, with the new node's caches warm; an acquire
-    /// from empty is one reading, two REGISTERs and the RESERVE.
+    /// Issue 13: a failover on two paths is one reading, two REGISTERs, the
+    /// PREEMPT AND ABORT and a read-back (a holder that released meanwhile
+    /// leaves a PREEMPT that creates no reservation), with the new node's
+    /// caches warm; an acquire from empty is one reading, two REGISTERs and
+    /// the RESERVE, whose GOOD proves the result.
     #[test]
-    fn a_failover_and_an_acquire_from_empty_send_n_plus_2_commands() {
+    fn a_failover_sends_n_plus_3_commands_and_an_acquire_from_empty_n_plus_2() {
         let mut sim = holding(Profile::FULL, AccessMode::SingleNode, 2);
         // Node-b's caches warm: one check of a volume it does not hold.
         sim.run(&[(B, OpKind::Check)]);
@@ -279,9 +281,10 @@ mod cases {
         assert_eq!(state(&done, B), Ok(VolumeState::Held), "{}", sim.trace());
         let sent = sent_since(&sim, from);
         let b: Vec<&String> = sent.iter().filter(|l| l.starts_with("node-b")).collect();
-        assert_eq!(b.len(), 4, "{b:#?}");
+        assert_eq!(b.len(), 5, "{b:#?}");
         assert!(b[0].contains("READ FULL STATUS"), "{b:#?}");
         assert!(b[3].contains("PREEMPT AND ABORT"), "{b:#?}");
+        assert!(b[4].contains("READ FULL STATUS"), "{b:#?}");
         clean(&sim);
         let mut sim = Sim::new(7, 2, Profile::FULL, AccessMode::SingleNode);
         sim.attach(A);
