@@ -179,7 +179,8 @@ fn i1_a_fenced_node_never_re_registers_under_its_old_attachment() {
     let (code, _) = a.acquire(VOL0, "gen-1", "node-a");
     assert_eq!(code, 10);
     assert_eq!((sg_read_keys(&VOL0.sd("B1")), generation(VOL0)), before);
-    let state = std::fs::read_to_string(a.state.join("reservations.json")).expect("state file");
+    let store = csi_fencer::fence::state::StateStore::open(&a.state).expect("state dir");
+    let state = std::fs::read_to_string(store.file_of(&VOL0.wwid())).expect("state file");
     assert!(
         state.contains("\"fenced\"") && state.contains("gen-1"),
         "{state}"

@@ -157,7 +157,9 @@ impl Sysfs {
     /// What sysfs says about a path device.
     pub fn path_info(&self, name: &str) -> PathInfo {
         let dev_dir = self.block(name).join("device");
-        let hctl = fs::canonicalize(&dev_dir)
+        // The link's own target ends in the SCSI device's name: one
+        // readlink, where resolving the whole path costs one per component.
+        let hctl = fs::read_link(&dev_dir)
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .filter(|n| n.split(':').count() == 4);

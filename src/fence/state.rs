@@ -1,10 +1,10 @@
 //! The engine's memory that survives restarts: under which attachment this
 //! node holds, is registering, or was fenced from, each LUN (I1).
 //!
-//! One small JSON file, rewritten atomically (temp file, fsync, rename, fsync
-//! of the directory). A missing file means "nothing recorded" (first start);
-//! an unreadable or corrupt one is an error, never an empty state: forgetting
-//! a fence would let the fenced node register again.
+//! One small JSON file per LUN, rewritten atomically (temp file, fsync,
+//! rename, fsync of the directory). A missing file means "nothing recorded"
+//! (first start); an unreadable or corrupt one is an error, never an empty
+//! state: forgetting a fence would let the fenced node register again.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -115,10 +115,21 @@ impl Record {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct File1 {
+/// One LUN's file.
+#[derive(Debug, Serialize, Deserialize)]
+struct LunFile {
     version: u32,
-    /// Keyed by WWID (`naa.…`): the LUN, whatever the volume is called.
+    /// The LUN (`naa.…`), whatever the volume is called. The file name
+    /// is derived from it; this is what is trusted.
+    wwid: String,
+    record: Record,
+}
+
+/// The single file of earlier builds, every LUN in one map; read once and
+/// split into one file per LUN when a store opens its directory.
+#[derive(Debug, Deserialize)]
+struct Legacy {
+    version: u32,
     luns: BTreeMap<String, Record>,
 }
 
@@ -145,127 +156,192 @@ pub enum StateError {
     },
 }
 
-/// The state file under a directory. Every read goes to the file, and every
-/// change re-reads and rewrites it under an exclusive lock, so a daemon and
-/// an operator's CLI sharing the directory never lose each other's records.
+/// The records under a directory, one file per LUN (`luns/<wwid>.json`).
+/// Every read goes to the file, so a daemon and an operator's CLI sharing
+/// the directory see each other's records; every change is an atomic
+/// rename of that LUN's file alone, so writers of different LUNs never
+/// touch each other's records, and an acquire reads and writes one small
+/// file however many LUNs the node holds.
 #[derive(Debug)]
 pub struct StateStore {
-    path: PathBuf,
-    lock: PathBuf,
+    luns: PathBuf,
 }
 
-const FILE: &str = "reservations.json";
-const LOCK: &str = "reservations.lock";
+const LUNS: &str = "luns";
+const LEGACY: &str = "reservations.json";
+const VERSION: u32 = 1;
+
+fn io(path: &Path, op: &'static str, source: std::io::Error) -> StateError {
+    StateError::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    }
+}
+
+fn corrupt(path: &Path, why: String) -> StateError {
+    StateError::Corrupt {
+        path: path.to_path_buf(),
+        why,
+    }
+}
 
 impl StateStore {
-    /// Opens (creating the directory, not the file) the store in `dir`, and
-    /// checks that an existing file is readable.
+    /// Opens (creating it if needed) the store in `dir`, takes over the
+    /// single file of earlier builds, and checks that every record is
+    /// readable.
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
-        fs::create_dir_all(dir).map_err(|source| StateError::Io {
-            path: dir.to_path_buf(),
-            op: "create directory",
-            source,
-        })?;
-        let s = StateStore {
-            path: dir.join(FILE),
-            lock: dir.join(LOCK),
-        };
-        s.load()?;
+        let luns = dir.join(LUNS);
+        fs::create_dir_all(&luns).map_err(|e| io(&luns, "create directory", e))?;
+        let s = StateStore { luns };
+        s.migrate(dir)?;
+        s.all()?;
         Ok(s)
     }
 
-    /// The file the records live in.
-    pub fn file(&self) -> &Path {
-        &self.path
+    /// The file that holds the record of `wwid`.
+    pub fn file_of(&self, wwid: &str) -> PathBuf {
+        self.luns.join(format!("{}.json", file_name(wwid)))
     }
 
-    fn load(&self) -> Result<BTreeMap<String, Record>, StateError> {
-        let b = match fs::read(&self.path) {
+    fn read(&self, path: &Path) -> Result<Option<LunFile>, StateError> {
+        let b = match fs::read(path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-            Err(source) => return Err(self.io("read", source)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(path, "read", e)),
         };
-        let f: File1 = serde_json::from_slice(&b).map_err(|e| self.corrupt(e.to_string()))?;
-        if f.version != 1 {
-            return Err(self.corrupt(format!("unknown version {}", f.version)));
+        let f: LunFile = serde_json::from_slice(&b).map_err(|e| corrupt(path, e.to_string()))?;
+        if f.version != VERSION {
+            return Err(corrupt(path, format!("unknown version {}", f.version)));
         }
-        Ok(f.luns)
+        Ok(Some(f))
     }
 
-    fn io(&self, op: &'static str, source: std::io::Error) -> StateError {
-        StateError::Io {
-            path: self.path.clone(),
-            op,
-            source,
-        }
-    }
-
-    fn corrupt(&self, why: String) -> StateError {
-        StateError::Corrupt {
-            path: self.path.clone(),
-            why,
-        }
-    }
-
-    /// Every LUN's record, by WWID, read from the file now.
+    /// Every LUN's record, by WWID, read from the files now.
     pub fn all(&self) -> Result<BTreeMap<String, Record>, StateError> {
-        self.load()
-    }
-
-    /// The record of a LUN, read from the file now.
-    pub fn get(&self, wwid: &str) -> Result<Option<Record>, StateError> {
-        Ok(self.load()?.remove(wwid))
-    }
-
-    /// Sets (or with `None` removes) a LUN's record: under an exclusive lock,
-    /// re-read, change, write atomically.
-    pub fn set(&self, wwid: &str, rec: Option<Record>) -> Result<(), StateError> {
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock)
-            .map_err(|e| self.io("open lock file", e))?;
-        let _guard = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| self.io("lock", std::io::Error::from_raw_os_error(e as i32)))?;
-        let mut luns = self.load()?;
-        let changed = match rec {
-            Some(r) => luns.insert(wwid.to_string(), r.clone()).as_ref() != Some(&r),
-            None => luns.remove(wwid).is_some(),
-        };
-        if changed {
-            self.write(&File1 { version: 1, luns })?;
+        let mut out = BTreeMap::new();
+        let dir = fs::read_dir(&self.luns).map_err(|e| io(&self.luns, "list", e))?;
+        for entry in dir {
+            let path = entry.map_err(|e| io(&self.luns, "list", e))?.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                if let Some(f) = self.read(&path)? {
+                    out.insert(f.wwid, f.record);
+                }
+            }
         }
-        Ok(())
+        Ok(out)
     }
 
-    fn write(&self, f: &File1) -> Result<(), StateError> {
+    /// The record of a LUN, read from its file now.
+    pub fn get(&self, wwid: &str) -> Result<Option<Record>, StateError> {
+        let path = self.file_of(wwid);
+        match self.read(&path)? {
+            Some(f) if f.wwid != wwid => {
+                Err(corrupt(&path, format!("holds the record of {}", f.wwid)))
+            }
+            f => Ok(f.map(|f| f.record)),
+        }
+    }
+
+    /// Sets (or with `None` removes) a LUN's record, durably: written to a
+    /// temporary file, synced, renamed over the old one, directory synced.
+    pub fn set(&self, wwid: &str, rec: Option<Record>) -> Result<(), StateError> {
+        let now = self.get(wwid)?;
+        let path = self.file_of(wwid);
+        match rec {
+            Some(r) if now.as_ref() != Some(&r) => self.write(
+                &path,
+                &LunFile {
+                    version: VERSION,
+                    wwid: wwid.to_string(),
+                    record: r,
+                },
+            ),
+            None if now.is_some() => {
+                fs::remove_file(&path).map_err(|e| io(&path, "remove", e))?;
+                self.sync_dir()
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn write(&self, path: &Path, f: &LunFile) -> Result<(), StateError> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
-        let tmp = self.path.with_extension(format!(
-            "json.{}.{}.tmp",
+        let tmp = path.with_extension(format!(
+            "{}.{}.tmp",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
-        let body = serde_json::to_vec_pretty(f)
-            .map_err(|e| self.io("encode", std::io::Error::other(e)))?;
+        let body = serde_json::to_vec_pretty(f).map_err(|e| io(path, "encode", e.into()))?;
         let mut t = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)
-            .map_err(|e| self.io("create temp file", e))?;
-        let written = t.write_all(&body).and_then(|_| t.sync_all());
-        if let Err(e) = written.and_then(|_| fs::rename(&tmp, &self.path)) {
+            .map_err(|e| io(&tmp, "create temp file", e))?;
+        let written = t.write_all(&body).and_then(|_| t.sync_data());
+        if let Err(e) = written.and_then(|_| fs::rename(&tmp, path)) {
             let _ = fs::remove_file(&tmp);
-            return Err(self.io("write temp file and rename", e));
+            return Err(io(path, "write temp file and rename", e));
         }
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| self.io("fsync directory", e))?;
-        }
-        Ok(())
+        self.sync_dir()
     }
+
+    fn sync_dir(&self) -> Result<(), StateError> {
+        File::open(&self.luns)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io(&self.luns, "fsync directory", e))
+    }
+
+    /// Splits the single file of earlier builds into one file per LUN; a
+    /// LUN that already has its own file keeps it (written since). The old
+    /// file is kept beside, renamed, for the operator.
+    fn migrate(&self, dir: &Path) -> Result<(), StateError> {
+        let legacy = dir.join(LEGACY);
+        let b = match fs::read(&legacy) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&legacy, "read", e)),
+        };
+        let old: Legacy =
+            serde_json::from_slice(&b).map_err(|e| corrupt(&legacy, e.to_string()))?;
+        if old.version != VERSION {
+            return Err(corrupt(&legacy, format!("unknown version {}", old.version)));
+        }
+        for (wwid, record) in old.luns {
+            if self.get(&wwid)?.is_none() {
+                let f = LunFile {
+                    version: VERSION,
+                    wwid: wwid.clone(),
+                    record,
+                };
+                self.write(&self.file_of(&wwid), &f)?;
+            }
+        }
+        match fs::rename(&legacy, dir.join(format!("{LEGACY}.migrated"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&legacy, "rename", e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A file name for a WWID: letters, digits, `.`, `-` and `_` as they are,
+/// every other byte as `%XX` (a T10 vendor identification may carry spaces
+/// or a slash); never empty, never starting with a dot.
+fn file_name(wwid: &str) -> String {
+    let mut out = String::with_capacity(wwid.len());
+    for b in wwid.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => out.push(b as char),
+            b'.' if !out.is_empty() => out.push('.'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    if out.is_empty() {
+        // Never made by the loop: `%` is always followed by two digits.
+        out.push('%');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -293,12 +369,11 @@ mod tests {
             StateStore::open(d.path()).unwrap().get("naa.1").unwrap(),
             None
         );
-        let leftovers: Vec<_> = fs::read_dir(d.path())
+        let leftovers: Vec<_> = fs::read_dir(d.path().join(LUNS))
             .unwrap()
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
-        assert!(leftovers.is_empty());
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[test]
@@ -345,10 +420,64 @@ mod tests {
     #[test]
     fn a_corrupt_file_is_an_error_not_an_empty_state() {
         let d = TempDir::new("state");
-        fs::write(d.path().join(FILE), b"{\"version\":1,\"luns\":{\"x\":").unwrap();
+        let s = StateStore::open(d.path()).unwrap();
+        let f = s.file_of("naa.1");
+        fs::write(&f, b"{\"version\":1,\"wwid\":\"naa.1\",\"record\":").unwrap();
         let e = StateStore::open(d.path()).unwrap_err();
         assert!(e.to_string().contains("corrupt"), "{e}");
-        fs::write(d.path().join(FILE), b"{\"version\":7,\"luns\":{}}").unwrap();
+        assert!(s.get("naa.1").is_err());
+        assert!(
+            s.set("naa.1", None).is_err(),
+            "a corrupt record is not removed"
+        );
+        assert!(f.exists());
+        // A record in another LUN's file (copied by hand) is not trusted.
+        let att = AttachmentId("g".into());
+        s.set("naa.2", Some(Record::now("pv-2", Phase::Fenced, &att)))
+            .unwrap();
+        fs::copy(s.file_of("naa.2"), &f).unwrap();
+        let e = s.get("naa.1").unwrap_err();
+        assert!(e.to_string().contains("holds the record of naa.2"), "{e}");
+    }
+
+    #[test]
+    fn the_single_file_of_earlier_builds_is_split_once() {
+        let d = TempDir::new("state");
+        let att = AttachmentId("uid-1".into());
+        let old = serde_json::json!({"version": 1, "luns": {
+            "naa.1": Record::now("pv-1", Phase::Fenced, &att),
+            "naa.2": Record::now("pv-2", Phase::Held, &att),
+        }});
+        fs::write(d.path().join(LEGACY), old.to_string()).unwrap();
+        let s = StateStore::open(d.path()).unwrap();
+        assert_eq!(s.get("naa.1").unwrap().unwrap().phase, Phase::Fenced);
+        assert_eq!(s.all().unwrap().len(), 2);
+        assert!(!d.path().join(LEGACY).exists());
+        assert!(d.path().join("reservations.json.migrated").exists());
+        // A newer record of the LUN wins over the old file.
+        s.set("naa.1", Some(Record::now("pv-1", Phase::Held, &att)))
+            .unwrap();
+        fs::write(d.path().join(LEGACY), old.to_string()).unwrap();
+        let s = StateStore::open(d.path()).unwrap();
+        assert_eq!(s.get("naa.1").unwrap().unwrap().phase, Phase::Held);
+        // An unreadable old file stops the store: it may hold a fence.
+        fs::write(d.path().join(LEGACY), b"{\"version\":7,\"luns\":{}}").unwrap();
         assert!(StateStore::open(d.path()).is_err());
+    }
+
+    #[test]
+    fn any_wwid_makes_one_plain_file_name() {
+        assert_eq!(file_name("naa.6001405abc"), "naa.6001405abc");
+        assert_eq!(file_name("t10.LIO-ORG a/b"), "t10.LIO-ORG%20a%2Fb");
+        assert_eq!(file_name(".."), "%2E.");
+        let d = TempDir::new("state");
+        let s = StateStore::open(d.path()).unwrap();
+        let att = AttachmentId("g".into());
+        for w in ["t10.LIO-ORG a/b", "..", ""] {
+            s.set(w, Some(Record::now("v", Phase::Held, &att))).unwrap();
+            assert_eq!(s.get(w).unwrap().unwrap().volume, "v");
+            assert_eq!(s.file_of(w).parent(), Some(d.path().join(LUNS).as_path()));
+        }
+        assert_eq!(s.all().unwrap().len(), 3);
     }
 }

@@ -510,9 +510,18 @@ impl Sim {
     /// S1b: when an acquire returns Held, no settled node without a live
     /// attachment can write.
     fn check_held_by(&mut self, holder: usize) {
-        // As for S1: a power loss right after the acquire's last read leaves
-        // no reservation at all, and SCSI fences nobody until it is taken again.
+        // As for S1: a power loss right after the acquire's last command
+        // leaves no reservation at all, and SCSI fences nobody until it is
+        // taken again. But the LUN must have been reserved when that last
+        // command was answered: a PREEMPT of a holder that released at the
+        // same moment returns GOOD and creates no reservation (SPC-4).
         if self.san.with_lun(|l| l.reservation().is_none()) {
+            let name = self.nodes[holder].name.clone();
+            if !self.san.reserved_after_last(&name) {
+                self.violations.push(format!(
+                    "S1: {name} returned Held, but the LUN had no reservation when its last command was answered"
+                ));
+            }
             return;
         }
         for (i, n) in self.nodes.iter().enumerate() {
@@ -769,8 +778,12 @@ impl SimNode {
             .map(|r| r.attachment)
     }
 
+    /// The file of the LUN's record (the simulation has one LUN).
     fn state_file(&self) -> PathBuf {
-        self.dir.join("state/reservations.json")
+        match StateStore::open(&self.dir.join("state")) {
+            Ok(s) => s.file_of(&Wwid::Naa(NAA.to_vec()).to_string()),
+            Err(_) => self.dir.join("state/unreadable"),
+        }
     }
 
     fn state_bytes(&self) -> Option<Vec<u8>> {

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::device::InitiatorPort;
 use crate::scsi::{Designation, Sense, Wwid};
 
 /// What the system says about a device name now, without asking the device.
@@ -32,7 +33,14 @@ struct Proven {
     /// The LUN the designations name (to forget them with it).
     lun: Option<String>,
     designations: Vec<Designation>,
+    /// The nexus's initiator port, read from sysfs with the proof: it is
+    /// the session's (or the HBA's), and a new session is a new SCSI host,
+    /// so it changes only with `H:C:T:L`.
+    initiator: Option<InitiatorPort>,
 }
+
+/// What a path was proven to be.
+pub(super) type Proof = (Vec<Designation>, Option<InitiatorPort>);
 
 /// Identities proven by INQUIRY, by device path.
 #[derive(Debug, Default)]
@@ -43,16 +51,22 @@ pub(super) struct Identities {
 impl Identities {
     /// The designations last proven for `dev`, if nothing seen has changed.
     /// A device without a number is never taken from the cache.
-    pub fn get(&self, dev: &Path, seen: &Seen) -> Option<Vec<Designation>> {
+    pub fn get(&self, dev: &Path, seen: &Seen) -> Option<Proof> {
         seen.devnum?;
         let all = self.by_dev.lock().ok()?;
         all.get(dev)
             .filter(|p| &p.seen == seen)
-            .map(|p| p.designations.clone())
+            .map(|p| (p.designations.clone(), p.initiator.clone()))
     }
 
     /// Remembers what INQUIRY just proved for `dev`.
-    pub fn put(&self, dev: &Path, seen: Seen, designations: &[Designation]) {
+    pub fn put(
+        &self,
+        dev: &Path,
+        seen: Seen,
+        designations: &[Designation],
+        initiator: Option<InitiatorPort>,
+    ) {
         let lun = Wwid::from_designations(designations).map(|w| w.to_string());
         if let Ok(mut all) = self.by_dev.lock() {
             all.insert(
@@ -61,6 +75,7 @@ impl Identities {
                     seen,
                     lun,
                     designations: designations.to_vec(),
+                    initiator,
                 },
             );
         }
@@ -117,7 +132,7 @@ mod tests {
     fn an_identity_is_reused_only_while_nothing_seen_changed() {
         let ids = Identities::default();
         let dev = Path::new("/dev/sdc");
-        ids.put(dev, seen(0x820, "1:0:0:0"), &naa(0x6001405000000001));
+        ids.put(dev, seen(0x820, "1:0:0:0"), &naa(0x6001405000000001), None);
         assert!(ids.get(dev, &seen(0x820, "1:0:0:0")).is_some());
         assert!(ids.get(dev, &seen(0x821, "1:0:0:0")).is_none(), "new dev_t");
         assert!(
@@ -144,7 +159,7 @@ mod tests {
             hctl: None,
             kernel_wwid: None,
         };
-        ids.put(dev, none.clone(), &naa(0x6001405000000001));
+        ids.put(dev, none.clone(), &naa(0x6001405000000001), None);
         assert!(ids.get(dev, &none).is_none());
     }
 
@@ -155,16 +170,19 @@ mod tests {
             Path::new("/dev/sdc"),
             seen(1, "1:0:0:0"),
             &naa(0x6001405000000001),
+            None,
         );
         ids.put(
             Path::new("/dev/sdd"),
             seen(2, "2:0:0:0"),
             &naa(0x6001405000000001),
+            None,
         );
         ids.put(
             Path::new("/dev/sde"),
             seen(3, "1:0:0:1"),
             &naa(0x6001405000000002),
+            None,
         );
         let w = Wwid::from_designations(&naa(0x6001405000000001))
             .expect("an NAA designator names the LU")

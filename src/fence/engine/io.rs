@@ -74,8 +74,8 @@ impl<T: Transport> Engine<T> {
         // The number first: if the name moves to another device after the
         // VPD read, the number taken before it no longer matches (I3).
         let devnum = self.transport.device_number(&report.info.dev);
-        let ds = match self.identity(&report.info, devnum) {
-            Ok(ds) => ds,
+        let (ds, initiator) = match self.identity(&report.info, devnum) {
+            Ok(proof) => proof,
             Err(e) => {
                 report.problem = Some(e.to_string());
                 return (None, report);
@@ -109,30 +109,28 @@ impl<T: Transport> Engine<T> {
                 .unwrap_or_else(|| report.info.name.clone()),
             devnum,
             rtpi,
-            initiator: self.resolver.sysfs().initiator_port(&report.info.name),
+            initiator,
         };
         (Some(usable), report)
     }
 
-    /// The path's designations: as last proven, while nothing that sysfs
-    /// and the device number tell has changed, else from VPD 83h.
-    fn identity(
-        &self,
-        info: &PathInfo,
-        devnum: Option<u64>,
-    ) -> Result<Vec<crate::scsi::Designation>, ScsiError> {
+    /// The path's designations and initiator port: as last proven, while
+    /// nothing that sysfs and the device number tell has changed, else from
+    /// VPD 83h and sysfs.
+    fn identity(&self, info: &PathInfo, devnum: Option<u64>) -> Result<identity::Proof, ScsiError> {
         let seen = identity::Seen {
             devnum,
             hctl: info.hctl.clone(),
             kernel_wwid: self.resolver.sysfs().scsi_wwid(&info.name),
         };
-        if let Some(ds) = self.ids.get(&info.dev, &seen) {
-            return Ok(ds);
+        if let Some(proof) = self.ids.get(&info.dev, &seen) {
+            return Ok(proof);
         }
         match self.path(&info.dev).device_id() {
             Ok(ds) => {
-                self.ids.put(&info.dev, seen, &ds);
-                Ok(ds)
+                let initiator = self.resolver.sysfs().initiator_port(&info.name);
+                self.ids.put(&info.dev, seen, &ds, initiator.clone());
+                Ok((ds, initiator))
             }
             Err(e) => {
                 self.ids.forget(&info.dev);
