@@ -126,7 +126,13 @@ pub fn from_full_status(fs: &FullStatus) -> (Vec<ReservationKey>, Option<Reserva
 /// - RESERVE takes a LUN found unreserved; PREEMPT of a registrant removes
 ///   every registration of its key. PREEMPT of the holder proves nothing of
 ///   the reservation: one the holder released meanwhile is not created;
-/// - the reservation ends ours (or all registrants').
+/// - the reservation ends ours (or all registrants'), and a status proves
+///   it still exists: our own RESERVE came back GOOD, or it is an
+///   all-registrants reservation under which we were already registered.
+///   A reservation seen in the observation alone proves nothing: the last
+///   registrant of an all-registrants reservation may leave (taking it
+///   with it) before our REGISTER lands, and another node may preempt a
+///   reservation of ours with the attention going to a path we do not use.
 ///
 /// Another node's REGISTER that landed after the observation is not in the
 /// result. A read-back would not make that safe either (one may land right
@@ -136,6 +142,7 @@ pub fn from_full_status(fs: &FullStatus) -> (Vec<ReservationKey>, Option<Reserva
 pub fn after_steps(obs: &Observed, steps: &[Step], ours: ReservationKey) -> Option<Observed> {
     let mut after = obs.clone();
     after.signs = Signs::default();
+    let mut reserved = false;
     for step in steps {
         match step {
             Step::Register {
@@ -157,6 +164,7 @@ pub fn after_steps(obs: &Observed, steps: &[Step], ours: ReservationKey) -> Opti
             }
             Step::Reserve { rtype } if after.reservation.is_none() => {
                 after.reservation = Some(held_by(ours, *rtype));
+                reserved = true;
             }
             Step::Preempt { victim, holder, .. } => {
                 // PREEMPT of the holder: GOOD does not prove the reservation
@@ -175,7 +183,7 @@ pub fn after_steps(obs: &Observed, steps: &[Step], ours: ReservationKey) -> Opti
     let held = after
         .reservation
         .as_ref()
-        .is_some_and(|r| r.key == ours || r.rtype.all_registrants());
+        .is_some_and(|r| reserved || (r.rtype.all_registrants() && obs.ours_count > 0));
     held.then_some(after)
 }
 
@@ -1064,5 +1072,39 @@ mod tests {
             rtype: ReservationType::from_code(5).unwrap(),
         }];
         assert!(after(&held, &release).is_none());
+        // Joining a multi-node volume: another node's all-registrants
+        // reservation, none of ours. Had its last registrant left before our
+        // REGISTERs landed, no reservation would be left (simulation seed
+        // 70069230): read back.
+        let multi = AccessMode::MultiNode;
+        let all_reg = |keys: Vec<ReservationKey>, paths| {
+            let mut o = obs(keys, None, paths);
+            o.reservation = Some(Reservation {
+                key: ReservationKey::NONE,
+                scope: Scope::LogicalUnit,
+                rtype: ReservationType::from_code(7).unwrap(),
+            });
+            o
+        };
+        let theirs = all_reg(vec![key("a")], vec![NotRegistered, NotRegistered]);
+        let steps = plan(&theirs, &["a", "b"], multi, &p).unwrap();
+        assert!(!steps.is_empty());
+        assert!(after(&theirs, &steps).is_none());
+        // Already registered under it (a path added): it lives while we do.
+        let ours = all_reg(vec![key("a"), key("b")], vec![REG, NotRegistered]);
+        let steps = plan(&ours, &["a", "b"], multi, &p).unwrap();
+        assert!(!steps.is_empty());
+        assert!(after(&ours, &steps).is_some());
+        // Holding a single-node reservation and adding a path: another
+        // node's PREEMPT in between would tell only the path we hold
+        // through, which the REGISTER does not use: read back.
+        let mine = obs(
+            vec![key("b")],
+            reserved(key("b"), 5),
+            vec![REG, NotRegistered],
+        );
+        let steps = plan(&mine, &["b"], single, &p).unwrap();
+        assert!(!steps.is_empty());
+        assert!(after(&mine, &steps).is_none());
     }
 }

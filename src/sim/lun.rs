@@ -486,7 +486,9 @@ impl Lun {
         self.regs.iter().position(|r| &r.nexus == nexus)
     }
 
-    fn is_holder(&self, nexus: &Nexus) -> bool {
+    /// Whether `nexus` holds the reservation (any registrant does, under
+    /// an all-registrants type).
+    pub fn is_holder(&self, nexus: &Nexus) -> bool {
         match &self.res {
             None => false,
             Some(r) if r.rtype.all_registrants() => self.index(nexus).is_some(),

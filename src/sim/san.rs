@@ -109,10 +109,11 @@ struct Inner {
     /// that never came back: the ground truth that excuses a node which
     /// could not tell that reset from a preemption.
     swallowed: BTreeSet<String>,
-    /// Whether the LUN was reserved (by anyone) right after each node's
-    /// last command was answered: an acquire that returns Held must have
-    /// seen a reservation then, or something must have cleared it since.
-    reserved_after: HashMap<String, bool>,
+    /// Whether each node held the reservation right after its last command
+    /// was answered: an acquire that returns Held must have held it then
+    /// (what happens afterwards, a reset or a preemption, is the next
+    /// operation's to find).
+    held_after: HashMap<String, bool>,
 }
 
 /// The SAN shared by every node of a simulation.
@@ -293,7 +294,7 @@ impl San {
         let p = g.pending.remove(i);
         self.clock.advance(STEP);
         let answer = Self::apply(&mut g, &p, fate);
-        Self::note_reserved(&mut g, &p.node);
+        Self::note_held(&mut g, &p.node);
         let Some(answer) = answer else {
             return;
         };
@@ -315,7 +316,7 @@ impl San {
         let (ticket, node, nexus, cmd) = g.late.remove(i);
         self.clock.advance(STEP);
         let done = Self::land(&mut g, &node, &nexus, &cmd, "late");
-        Self::note_reserved(&mut g, &node);
+        Self::note_held(&mut g, &node);
         let sense = crate::scsi::Sense::parse(&done.sense).ok();
         if !done.sense.is_empty() && sense.is_some_and(|s| s.is_unit_attention() && s.asc == 0x29) {
             g.swallowed.insert(node);
@@ -331,18 +332,19 @@ impl San {
         self.lock().late.len()
     }
 
-    fn note_reserved(g: &mut Inner, node: &str) {
-        let reserved = g.luns.as_ref().is_some_and(|l| l.reservation().is_some());
-        g.reserved_after.insert(node.to_string(), reserved);
+    fn note_held(g: &mut Inner, node: &str) {
+        let held = g.luns.as_ref().is_some_and(|l| {
+            g.paths
+                .iter()
+                .filter(|((n, _), _)| n == node)
+                .any(|(_, slot)| l.is_holder(&slot.nexus))
+        });
+        g.held_after.insert(node.to_string(), held);
     }
 
-    /// Whether the LUN was reserved right after `node`'s last command.
-    pub fn reserved_after_last(&self, node: &str) -> bool {
-        self.lock()
-            .reserved_after
-            .get(node)
-            .copied()
-            .unwrap_or(false)
+    /// Whether `node` held the reservation right after its last command.
+    pub fn held_after_last(&self, node: &str) -> bool {
+        self.lock().held_after.get(node).copied().unwrap_or(false)
     }
 
     fn land(g: &mut Inner, node: &str, nexus: &Nexus, cmd: &Command, how: &str) -> Completion {

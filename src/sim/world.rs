@@ -510,18 +510,22 @@ impl Sim {
     /// S1b: when an acquire returns Held, no settled node without a live
     /// attachment can write.
     fn check_held_by(&mut self, holder: usize) {
+        // Held must be true when the acquire's last command was answered: a
+        // PREEMPT of a holder that released at the same moment returns GOOD
+        // and creates no reservation (SPC-4), and the last registrant of an
+        // all-registrants reservation leaving before our REGISTER lands
+        // takes the reservation with it.
+        let name = self.nodes[holder].name.clone();
+        if !self.san.held_after_last(&name) {
+            let state = self.lun_state();
+            self.violations.push(format!(
+                "S1: {name} returned Held, but did not hold the reservation when its last command was answered; LUN: {state}"
+            ));
+        }
         // As for S1: a power loss right after the acquire's last command
         // leaves no reservation at all, and SCSI fences nobody until it is
-        // taken again. But the LUN must have been reserved when that last
-        // command was answered: a PREEMPT of a holder that released at the
-        // same moment returns GOOD and creates no reservation (SPC-4).
+        // taken again.
         if self.san.with_lun(|l| l.reservation().is_none()) {
-            let name = self.nodes[holder].name.clone();
-            if !self.san.reserved_after_last(&name) {
-                self.violations.push(format!(
-                    "S1: {name} returned Held, but the LUN had no reservation when its last command was answered"
-                ));
-            }
             return;
         }
         for (i, n) in self.nodes.iter().enumerate() {
