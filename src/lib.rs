@@ -7,7 +7,11 @@
 //!   implementation, and typed commands on one path;
 //! - [`device`]: block devices, dm-multipath maps and their paths in sysfs;
 //! - [`fence`]: keys, policy, decisions, the fenced-state store and the engine;
-//! - [`source`]: where attachments come from (a YAML file, or Kubernetes: [`k8s`]).
+//! - [`source`]: where attachments come from (a YAML file, or Kubernetes: [`k8s`]);
+//! - [`daemon`]: the node daemon, generic over its source: reconciler,
+//!   metrics, gRPC API, kernel notices;
+//! - [`runtime`]: the composition root of `csi-fencer run`, which alone
+//!   knows both the daemon and Kubernetes.
 #![warn(missing_docs)]
 
 // Lets code shared with integration tests (the mock API server) name this
@@ -18,6 +22,7 @@ pub mod daemon;
 pub mod device;
 pub mod fence;
 pub mod k8s;
+pub mod runtime;
 pub mod scsi;
 pub mod sim;
 pub mod source;

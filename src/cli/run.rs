@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use csi_fencer::daemon::config::Config;
-use csi_fencer::daemon::run::{self as daemon, Options, SourceSpec};
+use csi_fencer::runtime::{self, Options, SourceSpec};
 
 use super::exit::Failure;
 use super::GlobalArgs;
@@ -176,7 +176,7 @@ pub fn run(a: &RunArgs, g: &GlobalArgs) -> Result<i32, Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::new(99, e))?;
-    let r = rt.block_on(daemon::run(opts));
+    let r = rt.block_on(runtime::run(opts));
     // A call stuck in SG_IO never returns; dropping the runtime would wait for
     // it forever. Leave it behind so SIGTERM always stops the daemon.
     rt.shutdown_background();

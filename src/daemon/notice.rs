@@ -6,8 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::reconcile::Op;
-
 /// A LUN noticed again within this time of its last notice is not checked
 /// again: a fenced node's writers log a conflict per failed I/O.
 pub const QUIET: Duration = Duration::from_secs(1);
@@ -22,12 +20,11 @@ pub enum Noticed {
 }
 
 impl Noticed {
-    /// Keeps the checks of the noticed LUNs; other operations (acquires,
-    /// releases the plan has anyway) pass.
-    pub fn keep(&self, op: &Op) -> bool {
-        match (self, op) {
-            (Noticed::Luns(l), Op::Check { vol, .. }) => l.contains(&vol.wwid.to_string()),
-            _ => true,
+    /// Whether a check of the LUN `wwid` is one this notice asks for.
+    pub fn covers(&self, wwid: &str) -> bool {
+        match self {
+            Noticed::All => true,
+            Noticed::Luns(l) => l.contains(wwid),
         }
     }
 }

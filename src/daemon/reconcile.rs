@@ -213,6 +213,16 @@ impl Op {
         }
     }
 
+    /// Whether the loop runs this operation on a kernel notice: the checks
+    /// of the noticed LUNs; other operations (acquires, releases the plan
+    /// has anyway) pass.
+    pub fn wanted_by(&self, n: &super::notice::Noticed) -> bool {
+        match self {
+            Op::Check { vol, .. } => n.covers(&vol.wwid.to_string()),
+            _ => true,
+        }
+    }
+
     /// The attachment an acquire was asked under.
     pub fn asked(&self) -> Option<String> {
         match self {

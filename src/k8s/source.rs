@@ -114,7 +114,7 @@ pub async fn drive<F: Fencer>(
             now,
         );
         if let Some(n) = &noticed {
-            ops.retain(|op| n.keep(op));
+            ops.retain(|op| op.wanted_by(n));
         }
         rec.dispatch(ops);
         publish_health(&cluster, &metrics, &ready, loaded && stream.live);

@@ -33,8 +33,8 @@ pub struct VolumeInfo {
     /// The StorageClass, if any.
     pub storage_class: Option<String>,
     /// The CSI driver and volume handle: with a node's name they give the
-    /// name of its VolumeAttachment of this LUN (see
-    /// [`super::cluster::attachment_name`]), whichever PV it came through.
+    /// name of its VolumeAttachment of this LUN (the attach-detach
+    /// controller hashes the three), whichever PV it came through.
     pub csi: (String, String),
 }
 
