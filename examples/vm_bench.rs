@@ -23,7 +23,7 @@ use csi_fencer::device::{Resolver, Sysfs};
 use csi_fencer::fence::engine::{Authorization, Engine, EngineConfig, Volume, VolumeState};
 use csi_fencer::fence::keys::ClusterTag;
 use csi_fencer::fence::policy::{AccessMode, Policy};
-use csi_fencer::fence::state::{AttachmentId, Phase, Record, StateStore};
+use csi_fencer::fence::state::{AttachmentId, Record, Stage, StateStore};
 use csi_fencer::scsi::Command as ScsiCommand;
 use csi_fencer::transport::sgio::SgIo;
 use csi_fencer::transport::{Completion, ScsiError, Transport};
@@ -415,7 +415,7 @@ fn overheads(wwid: &csi_fencer::scsi::Wwid) {
     let st = StateStore::open(Path::new("/tmp/bench-state")).expect("state");
     let writes: Vec<Duration> = (0..50)
         .map(|i| {
-            let rec = Record::now("v", Phase::Held, &AttachmentId(format!("{i}")));
+            let rec = Record::now("v", Stage::Held, &AttachmentId(format!("{i}")));
             let t0 = Instant::now();
             st.set("naa.x", Some(rec)).expect("write");
             t0.elapsed()

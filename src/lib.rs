@@ -26,6 +26,7 @@ pub mod runtime;
 pub mod scsi;
 pub mod sim;
 pub mod source;
+pub mod text;
 pub mod transport;
 
 #[cfg(test)]

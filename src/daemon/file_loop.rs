@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::grpc::World;
+use super::grpc::SourceView;
 use super::metrics::Metrics;
-use super::reconcile::{plan, Fencer, Reconciler};
+use super::reconcile::{plan, Reconciler, VolumeOps};
 use crate::fence::policy::Policy;
 use crate::source::{file, Attachments, SourceError};
 
@@ -34,12 +34,12 @@ pub struct FileSource {
 /// Follows the file and ticks the monitor and resync, until the task is
 /// dropped: every change, tick, due retry and kernel notice becomes a plan
 /// dispatched to the reconciler.
-pub async fn follow<F: Fencer>(
+pub async fn follow<F: VolumeOps>(
     f: FileSource,
     rec: Arc<Reconciler<F>>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
-    world: World,
+    world: SourceView,
 ) {
     let path = &f.path;
     let mut watcher = FileWatcher::new(path.clone());

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::reconcile::{self, Fencer, Op, Reconciler, VolumeStatus};
+use super::reconcile::{self, Op, Reconciler, VolumeOps, VolumeStatus};
 use crate::fence::engine::Volume;
 use crate::fence::policy::{AccessMode, Policy};
 use crate::source::Attachments;
@@ -24,7 +24,7 @@ use pb::fencer_server::{Fencer as FencerApi, FencerServer};
 
 /// What the source says now, shared with the API for on-demand reconciles.
 #[derive(Debug, Clone)]
-pub struct World {
+pub struct SourceView {
     /// This node.
     pub node: String,
     /// The reservation policy.
@@ -34,16 +34,16 @@ pub struct World {
 }
 
 /// The service.
-pub struct Api<F: Fencer> {
+pub struct NodeService<F: VolumeOps> {
     rec: Arc<Reconciler<F>>,
-    world: World,
+    world: SourceView,
     default_timeout: Duration,
 }
 
-impl<F: Fencer> Api<F> {
+impl<F: VolumeOps> NodeService<F> {
     /// A service over the reconciler.
-    pub fn new(rec: Arc<Reconciler<F>>, world: World, default_timeout: Duration) -> Self {
-        Api {
+    pub fn new(rec: Arc<Reconciler<F>>, world: SourceView, default_timeout: Duration) -> Self {
+        NodeService {
             rec,
             world,
             default_timeout,
@@ -73,7 +73,7 @@ fn to_pb(s: &VolumeStatus) -> pb::VolumeStatus {
     }
 }
 
-impl<F: Fencer> Api<F> {
+impl<F: VolumeOps> NodeService<F> {
     /// Runs `op` (after whatever runs on the volume now) and waits for the
     /// update that answers it: same volume and kind of operation, and for an
     /// acquire the same attachment (a monitor check of the old attachment, or
@@ -95,7 +95,10 @@ impl<F: Fencer> Api<F> {
             }
         };
         tokio::time::timeout(timeout, wait).await.map_err(|_| {
-            Status::deadline_exceeded(format!("volume {name}: no result within {timeout:?}"))
+            Status::deadline_exceeded(format!(
+                "volume {name}: no result within {}",
+                crate::text::duration(&timeout)
+            ))
         })?
     }
 
@@ -111,7 +114,7 @@ impl<F: Fencer> Api<F> {
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::VolumeStatus, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl<F: Fencer> FencerApi for Api<F> {
+impl<F: VolumeOps> FencerApi for NodeService<F> {
     async fn acquire(
         &self,
         req: Request<pb::AcquireRequest>,
@@ -252,7 +255,7 @@ pub struct SocketError {
 }
 
 /// Serves the API on a unix socket readable by root only (0600).
-pub async fn serve<F: Fencer>(path: &Path, api: Api<F>) -> Result<(), SocketError> {
+pub async fn serve<F: VolumeOps>(path: &Path, api: NodeService<F>) -> Result<(), SocketError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |what: String| SocketError {
         path: path.to_path_buf(),

@@ -35,7 +35,8 @@ pub struct Resolver {
 /// The LUN did not appear in time.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "no device for WWID {wwid} after {waited:?}: no dm map with uuid {uuid} and {}",
+    "no device for WWID {wwid} after {}: no dm map with uuid {uuid} and {}",
+    crate::text::duration(waited),
     why(unmapped)
 )]
 pub struct NotFound {
@@ -296,7 +297,7 @@ mod tests {
             .wait(&w(A), Duration::from_millis(30), Duration::from_millis(10))
             .unwrap_err();
         assert_eq!(e.to_string(), again.to_string());
-        assert!(e.to_string().contains("after 30ms"), "{e}");
+        assert!(e.to_string().contains("after 30 ms"), "{e}");
         let missing = r
             .wait(&w("naa.6001405000000fff"), Duration::ZERO, Duration::ZERO)
             .unwrap_err();

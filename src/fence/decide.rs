@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::keys::ClusterTag;
 use super::policy::{AccessMode, Policy, PreemptMode};
-use super::state::{Phase, Record};
+use super::state::{Record, Stage};
 use crate::scsi::{
     Capabilities, FullStatus, Reservation, ReservationKey, ReservationType, Scope, Sense,
 };
@@ -218,7 +218,7 @@ pub fn evidence(
     let Some(r) = rec else {
         return Evidence::None;
     };
-    if r.phase == Phase::Fenced {
+    if r.stage == Stage::Fenced {
         return Evidence::Preempted;
     }
     // The reset attention was just read (and already noted in the record,
@@ -226,8 +226,8 @@ pub fn evidence(
     if obs.signs.reset && !obs.signs.preempted && obs.ours_count == 0 {
         return Evidence::Lost;
     }
-    let had = r.key_count.unwrap_or(match r.phase {
-        Phase::Held => 1,
+    let had = r.key_count.unwrap_or(match r.stage {
+        Stage::Held => 1,
         _ => 0,
     });
     let empty = obs.keys.is_empty() && obs.reservation.is_none();
@@ -238,7 +238,7 @@ pub fn evidence(
             Evidence::Preempted
         };
     }
-    if r.phase == Phase::Held && access == AccessMode::SingleNode && holder_moved(obs, ours) {
+    if r.stage == Stage::Held && access == AccessMode::SingleNode && holder_moved(obs, ours) {
         return Evidence::Preempted;
     }
     Evidence::None

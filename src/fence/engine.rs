@@ -20,7 +20,7 @@ use super::clock::{Clock, SystemClock};
 use super::decide::{self, Context, Evidence, KeyClasses, Observed, OtherKey, Refusal, Step};
 use super::keys::ClusterTag;
 use super::policy::{AccessMode, Policy};
-use super::state::{AttachmentId, Phase, Record, StateError, StateStore};
+use super::state::{AttachmentId, Record, Stage, StateError, StateStore};
 use crate::device::{DeviceError, NotFound, PathInfo, Resolver};
 use crate::scsi::{Capabilities, ReservationKey, Wwid};
 use crate::transport::{RetryPolicy, ScsiError, ScsiPath, Transport};
@@ -332,7 +332,8 @@ pub enum FenceError {
     /// The PR IN reads kept disagreeing on the PR generation: the LUN was
     /// changing while it was read.
     #[error(
-        "{device}: the PR state kept changing while it was read (generations {generations:?})"
+        "{device}: the PR state kept changing while it was read (generations {})",
+        crate::text::list(generations)
     )]
     Unstable {
         /// The path read.
@@ -757,7 +758,7 @@ impl<T: Transport> Engine<T> {
         let after = self.observe_into(&mut run, false)?;
         self.finish(&mut run, &obs, &after);
         let gone = run.out.state == VolumeState::NotRegistered;
-        if gone && rec.is_some_and(|r| r.phase != Phase::Fenced) {
+        if gone && rec.is_some_and(|r| r.stage != Stage::Fenced) {
             self.state.set(&vol.wwid.to_string(), None)?;
         } else if !gone {
             // Partly released: what is left is still ours, and counted.
@@ -816,7 +817,7 @@ impl<T: Transport> Engine<T> {
         // carry the knowledge, or the next check, finding other nodes
         // registered since, would take the loss for a fence.
         if let Some(r) = rec {
-            let mut lost = Record::now(&run.vol.name, Phase::Registering, &r.attachment)
+            let mut lost = Record::now(&run.vol.name, Stage::Registering, &r.attachment)
                 .at_generation(obs.generation);
             lost.key_count = Some(obs.ours_count);
             // The record as it is now: this operation may have named new
@@ -851,7 +852,7 @@ impl<T: Transport> Engine<T> {
         rec: Option<&Record>,
         steps: &[Step],
     ) -> Result<Outcome, FenceError> {
-        if let Some(r) = rec.filter(|r| r.phase != Phase::Fenced) {
+        if let Some(r) = rec.filter(|r| r.stage != Stage::Fenced) {
             self.note_registering(run, &r.attachment, obs, Some(r), steps)?;
         }
         let unregistered: Vec<PathBuf> = obs
@@ -928,8 +929,8 @@ impl<T: Transport> Engine<T> {
             // follows starts afresh, as for a reset met at the start.
             return self.lost_check(run, &after, rec);
         }
-        if let Some(r) = rec.filter(|r| r.phase != Phase::Fenced) {
-            self.remember(run.vol, &r.attachment, Phase::Held, &after, run, r)?;
+        if let Some(r) = rec.filter(|r| r.stage != Stage::Fenced) {
+            self.remember(run.vol, &r.attachment, Stage::Held, &after, run, r)?;
         }
         Ok(run.out.clone())
     }
@@ -960,7 +961,7 @@ impl<T: Transport> Engine<T> {
         steps: &[Step],
     ) -> Result<(), FenceError> {
         let vol = run.vol;
-        let mut rec = Record::now(&vol.name, Phase::Registering, a).at_generation(obs.generation);
+        let mut rec = Record::now(&vol.name, Stage::Registering, a).at_generation(obs.generation);
         rec.key_count = Some(obs.ours_count);
         // Every path about to be registered is named before the REGISTER
         // goes out: after a crash in between, a target without READ FULL
@@ -979,9 +980,9 @@ impl<T: Transport> Engine<T> {
         rec.paths.dedup();
         rec.all_tg_pt =
             prev.is_some_and(|p| p.all_tg_pt) || decide::uses_all_tg_pt(obs, &vol.policy);
-        if let Some(p) = prev.filter(|p| p.phase == Phase::Held) {
-            // Still held while a new path is added: keep the phase.
-            rec.phase = p.phase;
+        if let Some(p) = prev.filter(|p| p.stage == Stage::Held) {
+            // Still held while a new path is added: keep the stage.
+            rec.stage = p.stage;
         }
         self.write(vol, rec)
     }
@@ -1057,10 +1058,10 @@ impl<T: Transport> Engine<T> {
         let Some(mut rec) = self.state.get(wwid)? else {
             return Ok(());
         };
-        if rec.phase == Phase::Fenced || rec.key_count == Some(0) {
+        if rec.stage == Stage::Fenced || rec.key_count == Some(0) {
             return Ok(());
         }
-        rec.phase = Phase::Registering;
+        rec.stage = Stage::Registering;
         rec.key_count = Some(0);
         if !self.cfg.dry_run {
             self.state.set(wwid, Some(rec))?;
@@ -1077,10 +1078,10 @@ impl<T: Transport> Engine<T> {
         let Some(rec) = self.state.get(wwid)? else {
             return Ok(());
         };
-        if rec.phase == Phase::Fenced || self.cfg.dry_run {
+        if rec.stage == Stage::Fenced || self.cfg.dry_run {
             return Ok(());
         }
-        let mut fenced = Record::now(&rec.volume, Phase::Fenced, &rec.attachment);
+        let mut fenced = Record::now(&rec.volume, Stage::Fenced, &rec.attachment);
         fenced.generation = rec.generation;
         Ok(self.state.set(wwid, Some(fenced))?)
     }
@@ -1098,14 +1099,14 @@ impl<T: Transport> Engine<T> {
         self.write(run.vol, rec)
     }
 
-    /// After this node's own unregisters: the record keeps its phase and
+    /// After this node's own unregisters: the record keeps its stage and
     /// attachment, with the registrations the LUN shows now.
     /// `None`: about to unregister everything (the count drops to 0 first).
     fn recount(&self, run: &Run<'_>, after: Option<&Observed>) -> Result<(), FenceError> {
         let Some(mut rec) = self.record_for(run.vol, None)? else {
             return Ok(());
         };
-        if rec.phase == Phase::Fenced {
+        if rec.stage == Stage::Fenced {
             return Ok(());
         }
         rec.key_count = Some(after.map_or(0, |a| a.ours_count));
@@ -1124,13 +1125,13 @@ impl<T: Transport> Engine<T> {
         &self,
         vol: &Volume,
         a: &AttachmentId,
-        phase: Phase,
+        stage: Stage,
         obs: &Observed,
         run: &Run<'_>,
         prev: &Record,
     ) -> Result<(), FenceError> {
-        let mut rec = Record::now(&vol.name, phase, a).at_generation(obs.generation);
-        rec.since = if prev.phase == phase {
+        let mut rec = Record::now(&vol.name, stage, a).at_generation(obs.generation);
+        rec.since = if prev.stage == stage {
             prev.since
         } else {
             rec.since
@@ -1158,10 +1159,10 @@ impl<T: Transport> Engine<T> {
         run.out.generation.1 = obs.generation;
         let prev = self
             .record_for(run.vol, Some(&auth.attachment))?
-            .unwrap_or_else(|| Record::now(&run.vol.name, Phase::Registering, &auth.attachment));
+            .unwrap_or_else(|| Record::now(&run.vol.name, Stage::Registering, &auth.attachment));
         let mut held = prev.clone();
         held.all_tg_pt = prev.all_tg_pt || decide::uses_all_tg_pt(obs, &run.vol.policy);
-        self.remember(run.vol, &auth.attachment, Phase::Held, obs, run, &held)?;
+        self.remember(run.vol, &auth.attachment, Stage::Held, obs, run, &held)?;
         Ok(run.out.clone())
     }
 
@@ -1204,10 +1205,10 @@ impl<T: Transport> Engine<T> {
         guessed: bool,
     ) -> Result<(), FenceError> {
         let prev = self.record_for(vol, Some(a))?;
-        if prev.as_ref().is_some_and(|r| r.phase == Phase::Fenced) {
+        if prev.as_ref().is_some_and(|r| r.stage == Stage::Fenced) {
             return Ok(());
         }
-        let mut rec = Record::now(&vol.name, Phase::Fenced, a).at_generation(obs.generation);
+        let mut rec = Record::now(&vol.name, Stage::Fenced, a).at_generation(obs.generation);
         rec.guessed = guessed;
         self.write(vol, rec)
     }
@@ -1224,7 +1225,7 @@ impl<T: Transport> Engine<T> {
         if !self.cfg.dry_run && decide::second_writer(obs, self.key) {
             self.roll_back(run, obs)?;
             if let Some(prev) = rec {
-                self.remember(run.vol, &prev.attachment, prev.phase, obs, run, prev)?;
+                self.remember(run.vol, &prev.attachment, prev.stage, obs, run, prev)?;
             }
         }
         Ok(run.out.clone().refused(r))

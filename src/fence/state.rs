@@ -30,7 +30,7 @@ impl std::fmt::Display for AttachmentId {
 /// Where this node stands with a LUN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Phase {
+pub enum Stage {
     /// About to register (or registered, not yet confirmed) under the attachment.
     Registering,
     /// Registered (and holding, for single-node volumes) under the attachment.
@@ -44,13 +44,14 @@ pub enum Phase {
 pub struct Record {
     /// The volume (PV) name, for people reading the file.
     pub volume: String,
-    /// The phase.
-    pub phase: Phase,
+    /// The stage (written `phase` by earlier builds).
+    #[serde(alias = "phase")]
+    pub stage: Stage,
     /// The attachment it applies to.
     pub attachment: AttachmentId,
-    /// Seconds since the epoch when the phase was entered.
+    /// Seconds since the epoch when the stage was entered.
     pub since: u64,
-    /// The LUN's PRGENERATION when the phase was entered. For `Registering`
+    /// The LUN's PRGENERATION when the stage was entered. For `Registering`
     /// it tells a REGISTER that never landed (the LUN unchanged since) from a
     /// registration that was preempted afterwards (the generation moved).
     #[serde(default)]
@@ -89,10 +90,10 @@ pub struct Record {
 
 impl Record {
     /// A record entered now.
-    pub fn now(volume: &str, phase: Phase, attachment: &AttachmentId) -> Record {
+    pub fn now(volume: &str, stage: Stage, attachment: &AttachmentId) -> Record {
         Record {
             volume: volume.to_string(),
-            phase,
+            stage,
             attachment: attachment.clone(),
             since: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -355,14 +356,14 @@ mod tests {
         let s = StateStore::open(d.path()).unwrap();
         assert_eq!(s.get("naa.1").unwrap(), None);
         let att = AttachmentId("uid-1".into());
-        s.set("naa.1", Some(Record::now("pv-1", Phase::Fenced, &att)))
+        s.set("naa.1", Some(Record::now("pv-1", Stage::Fenced, &att)))
             .unwrap();
         drop(s);
         let s = StateStore::open(d.path()).unwrap();
         let r = s.get("naa.1").unwrap().unwrap();
         assert_eq!(
-            (r.phase, r.attachment, r.volume.as_str()),
-            (Phase::Fenced, att, "pv-1")
+            (r.stage, r.attachment, r.volume.as_str()),
+            (Stage::Fenced, att, "pv-1")
         );
         s.set("naa.1", None).unwrap();
         assert_eq!(
@@ -385,12 +386,12 @@ mod tests {
         );
         let att = AttachmentId("g".into());
         daemon
-            .set("naa.1", Some(Record::now("pv-1", Phase::Fenced, &att)))
+            .set("naa.1", Some(Record::now("pv-1", Stage::Fenced, &att)))
             .unwrap();
-        cli.set("naa.2", Some(Record::now("pv-2", Phase::Held, &att)))
+        cli.set("naa.2", Some(Record::now("pv-2", Stage::Held, &att)))
             .unwrap();
-        assert_eq!(daemon.get("naa.1").unwrap().unwrap().phase, Phase::Fenced);
-        assert_eq!(daemon.get("naa.2").unwrap().unwrap().phase, Phase::Held);
+        assert_eq!(daemon.get("naa.1").unwrap().unwrap().stage, Stage::Fenced);
+        assert_eq!(daemon.get("naa.2").unwrap().unwrap().stage, Stage::Held);
         let threads: Vec<_> = (0..8)
             .map(|i| {
                 let dir = d.path().to_path_buf();
@@ -399,7 +400,7 @@ mod tests {
                     let a = AttachmentId(format!("t{i}"));
                     s.set(
                         &format!("naa.t{i}"),
-                        Some(Record::now("v", Phase::Held, &a)),
+                        Some(Record::now("v", Stage::Held, &a)),
                     )
                     .unwrap();
                 })
@@ -433,7 +434,7 @@ mod tests {
         assert!(f.exists());
         // A record in another LUN's file (copied by hand) is not trusted.
         let att = AttachmentId("g".into());
-        s.set("naa.2", Some(Record::now("pv-2", Phase::Fenced, &att)))
+        s.set("naa.2", Some(Record::now("pv-2", Stage::Fenced, &att)))
             .unwrap();
         fs::copy(s.file_of("naa.2"), &f).unwrap();
         let e = s.get("naa.1").unwrap_err();
@@ -445,21 +446,24 @@ mod tests {
         let d = TempDir::new("state");
         let att = AttachmentId("uid-1".into());
         let old = serde_json::json!({"version": 1, "luns": {
-            "naa.1": Record::now("pv-1", Phase::Fenced, &att),
-            "naa.2": Record::now("pv-2", Phase::Held, &att),
+            "naa.1": Record::now("pv-1", Stage::Fenced, &att),
+            "naa.2": Record::now("pv-2", Stage::Held, &att),
         }});
-        fs::write(d.path().join(LEGACY), old.to_string()).unwrap();
+        // Earlier builds wrote the stage as `phase`.
+        let old = old.to_string().replace("\"stage\"", "\"phase\"");
+        assert!(old.contains("\"phase\":\"fenced\""), "{old}");
+        fs::write(d.path().join(LEGACY), &old).unwrap();
         let s = StateStore::open(d.path()).unwrap();
-        assert_eq!(s.get("naa.1").unwrap().unwrap().phase, Phase::Fenced);
+        assert_eq!(s.get("naa.1").unwrap().unwrap().stage, Stage::Fenced);
         assert_eq!(s.all().unwrap().len(), 2);
         assert!(!d.path().join(LEGACY).exists());
         assert!(d.path().join("reservations.json.migrated").exists());
         // A newer record of the LUN wins over the old file.
-        s.set("naa.1", Some(Record::now("pv-1", Phase::Held, &att)))
+        s.set("naa.1", Some(Record::now("pv-1", Stage::Held, &att)))
             .unwrap();
-        fs::write(d.path().join(LEGACY), old.to_string()).unwrap();
+        fs::write(d.path().join(LEGACY), &old).unwrap();
         let s = StateStore::open(d.path()).unwrap();
-        assert_eq!(s.get("naa.1").unwrap().unwrap().phase, Phase::Held);
+        assert_eq!(s.get("naa.1").unwrap().unwrap().stage, Stage::Held);
         // An unreadable old file stops the store: it may hold a fence.
         fs::write(d.path().join(LEGACY), b"{\"version\":7,\"luns\":{}}").unwrap();
         assert!(StateStore::open(d.path()).is_err());
@@ -474,7 +478,7 @@ mod tests {
         let s = StateStore::open(d.path()).unwrap();
         let att = AttachmentId("g".into());
         for w in ["t10.LIO-ORG a/b", "..", ""] {
-            s.set(w, Some(Record::now("v", Phase::Held, &att))).unwrap();
+            s.set(w, Some(Record::now("v", Stage::Held, &att))).unwrap();
             assert_eq!(s.get(w).unwrap().unwrap().volume, "v");
             assert_eq!(s.file_of(w).parent(), Some(d.path().join(LUNS).as_path()));
         }

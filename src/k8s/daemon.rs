@@ -15,9 +15,9 @@ use super::csi::{probe, CsiError};
 use super::gate::{GateLayer, Limits};
 use super::report::Publisher;
 use super::source::{drive, Tick};
-use crate::daemon::grpc::World;
+use crate::daemon::grpc::SourceView;
 use crate::daemon::metrics::Metrics;
-use crate::daemon::reconcile::{Fencer, Op, Reconciler};
+use crate::daemon::reconcile::{Op, Reconciler, VolumeOps};
 use crate::fence::keys::ClusterTag;
 use crate::source::rules::DriverRule;
 
@@ -132,7 +132,7 @@ pub async fn check_nodes(cluster: &Cluster, tag: ClusterTag) -> Result<Vec<Strin
 /// store) are checked every `monitor` (I7: a fenced node learns it without
 /// the API), the daemon reports not ready and counts the error. A key
 /// collision ends the start.
-pub async fn nodes_or_monitor<F: Fencer>(
+pub async fn nodes_or_monitor<F: VolumeOps>(
     cluster: &Cluster,
     tag: ClusterTag,
     rec: &Arc<Reconciler<F>>,
@@ -150,7 +150,7 @@ pub async fn nodes_or_monitor<F: Fencer>(
                     .with_label_values(&[e.kind()])
                     .inc();
                 let ops = held();
-                tracing::warn!(error = %e, kind = e.kind(), volumes = ops.len(), retry_in = ?wait,
+                tracing::warn!(error = %e, kind = e.kind(), volumes = ops.len(), retry_in = %crate::text::duration(&wait),
                     "the Node list failed at start: monitoring the volumes of the state store meanwhile");
                 let until = tokio::time::Instant::now() + wait;
                 rec.dispatch(ops);
@@ -181,12 +181,12 @@ pub struct Start<H, L> {
 /// The Kubernetes source from start to end: the Node list (monitoring the
 /// state store's volumes while the API server cannot be reached), then the
 /// watch loop and the status publisher. Ends only on a start error.
-pub async fn start<F: Fencer, H: Fn() -> Vec<Op>, L: FnOnce(Vec<String>)>(
+pub async fn start<F: VolumeOps, H: Fn() -> Vec<Op>, L: FnOnce(Vec<String>)>(
     cluster: Arc<Cluster>,
     rec: Arc<Reconciler<F>>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
-    world: World,
+    world: SourceView,
     s: Start<H, L>,
 ) -> Result<(), StartError> {
     ready.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -198,12 +198,12 @@ pub async fn start<F: Fencer, H: Fn() -> Vec<Op>, L: FnOnce(Vec<String>)>(
 }
 
 /// Runs the watch loop and the status publisher until the loop ends.
-pub async fn run<F: Fencer>(
+pub async fn run<F: VolumeOps>(
     cluster: Arc<Cluster>,
     rec: Arc<Reconciler<F>>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
-    world: World,
+    world: SourceView,
     tick: Tick,
     tag: ClusterTag,
 ) {

@@ -16,9 +16,9 @@ use kube::runtime::watcher;
 use super::api::{Call, KubeError};
 use super::cluster::{Cluster, VolumeError};
 use super::store::{SlimVa, Touched};
-use crate::daemon::grpc::World;
+use crate::daemon::grpc::SourceView;
 use crate::daemon::metrics::Metrics;
-use crate::daemon::reconcile::{plan, Fencer, Reconciler};
+use crate::daemon::reconcile::{plan, Reconciler, VolumeOps};
 use crate::fence::policy::Policy;
 use crate::fence::state::AttachmentId;
 use crate::source::{Attachment, Attachments};
@@ -35,12 +35,12 @@ pub struct Tick {
 }
 
 /// Follows VolumeAttachments until the stream ends (never, normally).
-pub async fn drive<F: Fencer>(
+pub async fn drive<F: VolumeOps>(
     cluster: Arc<Cluster>,
     rec: Arc<Reconciler<F>>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
-    world: World,
+    world: SourceView,
     tick: Tick,
 ) {
     let mut stream = Watch::new(Api::all(cluster.client.clone()), &cluster.node);
@@ -278,7 +278,7 @@ fn on_error(cluster: &Cluster, metrics: &Metrics, e: watcher::Error) {
 
 /// This node's attachments (attached, not being deleted) with their volumes
 /// resolved, and the other nodes' attachments of the same PVs (cached).
-async fn snapshot<F: Fencer>(cluster: &Cluster, rec: &Reconciler<F>) -> Attachments {
+async fn snapshot<F: VolumeOps>(cluster: &Cluster, rec: &Reconciler<F>) -> Attachments {
     let (mine, others) = {
         let Ok(store) = cluster.store.lock() else {
             return Attachments::default();

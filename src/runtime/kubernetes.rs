@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::{follow_kernel_log, held_volumes, policy};
 use crate::daemon::config::Config;
-use crate::daemon::grpc::World;
+use crate::daemon::grpc::SourceView;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::reconcile::Reconciler;
 use crate::fence::engine::Engine;
@@ -39,7 +39,7 @@ pub fn kubernetes_node<T: Transport + 'static>(
     engine: Arc<Engine<T>>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
-    world: World,
+    world: SourceView,
 ) -> KubeNode<T, impl Future<Output = Result<(), StartError>>> {
     let authority = Box::new(ApiAuthority(Arc::clone(&cluster), c.tag));
     let rec = Reconciler::with_authority(

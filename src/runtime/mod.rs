@@ -16,10 +16,10 @@ use std::time::SystemTime;
 
 use crate::daemon::config::Config;
 use crate::daemon::file_loop::{self, FileSource};
-use crate::daemon::grpc::{self, Api, World};
+use crate::daemon::grpc::{self, NodeService, SourceView};
 use crate::daemon::kernel_log;
 use crate::daemon::metrics::{Metered, Metrics};
-use crate::daemon::reconcile::{Fencer, Op, Reconciler};
+use crate::daemon::reconcile::{Op, Reconciler, VolumeOps};
 use crate::device::{Resolver, Sysfs};
 use crate::fence::engine::{Engine, EngineConfig, Volume};
 use crate::fence::policy::{AccessMode, Policy};
@@ -128,7 +128,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             ready.clone(),
         ));
     }
-    let world = World {
+    let world = SourceView {
         node: opts.node.clone(),
         policy: policy(&opts.config),
         snapshot: Arc::new(Mutex::new((Attachments::default(), SystemTime::now()))),
@@ -145,7 +145,7 @@ async fn run_source(
     opts: &Options,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
-    world: World,
+    world: SourceView,
 ) -> Result<(), DaemonError> {
     let c = &opts.config;
     let transport = Metered::new(
@@ -246,7 +246,7 @@ pub fn policy(c: &Config) -> Policy {
 /// Checks a LUN as soon as the kernel logs a RESERVATION CONFLICT on one of
 /// its paths (see [`crate::daemon::kernel_log`]); without the log, fences are
 /// noticed at the monitor interval, as before.
-pub(crate) fn follow_kernel_log<F: Fencer + 'static>(
+pub(crate) fn follow_kernel_log<F: VolumeOps + 'static>(
     c: &Config,
     rec: &Arc<Reconciler<F>>,
     metrics: &Arc<Metrics>,
@@ -303,16 +303,16 @@ pub fn held_volumes(state_dir: &std::path::Path, policy: &Policy) -> Vec<Op> {
 }
 
 /// The gRPC API, or a future that never ends when no socket is configured.
-async fn serve_grpc<F: Fencer>(
+async fn serve_grpc<F: VolumeOps>(
     opts: &Options,
     rec: &Arc<Reconciler<F>>,
-    world: &World,
+    world: &SourceView,
 ) -> Result<(), DaemonError> {
     let Some(path) = &opts.grpc_socket else {
         return std::future::pending().await;
     };
     tracing::info!(socket = %path.display(), "serving the gRPC node API");
-    let api = Api::new(
+    let api = NodeService::new(
         Arc::clone(rec),
         world.clone(),
         opts.config.operation_timeout,

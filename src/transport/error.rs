@@ -163,7 +163,7 @@ pub enum ScsiError {
         source: std::io::Error,
     },
     /// The command did not complete in time.
-    #[error("{device}: {command} timed out after {after:?}")]
+    #[error("{device}: {command} timed out after {}", crate::text::duration(.after))]
     Timeout {
         /// The device path.
         device: PathBuf,

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use super::{Engine, FenceError, Run};
 use crate::fence::decide::{self, Evidence, Observed, Signs};
-use crate::fence::state::{Phase, Record};
+use crate::fence::state::{Record, Stage};
 use crate::scsi::{BasicParams, PrOut};
 use crate::transport::{ScsiError, Transport};
 
@@ -49,7 +49,7 @@ impl<T: Transport> Engine<T> {
             let Some(mut rec) = self.state.get(wwid)? else {
                 return Ok(());
             };
-            if rec.phase == Phase::Fenced || rec.blind || self.cfg.dry_run {
+            if rec.stage == Stage::Fenced || rec.blind || self.cfg.dry_run {
                 return Ok(());
             }
             rec.blind = true;
@@ -69,14 +69,14 @@ impl<T: Transport> Engine<T> {
         obs: &Observed,
     ) -> Result<Evidence, FenceError> {
         let access = run.vol.access;
-        if rec.is_some_and(|r| r.phase == Phase::Fenced && r.guessed) {
+        if rec.is_some_and(|r| r.stage == Stage::Fenced && r.guessed) {
             run.out.notes.push(SILENT_NOTE.into());
         }
-        let Some(r) = rec.filter(|r| r.phase != Phase::Fenced && !self.cfg.dry_run) else {
+        let Some(r) = rec.filter(|r| r.stage != Stage::Fenced && !self.cfg.dry_run) else {
             return Ok(decide::evidence(rec, obs, self.key, access));
         };
         if run.auth.is_none()
-            && r.phase == Phase::Registering
+            && r.stage == Stage::Registering
             && r.key_count == Some(0)
             && obs.ours_count > 0
         {

@@ -178,8 +178,8 @@ impl<T: Transport> Engine<T> {
     fn may_grant(&self, run: &Run<'_>, via: &Path) -> Result<(), String> {
         if self.cfg.clock.mono() > run.deadline {
             return Err(format!(
-                "the operation's deadline ({:?}) passed",
-                self.cfg.operation_deadline
+                "the operation's deadline ({}) passed",
+                crate::text::duration(&self.cfg.operation_deadline)
             ));
         }
         if let Some(r) = run.auth.and_then(|a| self.unfresh_authorization(a)) {

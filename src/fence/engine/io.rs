@@ -15,7 +15,7 @@ use super::{
 };
 use crate::device::PathInfo;
 use crate::fence::decide::{self, Observed, PathRegistration, Signs};
-use crate::fence::state::{Phase, Record};
+use crate::fence::state::{Record, Stage};
 use crate::scsi::{Designator, FullStatus, Reservation, ReservationKey, TransportId, Wwid};
 use crate::transport::{ScsiError, Transport};
 
@@ -357,7 +357,7 @@ impl<T: Transport> Engine<T> {
                             all_tg_pt: r.all_tg_pt,
                             holder: false,
                         },
-                        Some(r) if r.phase != Phase::Fenced => PathRegistration::NotRegistered,
+                        Some(r) if r.stage != Stage::Fenced => PathRegistration::NotRegistered,
                         _ => PathRegistration::Unknown,
                     },
                     known => known,
@@ -410,7 +410,7 @@ pub(super) fn remembered(loc: &Located, obs: &Observed, prev: Option<&Record>) -
         .map(|u| u.id.clone())
         .collect();
     let used = |id: &String| loc.usable.iter().any(|u| &u.id == id);
-    if let Some(p) = prev.filter(|p| p.phase != Phase::Fenced) {
+    if let Some(p) = prev.filter(|p| p.stage != Stage::Fenced) {
         ids.extend(p.paths.iter().filter(|id| !used(id)).cloned());
     }
     ids.sort();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use csi_fencer::daemon::config::Config;
-use csi_fencer::daemon::grpc::World;
+use csi_fencer::daemon::grpc::SourceView;
 use csi_fencer::daemon::metrics::Metrics;
 use csi_fencer::daemon::reconcile::Reconciler;
 use csi_fencer::device::Resolver;
@@ -79,7 +79,7 @@ pub fn start_node<T: Transport + 'static>(
         rules(),
     ));
     let ready = Arc::new(AtomicBool::new(false));
-    let world = World {
+    let world = SourceView {
         node: node.into(),
         policy: runtime::policy(&c),
         snapshot: Arc::new(std::sync::Mutex::new((

@@ -7,18 +7,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use super::metrics::Metrics;
+use crate::daemon::metrics::Metrics;
 use crate::fence::engine::{Authorization, FenceError, Outcome, Volume, VolumeState};
-use crate::fence::policy::{AccessMode, Policy};
-use crate::source::Attachments;
+use crate::fence::policy::AccessMode;
+mod plan;
+mod status;
+
+pub use plan::{plan, Op};
+use status::{now_secs, phase_of, summary};
+pub use status::{Phase, Update, VolumeStatus};
 
 /// The engine as the reconciler uses it (a fake in tests).
-pub trait Fencer: Send + Sync + 'static {
+pub trait VolumeOps: Send + Sync + 'static {
     /// Takes the volume.
     fn acquire(
         &self,
@@ -32,7 +36,7 @@ pub trait Fencer: Send + Sync + 'static {
     fn check(&self, vol: &Volume, live: &BTreeSet<String>) -> Result<Outcome, FenceError>;
 }
 
-impl<T: crate::transport::Transport + 'static> Fencer for crate::fence::engine::Engine<T> {
+impl<T: crate::transport::Transport + 'static> VolumeOps for crate::fence::engine::Engine<T> {
     fn acquire(
         &self,
         vol: &Volume,
@@ -86,233 +90,8 @@ impl Authority for Snapshot {
     }
 }
 
-/// What the daemon reports about one volume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    /// Not reconciled yet.
-    Pending,
-    /// This node holds the reservation.
-    Held,
-    /// Registered, someone else holds the reservation.
-    Registered,
-    /// This node's key was preempted (I7).
-    Fenced,
-    /// Given up after a detach.
-    Released,
-    /// The last operation failed or was refused; see the message.
-    Error,
-}
-
-impl Phase {
-    /// The `state` label of `csi_fencer_volumes`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Phase::Pending => "pending",
-            Phase::Held => "held",
-            Phase::Registered => "registered",
-            Phase::Fenced => "fenced",
-            Phase::Released => "released",
-            Phase::Error => "error",
-        }
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Phase::Pending => "pending",
-            Phase::Held => "held",
-            Phase::Registered => "registered (another node holds the reservation)",
-            Phase::Fenced => "fenced",
-            Phase::Released => "released",
-            Phase::Error => "error",
-        })
-    }
-}
-
-/// The status of one volume on this node.
-#[derive(Debug, Clone, Serialize)]
-pub struct VolumeStatus {
-    /// Volume name.
-    pub volume: String,
-    /// WWID.
-    pub wwid: String,
-    /// Phase.
-    pub phase: Phase,
-    /// Why, in words.
-    pub message: String,
-    /// Paths carrying this node's key.
-    pub paths_registered: usize,
-    /// All paths of the LUN.
-    pub paths_total: usize,
-    /// Seconds since the epoch of the last phase change.
-    pub last_transition: u64,
-    /// The attachment it holds under, if any.
-    pub attachment: Option<String>,
-    /// The engine last found this node with a stake in the LUN (held,
-    /// registered or fenced). Set only from engine outcomes: a later error or
-    /// refusal of the source does not clear it, so the volume is still
-    /// monitored (I7) and still released on a detach.
-    pub on_lun: bool,
-}
-
-impl VolumeStatus {
-    /// What the metrics show of it.
-    pub fn gauge(&self) -> super::metrics::VolumeGauge<'_> {
-        super::metrics::VolumeGauge {
-            volume: &self.volume,
-            state: self.phase.label(),
-            paths_registered: self.paths_registered,
-            paths_total: self.paths_total,
-        }
-    }
-}
-
-/// One thing to do for one volume.
-#[derive(Debug, Clone)]
-pub enum Op {
-    /// The source says this node has it.
-    Acquire {
-        /// The volume.
-        vol: Volume,
-        /// The attachment, read now.
-        auth: Authorization,
-        /// Nodes with live attachments (I2).
-        live: BTreeSet<String>,
-    },
-    /// The source no longer lists it for this node (a confirmed detach).
-    Release {
-        /// The volume.
-        vol: Volume,
-        /// Asked for (gRPC Release), not inferred from the source: I4 allows
-        /// it without a confirmed detach.
-        explicit: bool,
-    },
-    /// Monitor a held volume.
-    Check {
-        /// The volume.
-        vol: Volume,
-        /// Nodes with live attachments.
-        live: BTreeSet<String>,
-    },
-}
-
-impl Op {
-    /// The volume's name.
-    pub fn volume(&self) -> &str {
-        match self {
-            Op::Acquire { vol, .. } | Op::Release { vol, .. } | Op::Check { vol, .. } => &vol.name,
-        }
-    }
-
-    /// The volume's WWID.
-    pub fn wwid(&self) -> &crate::scsi::Wwid {
-        match self {
-            Op::Acquire { vol, .. } | Op::Release { vol, .. } | Op::Check { vol, .. } => &vol.wwid,
-        }
-    }
-
-    /// Whether the loop runs this operation on a kernel notice: the checks
-    /// of the noticed LUNs; other operations (acquires, releases the plan
-    /// has anyway) pass.
-    pub fn wanted_by(&self, n: &super::notice::Noticed) -> bool {
-        match self {
-            Op::Check { vol, .. } => n.covers(&vol.wwid.to_string()),
-            _ => true,
-        }
-    }
-
-    /// The attachment an acquire was asked under.
-    pub fn asked(&self) -> Option<String> {
-        match self {
-            Op::Acquire { auth, .. } => Some(auth.attachment.0.clone()),
-            _ => None,
-        }
-    }
-
-    /// `acquire`, `release` or `check`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Op::Acquire { .. } => "acquire",
-            Op::Release { .. } => "release",
-            Op::Check { .. } => "check",
-        }
-    }
-}
-
-/// What to do now: acquire what the source gives this node (already held
-/// ones get a check instead when `monitor` is due), release what it held but
-/// the source no longer lists. Restart is not release (I4): only volumes this
-/// daemon saw held and the source then dropped are released.
-pub fn plan(
-    node: &str,
-    snapshot: &Attachments,
-    statuses: &BTreeMap<String, VolumeStatus>,
-    policy: &Policy,
-    monitor: bool,
-    read_at: SystemTime,
-) -> Vec<Op> {
-    let mut ops = Vec::new();
-    let mut mine = BTreeSet::new();
-    for a in snapshot.for_node(node) {
-        mine.insert(a.volume.clone());
-        let vol = Volume {
-            name: a.volume.clone(),
-            wwid: a.wwid.clone(),
-            device: None,
-            access: a.access,
-            policy: a.overrides.apply(policy),
-        };
-        let live = snapshot.nodes_of(&a.volume);
-        let st = statuses.get(&a.volume);
-        let same = st.is_some_and(|s| s.attachment.as_deref() == Some(a.id.0.as_str()));
-        // An error after the engine found us on the LUN is settled too: the
-        // monitor's check (which needs no fresh authority) keeps watching it.
-        let settled = same
-            && st.is_some_and(|s| {
-                s.on_lun
-                    || matches!(
-                        s.phase,
-                        Phase::Held | Phase::Registered | Phase::Fenced | Phase::Released
-                    )
-            });
-        if !settled {
-            let auth = Authorization {
-                attachment: a.id.clone(),
-                read_at,
-                notes: Vec::new(),
-                confirm: None,
-            };
-            ops.push(Op::Acquire { vol, auth, live });
-        } else if monitor && st.is_some_and(|s| s.phase != Phase::Released) {
-            ops.push(Op::Check { vol, live });
-        }
-    }
-    for (name, st) in statuses {
-        // A fenced volume the source detached ends as released too (a no-op on
-        // the LUN; the fenced record stays).
-        if st.on_lun && !mine.contains(name) {
-            if let Ok(wwid) = st.wwid.parse() {
-                let vol = Volume {
-                    name: name.clone(),
-                    wwid,
-                    device: None,
-                    access: AccessMode::SingleNode,
-                    policy: policy.clone(),
-                };
-                ops.push(Op::Release {
-                    vol,
-                    explicit: false,
-                });
-            }
-        }
-    }
-    ops
-}
-
 /// Shared state of the reconciler.
-pub struct Reconciler<F: Fencer> {
+pub struct Reconciler<F: VolumeOps> {
     fencer: Arc<F>,
     authority: Box<dyn Authority>,
     metrics: Arc<Metrics>,
@@ -323,7 +102,7 @@ pub struct Reconciler<F: Fencer> {
     timeout: Duration,
     changes: tokio::sync::broadcast::Sender<Update>,
     retry: Retry,
-    notices: super::notice::Notices,
+    notices: crate::daemon::notice::Notices,
 }
 
 /// Failed operations come back soon, not at the next resync: the most
@@ -344,34 +123,7 @@ pub const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// The operation an update answers: its kind, and an acquire's attachment.
 type Answers = (&'static str, Option<String>);
 
-/// One volume's status after an operation.
-#[derive(Debug, Clone)]
-pub struct Update {
-    /// The new status.
-    pub status: VolumeStatus,
-    /// True when the phase (or an error's message) changed.
-    pub changed: bool,
-    /// What the engine found and did, when it ran.
-    pub outcome: Option<Arc<Outcome>>,
-    /// The reservation type the operation asked for (acquire).
-    pub reservation_type: Option<crate::scsi::ReservationType>,
-    /// The error's label, when it failed (`identity_mismatch`, `unsupported`, ...).
-    pub error_kind: Option<&'static str>,
-    /// The operation it answers (`acquire`, `release`, `check`; `report`
-    /// for a problem found before any operation).
-    pub op: &'static str,
-    /// For an acquire: the attachment it was asked under.
-    pub asked: Option<String>,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-impl<F: Fencer> Reconciler<F> {
+impl<F: VolumeOps> Reconciler<F> {
     /// A reconciler running at most `concurrency` operations at once, each bounded by `timeout`.
     pub fn new(
         fencer: Arc<F>,
@@ -404,7 +156,7 @@ impl<F: Fencer> Reconciler<F> {
                 due: tokio::sync::Notify::new(),
                 max: Mutex::new(Duration::from_secs(60)),
             },
-            notices: super::notice::Notices::default(),
+            notices: crate::daemon::notice::Notices::default(),
         })
     }
 
@@ -442,7 +194,7 @@ impl<F: Fencer> Reconciler<F> {
     }
 
     /// The kernel's notices of conflicts on this node's paths.
-    pub fn notices(&self) -> &super::notice::Notices {
+    pub fn notices(&self) -> &crate::daemon::notice::Notices {
         &self.notices
     }
 
@@ -548,9 +300,9 @@ impl<F: Fencer> Reconciler<F> {
             // An acquire also waits on the API server for the liveness of
             // the other keys' nodes: the message names both suspects.
             let why = format!(
-                "{} did not finish in {:?}: a SCSI command stuck in the kernel (device hung?), or the API server slow to say whether the nodes of the other keys on the LUN are live",
+                "{} did not finish in {}: a SCSI command stuck in the kernel (device hung?), or the API server slow to say whether the nodes of the other keys on the LUN are live",
                 op.kind(),
-                self.timeout
+                crate::text::duration(&self.timeout)
             );
             self.update(&op, Err(("timeout", why)), started, true);
             drop(_permit);
@@ -705,16 +457,22 @@ impl<F: Fencer> Reconciler<F> {
             .and_then(|s| s.get(volume).cloned())
     }
 
+    /// Records an operation's end: its metrics, the volume's new status,
+    /// a log line, and the update broadcast to the reporters.
     fn update(&self, op: &Op, r: Done, started: Instant, count: bool) {
-        let (phase, message, reg, total) = match &r {
-            Ok(o) => (
-                phase_of(op, o),
-                summary(o),
-                o.paths.iter().filter(|p| p.registered).count(),
-                o.paths.len(),
-            ),
-            Err((_, msg)) => (Phase::Error, msg.clone(), 0, 0),
-        };
+        self.measure(op, &r, started, count);
+        let update = self.record(op, &r);
+        log(op, &r, update.as_ref());
+        if let Some(u) = update {
+            self.measure_notice(&u, started);
+            let _ = self.changes.send(u);
+        }
+    }
+
+    /// The operation's metrics (`count`: its count and duration), the
+    /// preemptions it made, and for an acquire that newly holds, the time
+    /// from the source read that authorised it to the LUN saying so.
+    fn measure(&self, op: &Op, r: &Done, started: Instant, count: bool) {
         if count {
             self.metrics.operation(
                 op.kind(),
@@ -722,11 +480,9 @@ impl<F: Fencer> Reconciler<F> {
                 started.elapsed(),
             );
         }
-        if let Ok(o) = &r {
-            self.metrics.preemptions.inc_by(o.preempted.len() as u64);
-        }
-        // From the source read that authorised the acquire to the LUN saying so.
-        if let (Op::Acquire { auth, .. }, Ok(o)) = (op, &r) {
+        let Ok(o) = r else { return };
+        self.metrics.preemptions.inc_by(o.preempted.len() as u64);
+        if let Op::Acquire { auth, .. } = op {
             let newly = self.status_of(op.volume()).map(|s| s.phase) != Some(Phase::Held);
             if newly && o.state == VolumeState::Held {
                 let took = SystemTime::now()
@@ -738,6 +494,21 @@ impl<F: Fencer> Reconciler<F> {
                     .observe(took.as_secs_f64());
             }
         }
+    }
+
+    /// Merges the operation's result into the volume's status (keeping the
+    /// time of the last transition, the attachment an explicit release was
+    /// under, and "on the LUN" across errors) and sets the volume gauges.
+    fn record(&self, op: &Op, r: &Done) -> Option<Update> {
+        let (phase, message, reg, total) = match r {
+            Ok(o) => (
+                phase_of(op, o),
+                summary(o),
+                o.paths.iter().filter(|p| p.registered).count(),
+                o.paths.len(),
+            ),
+            Err((_, msg)) => (Phase::Error, msg.clone(), 0, 0),
+        };
         let attachment = match op {
             Op::Acquire { auth, .. } => Some(auth.attachment.0.clone()),
             // Kept: an explicit release under an attachment is not undone
@@ -746,72 +517,48 @@ impl<F: Fencer> Reconciler<F> {
                 self.status_of(op.volume()).and_then(|s| s.attachment)
             }
         };
-        let wwid = match op {
-            Op::Acquire { vol, .. } | Op::Release { vol, .. } | Op::Check { vol, .. } => {
-                vol.wwid.to_string()
-            }
+        let mut all = self.statuses.lock().ok()?;
+        let prev = all.get(op.volume()).cloned();
+        let on_lun = match r {
+            Ok(_) => matches!(phase, Phase::Held | Phase::Registered | Phase::Fenced),
+            Err(_) => prev.as_ref().is_some_and(|s| s.on_lun),
         };
-        let mut update = None;
-        if let Ok(mut all) = self.statuses.lock() {
-            let prev = all.get(op.volume()).map(|s| s.phase.clone());
-            let on_lun = match &r {
-                Ok(_) => matches!(phase, Phase::Held | Phase::Registered | Phase::Fenced),
-                Err(_) => all.get(op.volume()).is_some_and(|s| s.on_lun),
-            };
-            let st = VolumeStatus {
-                on_lun,
-                volume: op.volume().to_string(),
-                wwid,
-                last_transition: if prev.as_ref() == Some(&phase) {
-                    all.get(op.volume())
-                        .map(|s| s.last_transition)
-                        .unwrap_or_else(now_secs)
-                } else {
-                    now_secs()
-                },
-                phase,
-                message,
-                paths_registered: reg,
-                paths_total: total,
-                attachment,
-            };
-            update = Some(Update {
-                outcome: r.as_ref().ok().map(|o| Arc::new(o.clone())),
-                reservation_type: match op {
-                    Op::Acquire { vol, .. } => Some(vol.policy.reservation_type(vol.access)),
-                    _ => None,
-                },
-                error_kind: r.as_ref().err().map(|e| e.0),
-                op: op.kind(),
-                asked: op.asked(),
-                changed: prev.as_ref() != Some(&st.phase),
-                status: st.clone(),
-            });
-            all.insert(st.volume.clone(), st);
-            self.metrics
-                .set_volumes(all.values().map(VolumeStatus::gauge));
-        }
-        match (&r, &update) {
-            (Err((kind, msg)), _) => {
-                tracing::warn!(volume = op.volume(), operation = op.kind(), kind, "{msg}")
-            }
-            (Ok(_), Some(u)) if u.changed => {
-                let st = &u.status;
-                tracing::info!(volume = op.volume(), operation = op.kind(), phase = ?st.phase, "{}", st.message)
-            }
-            (Ok(_), _) => {
-                tracing::debug!(volume = op.volume(), operation = op.kind(), "no change")
-            }
-        }
-        if let Some(u) = update {
-            self.measure_notice(&u, started);
-            let _ = self.changes.send(u);
-        }
+        let last_transition = match &prev {
+            Some(p) if p.phase == phase => p.last_transition,
+            _ => now_secs(),
+        };
+        let st = VolumeStatus {
+            on_lun,
+            volume: op.volume().to_string(),
+            wwid: op.wwid().to_string(),
+            last_transition,
+            phase,
+            message,
+            paths_registered: reg,
+            paths_total: total,
+            attachment,
+        };
+        let update = Update {
+            outcome: r.as_ref().ok().map(|o| Arc::new(o.clone())),
+            reservation_type: match op {
+                Op::Acquire { vol, .. } => Some(vol.policy.reservation_type(vol.access)),
+                _ => None,
+            },
+            error_kind: r.as_ref().err().map(|e| e.0),
+            op: op.kind(),
+            asked: op.asked(),
+            changed: prev.map(|p| p.phase) != Some(st.phase.clone()),
+            status: st.clone(),
+        };
+        all.insert(st.volume.clone(), st);
+        self.metrics
+            .set_volumes(all.values().map(VolumeStatus::gauge));
+        Some(update)
     }
 
     /// The time from the kernel's first conflict to this fence.
     fn measure_notice(&self, u: &Update, started: Instant) {
-        let Some(now) = super::notice::monotonic() else {
+        let Some(now) = crate::daemon::notice::monotonic() else {
             return;
         };
         let lun = &u.status.wwid;
@@ -825,6 +572,29 @@ impl<F: Fencer> Reconciler<F> {
         } else if u.status.phase != Phase::Fenced && u.error_kind.is_none() {
             self.notices
                 .not_fenced(lun, now.saturating_sub(started.elapsed()));
+        }
+    }
+}
+
+/// One line per operation: a warning for an error, info for a change of
+/// phase, debug otherwise.
+fn log(op: &Op, r: &Done, update: Option<&Update>) {
+    match (r, update) {
+        (Err((kind, msg)), _) => {
+            tracing::warn!(volume = op.volume(), operation = op.kind(), kind, "{msg}")
+        }
+        (Ok(_), Some(u)) if u.changed => {
+            let st = &u.status;
+            tracing::info!(
+                volume = op.volume(),
+                operation = op.kind(),
+                phase = st.phase.label(),
+                "{}",
+                st.message
+            )
+        }
+        (Ok(_), _) => {
+            tracing::debug!(volume = op.volume(), operation = op.kind(), "no change")
         }
     }
 }
@@ -857,56 +627,13 @@ fn flatten(r: Result<Result<Outcome, FenceError>, tokio::task::JoinError>) -> Do
     }
 }
 
-fn phase_of(op: &Op, o: &Outcome) -> Phase {
-    match (op, o.state) {
-        (_, VolumeState::Held) => Phase::Held,
-        (_, VolumeState::Registered) => Phase::Registered,
-        (_, VolumeState::Fenced) => Phase::Fenced,
-        (Op::Release { .. }, VolumeState::NotRegistered) => Phase::Released,
-        (_, VolumeState::NotRegistered) => Phase::Error,
-        // Not on the LUN any more: the next plan acquires again, under the
-        // same attachment and with fresh authority.
-        (_, VolumeState::Lost) => Phase::Error,
-        (_, VolumeState::Refused) => Phase::Error,
-    }
-}
-
-fn summary(o: &Outcome) -> String {
-    if let Some(r) = &o.refusal {
-        let mut s = r.to_string();
-        for n in &o.notes {
-            s.push_str("; ");
-            s.push_str(n);
-        }
-        return s;
-    }
-    let reg = o.paths.iter().filter(|p| p.registered).count();
-    let state = serde_json::to_value(o.state)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    let mut s = format!("{state}: {reg}/{} paths registered", o.paths.len());
-    if !o.preempted.is_empty() {
-        let who: Vec<String> = o
-            .preempted
-            .iter()
-            .map(|k| k.node.clone().unwrap_or_else(|| k.key.to_string()))
-            .collect();
-        s.push_str(&format!(", preempted {}", who.join(", ")));
-    }
-    for n in &o.notes {
-        s.push_str("; ");
-        s.push_str(n);
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fence::engine::{Outcome, PathReport};
+    use crate::fence::policy::Policy;
     use crate::fence::state::AttachmentId;
-    use crate::source::Attachment;
+    use crate::source::{Attachment, Attachments};
 
     fn att(volume: &str, node: &str, id: &str) -> Attachment {
         Attachment {
@@ -1122,7 +849,7 @@ mod tests {
         }
     }
 
-    impl Fencer for Fake {
+    impl VolumeOps for Fake {
         fn acquire(
             &self,
             vol: &Volume,
