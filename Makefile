@@ -1,7 +1,7 @@
 # csi-fencer: the two commands of the README, and their parts.
 #   make demo    the failover demo against a real SCSI target in a VM
-#   make test    every test: fmt, clippy, unit + property + mock-API tests, the chart, then the VM rig
-.PHONY: test test-host test-vm demo bench-vm bench-kube bench-acquire fuzz lint help sim
+#   make test    every test: fmt, clippy, unit + property + mock-API tests, the chart, the image, then the VM rig
+.PHONY: test test-host test-vm test-image image demo bench-vm bench-kube bench-acquire fuzz lint help sim
 
 CARGO ?= cargo
 
@@ -15,6 +15,14 @@ test:
 ## test-host: formatting, lints, unit, property, CLI, real-API-server and mock-API tests, and the Helm chart tests (no VM).
 test-host:
 	tests/all.sh --host-only
+
+## image: the container image, offline: a fully static (musl) release binary in an empty image, tagged localhost/csi-fencer:<version>; prints the digest (tests/image/build.sh; IMAGE=repo to name it).
+image:
+	tests/image/build.sh
+
+## test-image: builds the image, then runs it: --version and crd, a privileged run over the host's /dev and /sys, the daemon against a real kube-apiserver.
+test-image: image
+	CSI_FENCER_IMAGE=$${IMAGE:-localhost/csi-fencer}:$$(sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -1) $(CARGO) test --test image -- --ignored
 
 ## test-vm: the in-guest tests on LIO over iSCSI; TEST=name runs the matching ones.
 test-vm:

@@ -7,7 +7,10 @@
 #     ../shared/kube beside the repository);
 #  3. the Helm chart (tests/chart/run.sh): rendered by a real Helm engine, linted strict,
 #     every object validated against Kubernetes 1.30 and the newest schemas (PyPI, in a venv);
-#  4. the VM rig (tests/vm/run.sh test): the vm_* tests on a real LIO target in QEMU.
+#  4. the container image (make test-image): a static binary in an empty image, built offline
+#     with podman (installed if missing) and run: --version, crd, over the host's /dev and /sys,
+#     and the daemon inside it against a real kube-apiserver;
+#  5. the VM rig (tests/vm/run.sh test): the vm_* tests on a real LIO target in QEMU.
 # The last line sums every run as "total: N passed, M failed"; any failure exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +80,22 @@ fi
 if $host_only; then
     echo "total: $host_passed passed, $host_failed failed"
     exit 0
+fi
+
+step "container image: built offline and run with podman (make test-image)"
+set +e
+make --no-print-directory test-image 2>&1 | tee "$log"
+image_rc=${PIPESTATUS[0]}
+set -e
+image_passed=$(awk '/^test result:/{for(i=1;i<=NF;i++) if($i ~ /^passed;?$/) s+=$(i-1)} END{print s+0}' "$log")
+image_failed=$(awk '/^test result:/{for(i=1;i<=NF;i++) if($i ~ /^failed;?$/) s+=$(i-1)} END{print s+0}' "$log")
+if [ "$image_rc" -ne 0 ] && [ "$image_failed" -eq 0 ]; then image_failed=1; fi   # the image was not built
+echo "image: $image_passed passed, $image_failed failed"
+host_passed=$((host_passed + image_passed))
+host_failed=$((host_failed + image_failed))
+if [ "$image_rc" -ne 0 ]; then
+    echo "total: $host_passed passed, $host_failed failed"
+    exit 1
 fi
 
 step "VM rig: real LIO target over iSCSI (tests/vm/run.sh test)"

@@ -32,7 +32,7 @@ CASES = {
         "podAnnotations": {"a": "b"}, "podLabels": {"c": "d"},
         "imagePullSecrets": [{"name": "regcred"}],
         "updateStrategy": {"maxUnavailable": "10%"},
-        "image": {"tag": "0.1.0-rc1"},
+        "image": {"tag": "0.1.0-rc1", "digest": "sha256:" + "ab" * 32},
         "serviceAccount": {"annotations": {"e": "f"}},
     },
 }

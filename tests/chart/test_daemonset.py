@@ -50,7 +50,8 @@ def test_optional_args():
 
 def test_image():
     assert container()["image"] == "ghcr.io/csi-fencer/csi-fencer:0.1.0"
-    assert container("everything")["image"] == "ghcr.io/csi-fencer/csi-fencer:0.1.0-rc1"
+    assert container("everything")["image"] == (
+        "ghcr.io/csi-fencer/csi-fencer:0.1.0-rc1@sha256:" + "ab" * 32)
 
 
 def test_privileged_root_readonly():

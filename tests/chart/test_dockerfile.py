@@ -3,7 +3,7 @@ import re
 
 import chartlib as cl
 
-BUILD = "cargo build --release --locked --bin csi-fencer"
+BUILD = "cargo build --release --locked --target x86_64-unknown-linux-musl --bin csi-fencer"
 
 
 def instructions():
@@ -18,28 +18,47 @@ def instructions():
     return out
 
 
-def test_every_from_is_pinned():
-    froms = [rest for w, rest in instructions() if w == "FROM"]
-    assert len(froms) >= 2, froms
-    for f in froms:
-        image = [t for t in f.split() if not t.startswith("--")][0]
+def stages():
+    """(image, name) of every FROM."""
+    out = []
+    for w, rest in instructions():
+        if w == "FROM":
+            t = [x for x in rest.split() if not x.startswith("--")]
+            out.append((t[0], t[2] if len(t) > 2 and t[1].upper() == "AS" else None))
+    return out
+
+
+def test_every_pulled_base_is_pinned_and_the_image_is_empty():
+    names = [n for _, n in stages() if n]
+    pulled = [i for i, _ in stages() if i != "scratch" and not i.startswith("${")]
+    assert pulled, stages()
+    for image in pulled:
         name = image.split("@")[0]
         assert ":" in name.rsplit("/", 1)[-1], f"{image}: no tag"
         tag = name.rsplit(":", 1)[1]
         assert tag and tag != "latest", image
         assert "$" not in image, image
-    assert froms[0].startswith("rust:1.95-bookworm")
-    assert "bookworm" in froms[-1] or froms[-1].startswith("debian:12")
+    assert pulled == ["docker.io/library/rust:1.95-bookworm"], pulled
+    # The binary stage is one of the two that make a binary.
+    assert ("${BINARY}", "binary") in stages()
+    assert {"builder", "prebuilt"} <= set(names)
+    # The last stage, the one users get and the one `make image` builds: empty
+    # but for the binary.
+    assert stages()[-1] == ("scratch", "image"), stages()
+    build = (cl.ROOT / "tests/image/build.sh").read_text()
+    assert "--target image" in build and "BINARY=prebuilt" in build
 
 
 def test_digest_pinning_comment():
     text = (cl.ROOT / "Dockerfile").read_text()
-    assert "# pin by digest in CI: docker buildx imagetools inspect" in text
+    assert "Pin the builder's base by digest in CI" in text
 
 
-def test_build_command_is_the_readme_one():
+def test_build_command_is_the_make_image_one():
     runs = [rest for w, rest in instructions() if w == "RUN" and "cargo" in rest]
-    assert runs == [BUILD], runs
+    assert len(runs) == 1 and runs[0].startswith(BUILD), runs
+    build = (cl.ROOT / "tests/image/build.sh").read_text()
+    assert 'cargo build --release --locked --target "$TARGET" --bin csi-fencer' in build
 
 
 def test_user_entrypoint_and_labels():
@@ -49,7 +68,7 @@ def test_user_entrypoint_and_labels():
     assert [rest for w, rest in ins if w == "ENTRYPOINT"] == ['["/usr/local/bin/csi-fencer"]']
     labels = " ".join(rest for w, rest in ins if w == "LABEL")
     keys = dict(re.findall(r'([\w.]+)="([^"]*)"', labels))
-    for k in ("title", "description", "source", "licenses", "version"):
+    for k in ("title", "description", "source", "licenses", "version", "revision"):
         assert "org.opencontainers.image." + k in keys, k
     assert keys["org.opencontainers.image.licenses"] == "Apache-2.0"
     assert keys["org.opencontainers.image.version"] == "${VERSION}"
@@ -60,3 +79,5 @@ def test_dockerignore():
     lines = {l.strip() for l in (cl.ROOT / ".dockerignore").read_text().splitlines()
              if l.strip() and not l.startswith("#")}
     assert "target/" in lines and ("fuzz/" in lines or "fuzz/target" in lines) and ".git" in lines
+    # The one file of target/ the prebuilt stage copies.
+    assert "!target/image/out/csi-fencer" in lines

@@ -32,6 +32,9 @@ BAD = [
     ({"logFormat": "xml"}, "/logFormat"),
     ({"verbosity": 3}, "/verbosity"),
     ({"kubeApi": {"qps": "fast"}}, "/kubeApi/qps"),
+    # A digest without its algorithm, or a tag in its place, would pull nothing.
+    ({"image": {"digest": "0123abcd"}}, "/image/digest"),
+    ({"image": {"digest": "sha256:latest"}}, "/image/digest"),
 ]
 
 
@@ -178,3 +181,10 @@ def test_readme_defaults_match_values_yaml():
             v = v[part]
         shown = default.strip("`")
         assert yaml.safe_load(shown) == v or (shown == '""' and v == ""), (k, shown, v)
+
+
+def test_the_image_defaults_to_the_version_in_cargo_toml():
+    cargo = (cl.ROOT / "Cargo.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"$', cargo, re.M).group(1)
+    chart = (cl.CHART / "Chart.yaml").read_text()
+    assert f'appVersion: "{version}"' in chart, "Chart.yaml appVersion != Cargo.toml version"

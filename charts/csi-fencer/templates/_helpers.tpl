@@ -48,7 +48,9 @@ app.kubernetes.io/component: fencer
 {{- end }}
 
 {{- define "csi-fencer.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- $ref := printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- if .Values.image.digest }}{{ $ref = printf "%s@%s" $ref .Values.image.digest }}{{ end }}
+{{- $ref }}
 {{- end }}
 
 {{/*
