@@ -33,23 +33,21 @@ fn image() -> String {
     })
 }
 
+/// `podman run` as this machine runs it: the runc runtime (crun refuses
+/// hybrid cgroups), cgroupfs, ulimits no higher than the shell's.
+fn podman_run_cmd() -> Command {
+    let mut c = Command::new("podman");
+    c.args(["--runtime", "runc", "--cgroup-manager=cgroupfs", "run"])
+        .args(["--ulimit", "nofile=1024:1024"])
+        .args(["--ulimit", "nproc=1024:1024"]);
+    c
+}
+
 /// `podman run --rm` of the image with `args` before the image and `cmd`
 /// after it.
 fn podman_run(args: &[&str], cmd: &[&str]) -> Output {
-    Command::new("podman")
-        .args([
-            "--runtime",
-            "runc",
-            "--cgroup-manager=cgroupfs",
-            "run",
-            "--rm",
-        ])
-        .args([
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ])
+    podman_run_cmd()
+        .arg("--rm")
         .args(args)
         .arg(image())
         .args(cmd)
@@ -164,14 +162,7 @@ async fn the_daemon_in_the_image_publishes_its_entry_on_a_real_api_server() {
     let mount = format!("{}:/cfg", dir.path().display());
     // Not --rm: its log is read below when the test fails.
     let args = ["-d", "--name", &name, "--network", "host", "-v", &mount];
-    let started = Command::new("podman")
-        .args(["--runtime", "runc", "--cgroup-manager=cgroupfs", "run"])
-        .args([
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ])
+    let started = podman_run_cmd()
         .args(args)
         .arg(image())
         .args([
