@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use super::grpc::SourceView;
 use super::metrics::Metrics;
 use super::reconcile::{plan, Reconciler, VolumeOps};
+use super::wake::{Wake, Waker};
 use crate::fence::policy::Policy;
 use crate::source::{file, Attachments, SourceError};
 
@@ -45,13 +46,11 @@ pub async fn follow<F: VolumeOps>(
     let mut watcher = FileWatcher::new(path.clone());
     let mut snapshot = Attachments::default();
     let mut read_at = SystemTime::now();
-    let mut monitor = tokio::time::interval(f.monitor);
-    let mut resync = tokio::time::interval(f.resync);
+    let mut waker = Waker::new(f.monitor, f.resync);
     let mut poll = tokio::time::interval(SOURCE_POLL);
     let mut loaded = false;
     loop {
-        let mut noticed = None;
-        let check = tokio::select! {
+        let wake = tokio::select! {
             _ = poll.tick() => {
                 match watcher.poll() {
                     Poll::Unchanged => {
@@ -76,16 +75,12 @@ pub async fn follow<F: VolumeOps>(
                         continue;
                     }
                 }
-                false
+                None
             }
-            _ = monitor.tick() => true,
-            _ = resync.tick() => false,
-            _ = rec.retry_due() => false,
-            n = rec.notices().next() => {
-                noticed = Some(n);
-                true
-            }
+            w = waker.next(&rec) => Some(w),
         };
+        let check = wake.as_ref().is_some_and(Wake::checks);
+        let noticed = wake.and_then(Wake::noticed);
         // Until the source was read once there is nothing to reconcile; after
         // that the monitor goes on even while the source is broken (I7).
         if !loaded {

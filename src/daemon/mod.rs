@@ -11,3 +11,4 @@ pub mod kernel_log;
 pub mod metrics;
 pub mod notice;
 pub mod reconcile;
+pub mod wake;

@@ -19,6 +19,7 @@ use super::store::{SlimVa, Touched};
 use crate::daemon::grpc::SourceView;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::reconcile::{plan, Reconciler, VolumeOps};
+use crate::daemon::wake::{Wake, Waker};
 use crate::fence::policy::Policy;
 use crate::fence::state::AttachmentId;
 use crate::source::{Attachment, Attachments};
@@ -44,13 +45,11 @@ pub async fn drive<F: VolumeOps>(
     tick: Tick,
 ) {
     let mut stream = Watch::new(Api::all(cluster.client.clone()), &cluster.node);
-    let mut monitor = tokio::time::interval(tick.monitor);
-    let mut resync = tokio::time::interval(tick.resync);
+    let mut waker = Waker::new(tick.monitor, tick.resync);
     let mut loaded = false;
     let mut mine: BTreeSet<String> = BTreeSet::new();
     loop {
-        let mut noticed = None;
-        let check = tokio::select! {
+        let wake = tokio::select! {
             ev = stream.next() => {
                 let Some(ev) = ev else { return };
                 let change = match ev {
@@ -71,16 +70,12 @@ pub async fn drive<F: VolumeOps>(
                     publish_health(&cluster, &metrics, &ready, loaded && stream.live);
                     continue;
                 }
-                false
+                None
             }
-            _ = monitor.tick() => true,
-            _ = resync.tick() => false,
-            _ = rec.retry_due() => false,
-            n = rec.notices().next() => {
-                noticed = Some(n);
-                true
-            }
+            w = waker.next(&rec) => Some(w),
         };
+        let check = wake.as_ref().is_some_and(Wake::checks);
+        let noticed = wake.and_then(Wake::noticed);
         publish_health(&cluster, &metrics, &ready, loaded && stream.live);
         if !loaded {
             continue;
