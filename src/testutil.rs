@@ -1,7 +1,9 @@
 //! Test support shared by the unit tests and the examples that run the
 //! tests' control plane or LUN (`examples/kube_relay.rs`,
-//! `examples/acquire_bench.rs`): a temporary directory and a sysfs fixture.
+//! `examples/acquire_bench.rs`) and the integration tests that include it:
+//! a temporary directory, a sysfs fixture, polling, and a metric sample.
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// A self-cleaning temporary directory (no extra dependency).
 pub struct TempDir(PathBuf);
@@ -57,4 +59,48 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Polls `ready` every `every` until it holds or `within` has passed; true
+/// if it held. The caller says what it waited for when it did not.
+#[allow(dead_code)] // used by the integration tests that include this file
+pub fn poll(within: Duration, every: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        if t0.elapsed() >= within {
+            return false;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// [`poll`] for async tests: sleeps on the runtime's timer between polls.
+pub async fn poll_async(
+    within: Duration,
+    every: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if ready() {
+            return true;
+        }
+        if t0.elapsed() >= within {
+            return false;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The value of the first Prometheus sample line that starts with `prefix`
+/// (`name{labels} value`).
+#[allow(dead_code)] // used by the integration tests that include this file
+pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }

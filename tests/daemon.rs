@@ -9,6 +9,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+#[allow(dead_code)]
+#[path = "../src/testutil.rs"]
+mod testutil;
+use testutil::sample;
+
 struct Daemon {
     child: Child,
     port: u16,
@@ -71,23 +76,9 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The value of a sample line `name{labels} value`, if present.
-fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    let held = testutil::poll(Duration::from_secs(20), Duration::from_millis(100), f);
+    assert!(held, "timed out waiting for {what}");
 }
 
 fn assert_prometheus_text(text: &str) {

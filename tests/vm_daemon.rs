@@ -146,12 +146,9 @@ impl Drop for Daemon {
     }
 }
 
+/// A sample's value, 0 while the daemon has not exported it yet.
 fn sample(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+    common::testutil::sample(metrics, prefix).unwrap_or(0.0)
 }
 
 fn generation() -> u32 {

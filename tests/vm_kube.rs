@@ -175,13 +175,9 @@ fn phase(rec: &Rec) -> Option<Phase> {
 }
 
 async fn until(what: &str, f: impl Fn() -> bool) {
-    for _ in 0..600 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after 30 s waiting for: {what}");
+    let held =
+        common::testutil::poll_async(Duration::from_secs(30), Duration::from_millis(50), f).await;
+    assert!(held, "timed out after 30 s waiting for: {what}");
 }
 
 fn keys() -> Vec<u64> {

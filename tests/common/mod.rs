@@ -15,6 +15,10 @@ use std::process::{Command, Output};
 use csi_fencer::fence::keys::ClusterTag;
 use csi_fencer::scsi::ReservationKey;
 
+/// The polling and metric helpers the unit tests use too.
+#[path = "../../src/testutil.rs"]
+pub mod testutil;
+
 /// A `RIG_*` variable; panics with its name when the rig did not set it.
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {

@@ -874,14 +874,10 @@ mod tests {
 
     /// Waits (10 ms steps, 10 s at most) until `f` holds.
     async fn until(f: impl Fn() -> bool) {
-        let t0 = std::time::Instant::now();
-        while !f() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "condition never held"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let held =
+            crate::testutil::poll_async(Duration::from_secs(10), Duration::from_millis(10), f)
+                .await;
+        assert!(held, "condition never held");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

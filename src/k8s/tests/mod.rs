@@ -83,11 +83,9 @@ async fn start(api: MockApi, lun: SimLun) -> Rig {
 
 impl Rig {
     async fn until(&self, what: &str, f: impl Fn(&Rig) -> bool) {
-        for _ in 0..400 {
-            if f(self) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let (within, every) = (Duration::from_secs(4), Duration::from_millis(10));
+        if crate::testutil::poll_async(within, every, || f(self)).await {
+            return;
         }
         panic!(
             "timed out waiting for: {what}\nstatuses: {:?}\nrequests: {:?}",

@@ -114,11 +114,9 @@ impl Daemon {
     }
 
     async fn until(&self, what: &str, f: impl Fn(&Daemon) -> bool) {
-        for _ in 0..300 {
-            if f(self) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let (within, every) = (Duration::from_secs(15), Duration::from_millis(50));
+        if crate::testutil::poll_async(within, every, || f(self)).await {
+            return;
         }
         panic!(
             "timed out after 15 s waiting for: {what}\nstatuses: {:?}",
