@@ -20,6 +20,7 @@ extern crate self as csi_fencer;
 
 pub mod daemon;
 pub mod device;
+pub mod failover;
 pub mod fence;
 pub mod k8s;
 pub mod runtime;

@@ -8,6 +8,7 @@ const MODULES: &[&str] = &[
     "cli",
     "daemon",
     "device",
+    "failover",
     "fence",
     "k8s",
     "runtime",
