@@ -28,9 +28,12 @@ use csi_fencer::scsi::Command as ScsiCommand;
 use csi_fencer::transport::sgio::SgIo;
 use csi_fencer::transport::{Completion, ScsiError, Transport};
 
-/// SG_IO with a stopwatch around every command.
+/// Each command's start, end and short name, in the order they ended.
+type CommandLog = Vec<(Instant, Instant, &'static str)>;
+
+/// SG_IO with a stopwatch around every command: when each began and ended.
 struct Timed {
-    log: Mutex<Vec<Duration>>,
+    log: Mutex<CommandLog>,
 }
 
 impl Transport for Timed {
@@ -43,7 +46,7 @@ impl Transport for Timed {
         let t0 = Instant::now();
         let r = SgIo.execute(path, cmd, timeout);
         if let Ok(mut l) = self.log.lock() {
-            l.push(t0.elapsed());
+            l.push((t0, Instant::now(), short(cmd.name)));
         }
         r
     }
@@ -221,6 +224,12 @@ struct Op {
     wall: Vec<Duration>,
     raw: Vec<Duration>,
     commands: Vec<usize>,
+    /// Time outside SCSI: before the first command, between commands (no
+    /// command in flight), after the last.
+    outside: Vec<[Duration; 3]>,
+    /// Every gap with no command in flight, named by the commands around it,
+    /// in the order of the last run.
+    gaps: Vec<(String, Vec<Duration>)>,
 }
 
 impl Op {
@@ -231,10 +240,19 @@ impl Op {
         }
         let t0 = Instant::now();
         let r = f();
-        self.wall.push(t0.elapsed());
+        let t1 = Instant::now();
+        self.wall.push(t1 - t0);
         let log = e.transport_log().map(|l| l.clone()).unwrap_or_default();
         self.commands.push(log.len());
-        self.raw.push(log.iter().sum());
+        self.raw.push(log.iter().map(|(b, e, _)| *e - *b).sum());
+        for (i, (name, d)) in gaps(t0, t1, &log).into_iter().enumerate() {
+            if self.gaps.get(i).is_none_or(|g| g.0 != name) {
+                self.gaps.truncate(i);
+                self.gaps.push((name, Vec::new()));
+            }
+            self.gaps[i].1.push(d);
+        }
+        self.outside.push(outside(t0, t1, log));
         r
     }
 
@@ -251,8 +269,75 @@ impl Op {
             c[0],
             c[c.len() - 1],
         );
+        let part = |i: usize| {
+            ms(median(
+                &self.outside.iter().map(|o| o[i]).collect::<Vec<_>>(),
+            ))
+        };
+        println!(
+            "{:<26} outside SCSI: before the first {:.2} ms, between {:.2} ms, after the last {:.2} ms",
+            "",
+            part(0),
+            part(1),
+            part(2)
+        );
+        if std::env::var_os("BENCH_GAPS").is_some() {
+            for (name, v) in &self.gaps {
+                println!(
+                    "{:<26}   {:>6.2} ms  {name}  (n={})",
+                    "",
+                    ms(median(v)),
+                    v.len()
+                );
+            }
+        }
         (w, r)
     }
+}
+
+/// The gaps with no command in flight, each named by the commands around it.
+fn gaps(t0: Instant, t1: Instant, log: &[(Instant, Instant, &str)]) -> Vec<(String, Duration)> {
+    let mut log = log.to_vec();
+    log.sort();
+    let mut out = Vec::new();
+    let (mut reach, mut prev) = (t0, "start");
+    for (b, e, name) in log {
+        out.push((
+            format!("{prev} -> {name}"),
+            b.saturating_duration_since(reach),
+        ));
+        if e > reach {
+            (reach, prev) = (e, name);
+        }
+    }
+    out.push((
+        format!("{prev} -> return"),
+        t1.saturating_duration_since(reach),
+    ));
+    out
+}
+
+/// The command's name without the group: "REGISTER", "READ FULL STATUS".
+fn short(name: &'static str) -> &'static str {
+    name.rsplit(" / ").next().unwrap_or(name)
+}
+
+/// Splits the time with no command in flight into before the first, between
+/// commands, and after the last.
+fn outside(t0: Instant, t1: Instant, mut log: Vec<(Instant, Instant, &str)>) -> [Duration; 3] {
+    log.sort();
+    let (Some(first), Some(last_end)) = (log.first(), log.iter().map(|(_, e, _)| *e).max()) else {
+        return [t1 - t0, Duration::ZERO, Duration::ZERO];
+    };
+    let mut between = Duration::ZERO;
+    let mut reach = first.1;
+    for (b, e, _) in &log[1..] {
+        if *b > reach {
+            between += *b - reach;
+        }
+        reach = reach.max(*e);
+    }
+    [first.0 - t0, between, t1 - last_end]
 }
 
 fn ms(d: Duration) -> f64 {
@@ -460,11 +545,11 @@ fn overheads(wwid: &csi_fencer::scsi::Wwid) {
 }
 
 trait Log {
-    fn transport_log(&self) -> Result<std::sync::MutexGuard<'_, Vec<Duration>>, ()>;
+    fn transport_log(&self) -> Result<std::sync::MutexGuard<'_, CommandLog>, ()>;
 }
 
 impl Log for Engine<Timed> {
-    fn transport_log(&self) -> Result<std::sync::MutexGuard<'_, Vec<Duration>>, ()> {
+    fn transport_log(&self) -> Result<std::sync::MutexGuard<'_, CommandLog>, ()> {
         self.transport().log.lock().map_err(|_| ())
     }
 }

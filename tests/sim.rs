@@ -580,6 +580,33 @@ mod cases {
         clean(&sim);
     }
 
+    /// Why 5: a RELEASE, too, goes only to the device whose identity was
+    /// proven: our key is the same on every LUN, and a RELEASE on a name
+    /// given to another LUN would end our reservation there (I3).
+    #[test]
+    fn a_release_sends_nothing_to_a_renumbered_device() {
+        let mut sim = holding(Profile::FULL, AccessMode::SingleNode, 2);
+        sim.detach(A);
+        let mut renamed = false;
+        let done = sim.run_with(
+            &[(A, OpKind::Release)],
+            &mut |sim: &mut Sim, pending: &[Pending]| {
+                if !renamed && pending[0].cmd.name.contains("READ FULL STATUS") {
+                    renamed = true;
+                    for dev in ["/dev/sdc", "/dev/sdd"] {
+                        sim.san
+                            .renumber("node-a", std::path::Path::new(dev), 0xdead);
+                    }
+                }
+                (0, Fate::Deliver)
+            },
+        );
+        assert!(renamed, "{}", sim.trace());
+        assert!(!ran(&sim, "RELEASE"), "{}", sim.trace());
+        assert_eq!(sim.registrations_of(A), 2, "{}", sim.trace());
+        assert!(state(&done, A).is_ok(), "{:?}", state(&done, A));
+    }
+
     /// Why 5: a power loss without APTPL is "registrations lost", reported,
     /// and acquired again under the same attachment; never a fence.
     #[test]

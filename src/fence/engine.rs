@@ -636,12 +636,22 @@ impl<T: Transport> Engine<T> {
         let r = self.acquire_rounds(&mut run, auth, &lives, &known);
         // (Not after the test hook, which stands for a crash: nothing runs.)
         let crashed = matches!(r, Err(FenceError::Interrupted));
-        if r.is_err() && !crashed && !run.touched.is_empty() && !run.held_before {
+        let wwid = vol.wwid.to_string();
+        if crashed {
+            self.state.discard(&wwid);
+            return r;
+        }
+        if r.is_err() && !run.touched.is_empty() && !run.held_before {
             // Whatever failed (a read, a path, the state store), this node
             // must not stay registered beside another node's reservation.
             self.abandon(&mut run);
         }
-        r
+        // What the REGISTERs' answers told, if nothing wrote since.
+        let flushed = self.state.flush(&wwid);
+        match (r, flushed) {
+            (Ok(_), Err(e)) => Err(e.into()),
+            (r, _) => r,
+        }
     }
 
     fn acquire_rounds(
@@ -991,6 +1001,7 @@ impl<T: Transport> Engine<T> {
     /// the key, so a target without READ FULL STATUS does not see them
     /// registered again, and counts the registrations known to have landed
     /// (REGISTERs to paths known unregistered), so a later preemption shows.
+    /// Kept in memory until the acquire ends (one durable write fewer).
     fn note_registered(
         &self,
         run: &Run<'_>,
@@ -1047,7 +1058,13 @@ impl<T: Transport> Engine<T> {
         paths.sort();
         paths.dedup();
         rec.paths = paths;
-        self.write(run.vol, rec)
+        // Not written yet: the intent on disk names every one of these paths
+        // (unsure), which is all a restart needs; the record that ends the
+        // acquire replaces this one, and `acquire` writes it if none does.
+        if !self.cfg.dry_run {
+            self.state.defer(&run.vol.wwid.to_string(), rec);
+        }
+        Ok(())
     }
 
     /// A power-on or reset unit attention was just consumed: the

@@ -6,10 +6,11 @@
 //! (first start); an unreadable or corrupt one is an error, never an empty
 //! state: forgetting a fence would let the fenced node register again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -158,14 +159,17 @@ pub enum StateError {
 }
 
 /// The records under a directory, one file per LUN (`luns/<wwid>.json`).
-/// Every read goes to the file, so a daemon and an operator's CLI sharing
-/// the directory see each other's records; every change is an atomic
+/// Every read goes to the file (but for a record this process deferred,
+/// which lives only for the rest of one acquire), so a daemon and an
+/// operator's CLI sharing the directory see each other's records; every change is an atomic
 /// rename of that LUN's file alone, so writers of different LUNs never
 /// touch each other's records, and an acquire reads and writes one small
 /// file however many LUNs the node holds.
 #[derive(Debug)]
 pub struct StateStore {
     luns: PathBuf,
+    /// Records kept in memory ahead of their file (see [`StateStore::defer`]).
+    deferred: Mutex<HashMap<String, Record>>,
 }
 
 const LUNS: &str = "luns";
@@ -194,7 +198,10 @@ impl StateStore {
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
         let luns = dir.join(LUNS);
         fs::create_dir_all(&luns).map_err(|e| io(&luns, "create directory", e))?;
-        let s = StateStore { luns };
+        let s = StateStore {
+            luns,
+            deferred: Mutex::new(HashMap::new()),
+        };
         s.migrate(dir)?;
         s.all()?;
         Ok(s)
@@ -218,7 +225,8 @@ impl StateStore {
         Ok(Some(f))
     }
 
-    /// Every LUN's record, by WWID, read from the files now.
+    /// Every LUN's record, by WWID, read from the files now (deferred ones
+    /// as this process has them).
     pub fn all(&self) -> Result<BTreeMap<String, Record>, StateError> {
         let mut out = BTreeMap::new();
         let dir = fs::read_dir(&self.luns).map_err(|e| io(&self.luns, "list", e))?;
@@ -230,11 +238,22 @@ impl StateStore {
                 }
             }
         }
+        for (w, r) in self.deferred().iter() {
+            out.insert(w.clone(), r.clone());
+        }
         Ok(out)
     }
 
-    /// The record of a LUN, read from its file now.
+    /// The record of a LUN: the one deferred by this process if any, else
+    /// read from its file now.
     pub fn get(&self, wwid: &str) -> Result<Option<Record>, StateError> {
+        if let Some(r) = self.deferred().get(wwid) {
+            return Ok(Some(r.clone()));
+        }
+        self.on_disk(wwid)
+    }
+
+    fn on_disk(&self, wwid: &str) -> Result<Option<Record>, StateError> {
         let path = self.file_of(wwid);
         match self.read(&path)? {
             Some(f) if f.wwid != wwid => {
@@ -246,8 +265,10 @@ impl StateStore {
 
     /// Sets (or with `None` removes) a LUN's record, durably: written to a
     /// temporary file, synced, renamed over the old one, directory synced.
+    /// A record deferred for the LUN is replaced.
     pub fn set(&self, wwid: &str, rec: Option<Record>) -> Result<(), StateError> {
-        let now = self.get(wwid)?;
+        self.deferred().remove(wwid);
+        let now = self.on_disk(wwid)?;
         let path = self.file_of(wwid);
         match rec {
             Some(r) if now.as_ref() != Some(&r) => self.write(
@@ -264,6 +285,34 @@ impl StateStore {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Makes `rec` the LUN's record for this process without writing it
+    /// yet: only for a record that sharpens what the file already says, so
+    /// that losing it in a crash leaves a file the restart recovers from
+    /// (an intent naming the same paths, say). [`StateStore::flush`] writes
+    /// it; [`StateStore::set`] replaces it.
+    pub fn defer(&self, wwid: &str, rec: Record) {
+        self.deferred().insert(wwid.to_string(), rec);
+    }
+
+    /// Writes the LUN's deferred record, if any, durably.
+    pub fn flush(&self, wwid: &str) -> Result<(), StateError> {
+        let pending = self.deferred().remove(wwid);
+        match pending {
+            Some(r) => self.set(wwid, Some(r)),
+            None => Ok(()),
+        }
+    }
+
+    /// Forgets the LUN's deferred record unwritten, as a crash would.
+    pub fn discard(&self, wwid: &str) {
+        self.deferred().remove(wwid);
+    }
+
+    fn deferred(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
+        // A panic while holding it cannot leave a half-made map entry.
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn write(&self, path: &Path, f: &LunFile) -> Result<(), StateError> {

@@ -312,6 +312,12 @@ impl<T: Transport> Engine<T> {
                     _ => run.release_via.clone(),
                 };
                 let Some(via) = via else { return Ok(()) };
+                // Our key is the same on every LUN: a RELEASE on a name that
+                // now stands for another LUN would end our reservation there.
+                if let Err(e) = self.same_device(run, &via) {
+                    set_problem(&mut run.out, &via, e);
+                    return Ok(());
+                }
                 match self.send(run, &via, step) {
                     Ok(()) => run.out.steps.push(step.clone()),
                     // Not fatal: the unregisters that follow end the
