@@ -30,6 +30,7 @@ fn main() {
         Command::Release(a) => cli::fence::run(cli::fence::Op::Release, a, &cli.global),
         Command::Check(a) => cli::fence::run(cli::fence::Op::Check, a, &cli.global),
         Command::Run(a) => cli::run::run(a, &cli.global),
+        Command::Controller(a) => cli::controller::run(a, &cli.global),
         Command::Crd => cli::crd::run(),
         Command::Ctl(a) => cli::ctl::run(a, cli.global.json),
     };

@@ -278,8 +278,37 @@ fn unknown_config_keys_are_rejected_at_every_level() {
 
 #[test]
 fn every_metric_is_documented_with_its_type_and_every_documented_metric_exists() {
+    let problems = metrics_table(
+        "Every metric",
+        "Example queries",
+        "src/daemon/metrics.rs",
+        &Metrics::new().render(),
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn every_metric_of_the_failover_controller_is_documented_too() {
+    let m = csi_fencer::k8s::failover::metrics::Metrics::new();
+    // Vec metrics render only once they have a sample.
+    m.taints.with_label_values(&["applied"]).inc();
+    m.refusals.with_label_values(&["cordoned"]).inc();
+    m.errors.with_label_values(&["taint", "api_error"]).inc();
+    let problems = metrics_table(
+        "The failover controller's metrics",
+        "The failover controller's example queries",
+        "src/k8s/failover/metrics.rs",
+        &m.render(),
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// What differs between the table under `section` of docs/metrics.md, the
+/// metric names in `source` and the registry's `rendered` text; and which
+/// documented metric has no query under `examples`.
+fn metrics_table(section: &str, examples: &str, source: &str, rendered: &str) -> Vec<String> {
     let doc = read("docs/metrics.md");
-    let rows = table(&doc, "docs/metrics.md", "Every metric");
+    let rows = table(&doc, "docs/metrics.md", section);
     let mut documented = BTreeMap::new();
     for r in &rows {
         let name = spans(&r[0]);
@@ -288,17 +317,16 @@ fn every_metric_is_documented_with_its_type_and_every_documented_metric_exists()
     }
     // Every metric name the code defines (vec metrics without samples are
     // not rendered, so the source is the complete list) ...
-    let src = read("src/daemon/metrics.rs");
+    let src = read(source);
     let lit = regex::Regex::new(r#""(csi_fencer_[a-z_]+)""#).unwrap();
     let code: BTreeSet<String> = lit.captures_iter(&src).map(|c| c[1].to_string()).collect();
     let doc_names: BTreeSet<String> = documented.keys().cloned().collect();
     let mut problems = diff("metrics", &doc_names, &code);
     // ... and every metric the registry exports, with its type.
-    let text = Metrics::new().render();
     let type_line = regex::Regex::new(r"(?m)^# TYPE (\S+) (\S+)$").unwrap();
-    let mut rendered = 0;
-    for c in type_line.captures_iter(&text) {
-        rendered += 1;
+    let mut count = 0;
+    for c in type_line.captures_iter(rendered) {
+        count += 1;
         match documented.get(&c[1]) {
             Some(t) if t == &c[2] => {}
             Some(t) => problems.push(format!(
@@ -308,16 +336,17 @@ fn every_metric_is_documented_with_its_type_and_every_documented_metric_exists()
             None => problems.push(format!("{}: exported but not in docs/metrics.md", &c[1])),
         }
     }
-    assert!(rendered > 0, "no # TYPE lines in:\n{text}");
+    assert!(count > 0, "no # TYPE lines in:\n{rendered}");
     // Each has an example query.
-    let examples = doc
-        .split("## Example queries")
+    let queries = doc
+        .split(&format!("## {examples}"))
         .nth(1)
-        .expect("docs/metrics.md: no \"## Example queries\"");
+        .unwrap_or_else(|| panic!("docs/metrics.md: no \"## {examples}\""));
+    let queries = queries.split("\n## ").next().unwrap_or_default();
     for name in &doc_names {
-        if !examples.contains(name.as_str()) {
+        if !queries.contains(name.as_str()) {
             problems.push(format!("{name}: no example query in docs/metrics.md"));
         }
     }
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    problems
 }

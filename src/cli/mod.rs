@@ -1,5 +1,6 @@
 //! The `csi-fencer` command line: one clap struct, one module per subcommand.
 
+pub mod controller;
 pub mod crd;
 pub mod ctl;
 pub mod exit;
@@ -73,6 +74,8 @@ pub enum Command {
     Check(fence::FenceArgs),
     /// Run the node daemon: follow attachments, keep reservations in step, serve metrics.
     Run(run::RunArgs),
+    /// Run the failover controller: taint dead nodes out-of-service once every volume on them is fenced.
+    Controller(controller::ControllerArgs),
     /// Ask a running daemon over its gRPC socket (get, list, watch, acquire, release).
     Ctl(ctl::CtlArgs),
     /// Print the VolumeReservation CustomResourceDefinition (YAML) the chart installs.

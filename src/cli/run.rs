@@ -115,7 +115,8 @@ fn source(a: &RunArgs, g: &GlobalArgs) -> Result<SourceSpec, Failure> {
     }))
 }
 
-fn endpoint(s: &str) -> Result<SocketAddr, Failure> {
+/// `HOST:PORT`, or `:PORT` for every interface.
+pub fn endpoint(s: &str) -> Result<SocketAddr, Failure> {
     let full = if s.starts_with(':') {
         format!("0.0.0.0{s}")
     } else {
@@ -136,15 +137,16 @@ fn log_filter(verbose: u8) -> &'static str {
     }
 }
 
-fn init_logging(a: &RunArgs) {
+/// Logs to stderr in `format`, more of csi-fencer's own with `verbose`.
+pub fn init_logging(format: LogFormat, verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(a.verbose)));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(verbose)));
     use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match a.log_format {
+    match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
     }
@@ -171,7 +173,7 @@ pub fn run(a: &RunArgs, g: &GlobalArgs) -> Result<i32, Failure> {
         grpc_socket: a.grpc_socket.clone(),
         hang_devices: a.test_hang_device.clone(),
     };
-    init_logging(a);
+    init_logging(a.log_format, a.verbose);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

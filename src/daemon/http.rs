@@ -7,17 +7,19 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 
-use super::metrics::Metrics;
+/// What /metrics answers: the Prometheus text exposition of a registry.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Serves the endpoints on `listener` until the task is dropped; /readyz
-/// answers 200 while `ready` is set.
+/// answers 200 while `ready` is set, else 503 with `not_ready`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
+    metrics: Render,
     ready: Arc<AtomicBool>,
+    not_ready: &'static str,
 ) {
     let app = Router::new()
-        .route("/metrics", get(move || async move { metrics.render() }))
+        .route("/metrics", get(move || async move { metrics() }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
@@ -25,10 +27,7 @@ pub async fn serve(
                 if ready.load(Ordering::Relaxed) {
                     (StatusCode::OK, "ready\n")
                 } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "attachment source not loaded yet, or the API server is unreachable\n",
-                    )
+                    (StatusCode::SERVICE_UNAVAILABLE, not_ready)
                 }
             }),
         );

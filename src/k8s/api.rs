@@ -1,6 +1,7 @@
-//! Every Kubernetes API call the daemon makes, named. The ClusterRole grants
-//! exactly [`Call::ALL`] (a test compares them), and every error names the
-//! call so a missing RBAC rule reads as what to grant.
+//! Every Kubernetes API call csi-fencer makes, named. The node daemon's
+//! ClusterRole grants exactly [`Call::DAEMON`], the failover controller's
+//! roles exactly [`Call::CONTROLLER`] (tests compare them), and every error
+//! names the call so a missing RBAC rule reads as what to grant.
 
 use std::fmt;
 use std::future::Future;
@@ -19,7 +20,8 @@ pub enum Call {
     WatchVolumeAttachments,
     /// A volume's WWID, access modes and annotations.
     GetPersistentVolume,
-    /// Key collisions between node names, at start.
+    /// Key collisions between node names, at start; the failover
+    /// controller's cache of Nodes.
     ListNodes,
     /// StorageClass parameters that override the policy.
     GetStorageClass,
@@ -34,6 +36,26 @@ pub enum Call {
     CreateEvent,
     /// The next occurrence of a repeated Event.
     PatchEvent,
+    /// The failover controller's cache of Nodes: its watch.
+    WatchNodes,
+    /// The out-of-service taint and its annotations, put on or taken off.
+    PatchNode,
+    /// The kubelets' Leases (`kube-node-lease`): the cache's list.
+    ListNodeLeases,
+    /// The kubelets' Leases: the cache's watch.
+    WatchNodeLeases,
+    /// A fresh read of one kubelet's Lease before its node is tainted.
+    GetNodeLease,
+    /// The nodes' reservation reports: the cache's list.
+    ListVolumeReservations,
+    /// The nodes' reservation reports: the cache's watch.
+    WatchVolumeReservations,
+    /// The failover controller's leader Lease: read.
+    GetLeaderLease,
+    /// The failover controller's leader Lease: made the first time.
+    CreateLeaderLease,
+    /// The failover controller's leader Lease: acquired, renewed or given up.
+    UpdateLeaderLease,
 }
 
 /// One RBAC permission: API group, resource (with subresource), verb.
@@ -48,8 +70,8 @@ pub struct Rule {
 }
 
 impl Call {
-    /// Every call the daemon makes.
-    pub const ALL: [Call; 11] = [
+    /// Every call the node daemon makes.
+    pub const DAEMON: [Call; 11] = [
         Call::GetVolumeAttachment,
         Call::ListVolumeAttachments,
         Call::WatchVolumeAttachments,
@@ -59,6 +81,25 @@ impl Call {
         Call::ApplyVolumeReservation,
         Call::GetVolumeReservation,
         Call::ApplyVolumeReservationStatus,
+        Call::CreateEvent,
+        Call::PatchEvent,
+    ];
+
+    /// Every call the failover controller makes.
+    pub const CONTROLLER: [Call; 15] = [
+        Call::ListNodes,
+        Call::WatchNodes,
+        Call::PatchNode,
+        Call::ListNodeLeases,
+        Call::WatchNodeLeases,
+        Call::GetNodeLease,
+        Call::ListVolumeAttachments,
+        Call::WatchVolumeAttachments,
+        Call::ListVolumeReservations,
+        Call::WatchVolumeReservations,
+        Call::GetLeaderLease,
+        Call::CreateLeaderLease,
+        Call::UpdateLeaderLease,
         Call::CreateEvent,
         Call::PatchEvent,
     ];
@@ -79,6 +120,15 @@ impl Call {
             }
             Call::CreateEvent => ("events.k8s.io", "events", "create"),
             Call::PatchEvent => ("events.k8s.io", "events", "patch"),
+            Call::WatchNodes => ("", "nodes", "watch"),
+            Call::PatchNode => ("", "nodes", "patch"),
+            Call::ListNodeLeases => ("coordination.k8s.io", "leases", "list"),
+            Call::WatchNodeLeases => ("coordination.k8s.io", "leases", "watch"),
+            Call::GetNodeLease | Call::GetLeaderLease => ("coordination.k8s.io", "leases", "get"),
+            Call::ListVolumeReservations => ("csi-fencer.io", "volumereservations", "list"),
+            Call::WatchVolumeReservations => ("csi-fencer.io", "volumereservations", "watch"),
+            Call::CreateLeaderLease => ("coordination.k8s.io", "leases", "create"),
+            Call::UpdateLeaderLease => ("coordination.k8s.io", "leases", "update"),
         };
         Rule {
             group,
@@ -357,7 +407,7 @@ mod tests {
             Some("|nodes|list")
         );
         assert_eq!(c("GET", "/version", ""), None);
-        for call in Call::ALL {
+        for call in Call::DAEMON {
             assert!(!call.rule().verb.is_empty());
         }
     }

@@ -59,7 +59,20 @@ pub enum StartError {
 
 /// A client for `spec`, behind the rate limit and request counter.
 pub async fn client(spec: &KubeSpec, metrics: Arc<Metrics>) -> Result<Client, StartError> {
-    let config = match &spec.kubeconfig {
+    let config = config(spec.kubeconfig.as_deref()).await?;
+    let limits = Limits {
+        qps: spec.limits.0,
+        burst: spec.limits.1,
+    };
+    let builder = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| StartError::Client(e.to_string()))?;
+    Ok(builder.with_layer(&GateLayer::new(limits, metrics)).build())
+}
+
+/// The client configuration: `kubeconfig` when given, else inferred
+/// (`$KUBECONFIG`, `~/.kube/config`, or the pod's in-cluster credentials).
+pub async fn config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config, StartError> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| StartError::Client(format!("--kubeconfig {}: {e}", path.display())))?;
@@ -72,14 +85,7 @@ pub async fn client(spec: &KubeSpec, metrics: Arc<Metrics>) -> Result<Client, St
                 "no in-cluster configuration and no --kubeconfig: {e}"
             ))
         })?,
-    };
-    let limits = Limits {
-        qps: spec.limits.0,
-        burst: spec.limits.1,
-    };
-    let builder = kube::client::ClientBuilder::try_from(config)
-        .map_err(|e| StartError::Client(e.to_string()))?;
-    Ok(builder.with_layer(&GateLayer::new(limits, metrics)).build())
+    })
 }
 
 /// Narrows `rules` to the driver beside us, when `--csi-address` is given.

@@ -406,7 +406,7 @@ fn holder_fields(
 pub const NOTE_MAX: usize = 1024;
 
 /// `note` cut to [`NOTE_MAX`] bytes at a character boundary, marked as cut.
-fn fit_note(mut note: String) -> String {
+pub(crate) fn fit_note(mut note: String) -> String {
     if note.len() <= NOTE_MAX {
         return note;
     }
@@ -419,7 +419,7 @@ fn fit_note(mut note: String) -> String {
     note
 }
 
-fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+pub(crate) fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
     Event {
         type_,
         reason: reason.into(),

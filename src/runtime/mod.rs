@@ -4,6 +4,7 @@
 //! only module that knows both the daemon and Kubernetes: `daemon` is generic
 //! over its source and knows nothing of the API server.
 
+pub mod controller;
 mod kubernetes;
 
 pub use kubernetes::{kubernetes_node, KubeNode};
@@ -122,10 +123,12 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             .await
             .map_err(|source| DaemonError::Listen { addr, source })?;
         tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        let m = metrics.clone();
         tokio::spawn(crate::daemon::http::serve(
             listener,
-            metrics.clone(),
+            Arc::new(move || m.render()),
             ready.clone(),
+            "attachment source not loaded yet, or the API server is unreachable\n",
         ));
     }
     let world = SourceView {
@@ -321,7 +324,7 @@ async fn serve_grpc<F: VolumeOps>(
     Ok(())
 }
 
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

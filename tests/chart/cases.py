@@ -18,6 +18,9 @@ CASES = {
         "extraVolumeMounts": [{"name": "driver-dir", "mountPath": "/csi"}],
     },
     "dryRun": {"dryRun": True, "verbosity": 2, "logFormat": "json"},
+    "failover": {"failover": {"enabled": True, "ignoreDrivers": ["local.csi.example.com"],
+                              "dryRun": True, "tolerations": [{"operator": "Exists"}],
+                              "priorityClassName": "system-cluster-critical"}},
     "clusterTagAndAttribute": {"config": {"clusterName": "", "clusterTag": "0x1a2b", "drivers": [
         {"name": "fc.csi.example.com", "volumeAttribute": "wwn",
          "volumeAttributeRegex": "^(?P<wwid>3[0-9a-f]{32})$", "preempt": "preempt"}]}},

@@ -11,6 +11,9 @@ Generated:
                                               driver's namespace
   deploy/sidecar/csi-fencer-sidecar-patch.yaml  the sidecar named templates as
                                               a strategic merge patch
+  deploy/failover.yaml                        the failover controller alone
+                                              (failover.enabled=true), to apply
+                                              beside deploy/csi-fencer.yaml
 """
 from __future__ import annotations
 
@@ -35,6 +38,18 @@ def render_bundle(values: dict, namespace: str, extra: str) -> str:
     return "".join(parts)
 
 
+def render_failover() -> str:
+    values = cl.minimal_values()
+    values["failover"] = {"enabled": True}
+    rendered = cl.render(values, namespace=cl.NAMESPACE)
+    parts = [HEADER % {"extra": " + failover.enabled=true,\n# only the controller's objects",
+                       "release": cl.RELEASE, "ns": cl.NAMESPACE}]
+    for path, text, _ in cl.ordered(list(cl.documents(rendered))):
+        if path.endswith("templates/failover.yaml"):
+            parts.append("---\n# Source: %s\n%s" % (path, text))
+    return "".join(parts)
+
+
 def generate() -> dict[str, str]:
     files: dict[str, str] = {}
     files["deploy/csi-fencer.yaml"] = render_bundle(cl.minimal_values(), cl.NAMESPACE, "")
@@ -49,6 +64,7 @@ def generate() -> dict[str, str]:
         "# do not edit. A strategic merge patch adding csi-fencer to the example\n"
         "# driver's node DaemonSet; its plugin-dir volume is mounted at /csi.\n"
         + cl.render_sidecar_patch().rstrip() + "\n")
+    files["deploy/failover.yaml"] = render_failover()
     return files
 
 

@@ -18,7 +18,8 @@ def generated():
 def test_deploy_files_up_to_date(generated):
     assert set(generated) == {
         "deploy/csi-fencer.yaml", "deploy/crds/volumereservations.csi-fencer.io.yaml",
-        "deploy/sidecar/csi-fencer.yaml", "deploy/sidecar/csi-fencer-sidecar-patch.yaml"}
+        "deploy/sidecar/csi-fencer.yaml", "deploy/sidecar/csi-fencer-sidecar-patch.yaml",
+        "deploy/failover.yaml"}
     stale = [rel for rel, text in generated.items()
              if not (cl.ROOT / rel).exists() or (cl.ROOT / rel).read_text() != text]
     assert stale == [], "stale, run tests/chart/render-deploy.sh: %s" % stale

@@ -271,3 +271,20 @@ The pod needs serviceAccountName bound to csi-fencer's ClusterRole
 {{- $_ := required "csi-fencer.sidecar.volumes: pass pluginDirVolume, the name of the driver's plugin-dir volume" .pluginDirVolume }}
 {{- include "csi-fencer.hostVolumes" (dict "root" .root) }}
 {{- end }}
+
+{{/*
+The failover controller's labels: its own name, so that neither the
+DaemonSet nor the metrics Service selects its pods.
+*/}}
+{{- define "csi-fencer.failoverSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "csi-fencer.name" . }}-failover
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "csi-fencer.failoverLabels" -}}
+helm.sh/chart: {{ include "csi-fencer.chart" . }}
+{{ include "csi-fencer.failoverSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: failover-controller
+{{- end }}

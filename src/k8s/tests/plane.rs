@@ -52,7 +52,7 @@ fn slots() -> Arc<Semaphore> {
     S.get_or_init(|| Arc::new(Semaphore::new(2))).clone()
 }
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -348,12 +348,23 @@ impl Plane {
 
     /// A client with a fresh token of ServiceAccount `ns/sa`.
     pub async fn token_client(&self, ns: &str, sa: &str) -> kube::Client {
+        self.token_client_via(ns, sa, &self.url).await
+    }
+
+    /// The API server's port on loopback.
+    pub fn api_port(&self) -> u16 {
+        self.api_port
+    }
+
+    /// [`Plane::token_client`] reaching the API server at `url` (a proxy
+    /// that a test can cut, say).
+    pub async fn token_client_via(&self, ns: &str, sa: &str, url: &str) -> kube::Client {
         let token = self.token(ns, sa).await;
         let kc = format!(
             "apiVersion: v1\nkind: Config\nclusters: [{{name: local, cluster: {{server: \"{}\", \
              certificate-authority: \"{}\"}}}}]\nusers: [{{name: sa, user: {{token: \"{token}\"}}}}]\n\
              contexts: [{{name: local, context: {{cluster: local, user: sa}}}}]\ncurrent-context: local\n",
-            self.url,
+            url,
             self.pki("ca.crt")
         );
         let path = self

@@ -1,0 +1,575 @@
+//! The failover controller against a real kube-apiserver, with the shipped
+//! RBAC of `deploy/failover.yaml`, two node daemons on one strict LUN and
+//! doubles of the kubelets (Lease renewals, Ready) and of what
+//! kube-controller-manager does on the out-of-service taint (the dead node's
+//! attachment deleted, the replacement pod's attachment made on node-b).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+
+use super::lun::{Paths, SimLun, INITIATOR_A, INITIATOR_B};
+use super::node::{start_node, NodeDaemon};
+use super::plane::{repo, Plane};
+use super::tag;
+use crate::device::{Resolver, Sysfs};
+use crate::failover::Settings;
+use crate::k8s::cluster::attachment_name;
+use crate::k8s::failover::metrics::Metrics;
+use crate::k8s::failover::{Controller, ControllerSpec};
+use crate::k8s::leader::LeaderSpec;
+use crate::scsi::prout::PrOut;
+use crate::testutil::TempDir;
+
+const DRIVER: &str = "block.csi.example.com";
+const HANDLE: &str = "36001405000000001";
+const GRACE: Duration = Duration::from_secs(3);
+
+fn micro(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let ts = k8s_openapi::jiff::Timestamp::from_second(d.as_secs() as i64).unwrap_or_default();
+    format!(
+        "{}.{:06}Z",
+        ts.strftime("%Y-%m-%dT%H:%M:%S"),
+        d.subsec_micros()
+    )
+}
+
+/// The kubelets: renew the Leases of the nodes in `alive` every 300 ms,
+/// and report them Ready.
+fn kubelets(plane: &Plane, alive: Arc<Mutex<BTreeSet<String>>>) -> tokio::task::JoinHandle<()> {
+    let rest = super::rest::Rest(plane.admin.clone());
+    tokio::spawn(async move {
+        loop {
+            let nodes: Vec<String> = alive.lock().unwrap().iter().cloned().collect();
+            for n in nodes {
+                rest.apply(
+                    &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": n, "namespace": "kube-node-lease"},
+                    "spec": {"holderIdentity": n, "leaseDurationSeconds": 40,
+                             "renewTime": micro(SystemTime::now())}}),
+                )
+                .await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+async fn ready(plane: &Plane, node: &str) {
+    let now = micro(SystemTime::now());
+    let now = format!("{}Z", &now[..19]);
+    plane
+        .apply_status_warnings(
+            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "kubelet is posting ready status", "lastHeartbeatTime": now,
+                "lastTransitionTime": now}]}}),
+        )
+        .await;
+}
+
+/// The shipped controller RBAC (ServiceAccount, roles and bindings).
+async fn install_failover_rbac(plane: &Plane) {
+    let text =
+        std::fs::read_to_string(repo().join("deploy/failover.yaml")).expect("deploy/failover.yaml");
+    let kinds = [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ];
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
+        if kinds.contains(&v["kind"].as_str().unwrap_or("")) {
+            plane.apply(&v).await;
+        }
+    }
+}
+
+/// A plane with node-a and node-b Ready, their Leases renewed, pv-1 (RWO)
+/// and the failover controller's RBAC.
+async fn cluster() -> (
+    Plane,
+    Arc<Mutex<BTreeSet<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let plane = Plane::start().await;
+    for n in ["node-a", "node-b", "node-c"] {
+        plane
+            .apply(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}))
+            .await;
+        ready(&plane, n).await;
+    }
+    plane
+        .apply(&json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-1"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "10Gi"}, "volumeMode": "Block",
+                     "persistentVolumeReclaimPolicy": "Retain",
+                     "csi": {"driver": DRIVER, "volumeHandle": HANDLE}}}))
+        .await;
+    install_failover_rbac(&plane).await;
+    let alive = Arc::new(Mutex::new(
+        ["node-a", "node-b", "node-c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    ));
+    let k = kubelets(&plane, alive.clone());
+    (plane, alive, k)
+}
+
+/// A TCP proxy on loopback to the API server that a test can cut: a cut
+/// closes every connection through it (watches included) and refuses new
+/// ones, as a network partition of one node would.
+struct Partition {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    _accept: tokio::task::JoinHandle<()>,
+}
+
+impl Partition {
+    async fn start(target: u16) -> Partition {
+        use std::sync::atomic::Ordering;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (c, list) = (cut.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let t = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                list.lock().unwrap().push(t.abort_handle());
+            }
+        });
+        Partition {
+            port,
+            cut,
+            conns,
+            _accept: accept,
+        }
+    }
+
+    fn set(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            for c in self.conns.lock().unwrap().drain(..) {
+                c.abort();
+            }
+        }
+    }
+}
+
+struct Node {
+    d: NodeDaemon<Paths>,
+    _dirs: Arc<(TempDir, TempDir)>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.d.task.abort();
+    }
+}
+
+/// `node`'s daemon on `lun`, as the chart's ServiceAccount, reaching the
+/// API server through loopback `port`.
+async fn daemon(plane: &Plane, node: &str, lun: &Arc<SimLun>, port: u16) -> Node {
+    let initiator = if node == "node-a" {
+        INITIATOR_A
+    } else {
+        INITIATOR_B
+    };
+    let dirs = Arc::new((
+        crate::testutil::iscsi_fixture(initiator),
+        TempDir::new("failover-state"),
+    ));
+    let resolver = Resolver::new(Sysfs::new(dirs.0.path(), "/dev"), "mpath-");
+    let paths = Paths {
+        lun: Arc::clone(lun),
+        initiator,
+    };
+    let (ns, sa) = super::plane::SERVICE_ACCOUNT;
+    let url = format!("https://127.0.0.1:{port}");
+    let client = plane.token_client_via(ns, sa, &url).await;
+    let d = start_node(client, node, paths, resolver, dirs.1.path());
+    Node { d, _dirs: dirs }
+}
+
+async fn attach(plane: &Plane, node: &str) -> String {
+    let name = attachment_name(DRIVER, HANDLE, node);
+    plane
+        .apply(&json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment", "metadata": {"name": name},
+            "spec": {"attacher": DRIVER, "nodeName": node, "source": {"persistentVolumeName": "pv-1"}}}))
+        .await;
+    plane.set_attached(&name, true).await;
+    name
+}
+
+/// The controller as the shipped ServiceAccount, judging every 200 ms,
+/// electing on a Lease in kube-system; returns its task and stop switch.
+async fn controller(
+    plane: &Plane,
+    identity: &str,
+) -> (
+    Arc<Metrics>,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    let client = plane
+        .token_client("kube-system", "csi-fencer-failover")
+        .await;
+    let mut settings = Settings::new([DRIVER.to_string()]);
+    settings.lease_grace = GRACE;
+    let spec = ControllerSpec {
+        settings,
+        interval: Duration::from_millis(200),
+        timeout: Duration::from_secs(5),
+        leader: Some(LeaderSpec {
+            namespace: "kube-system".into(),
+            name: "csi-fencer-failover".into(),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(4),
+            renew_deadline: Duration::from_secs(3),
+            retry_period: Duration::from_millis(500),
+        }),
+        dry_run: false,
+        identity: identity.into(),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let c = Controller::new(client, spec, metrics.clone());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    (metrics, tokio::spawn(c.run(ready, stop)), stop_tx)
+}
+
+async fn node_json(plane: &Plane, node: &str) -> Value {
+    plane
+        .get(&format!("/api/v1/nodes/{node}"))
+        .await
+        .expect("node")
+}
+
+fn tainted(n: &Value) -> bool {
+    n["spec"]["taints"].as_array().is_some_and(|t| {
+        t.iter()
+            .any(|t| t["key"] == "node.kubernetes.io/out-of-service")
+    })
+}
+
+async fn entry_state(plane: &Plane, node: &str) -> Option<String> {
+    let v = plane
+        .get("/apis/csi-fencer.io/v1alpha1/volumereservations/pv-1")
+        .await?;
+    v["status"]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|e| e["node"] == node)
+        .and_then(|e| e["state"].as_str().map(str::to_string))
+}
+
+async fn events(plane: &Plane, node: &str) -> Vec<String> {
+    let list = plane
+        .get("/apis/events.k8s.io/v1/namespaces/default/events")
+        .await
+        .unwrap_or_default();
+    list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|e| e["regarding"]["name"] == node && e["regarding"]["kind"] == "Node")
+                .filter_map(|e| e["reason"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What kube-controller-manager does once node-a carries the taint: its
+/// attachment force-detached (deleted), the replacement pod's made on node-b
+/// and attached by the external-attacher.
+fn kcm_double(plane: &Plane, old: String) -> tokio::task::JoinHandle<()> {
+    let rest = super::rest::Rest(plane.admin.clone());
+    tokio::spawn(async move {
+        loop {
+            let n = rest.get("/api/v1/nodes/node-a").await.unwrap_or_default();
+            if tainted(&n) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        rest.delete(&format!("/apis/storage.k8s.io/v1/volumeattachments/{old}"))
+            .await;
+        let name = attachment_name(DRIVER, HANDLE, "node-b");
+        rest.apply(&json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment", "metadata": {"name": name},
+            "spec": {"attacher": DRIVER, "nodeName": "node-b", "source": {"persistentVolumeName": "pv-1"}}}))
+            .await;
+        rest.set_attached(&name, true).await;
+    })
+}
+
+fn registers(lun: &SimLun, initiator: &str) -> usize {
+    lun.pr_out_of(initiator)
+        .iter()
+        .filter(|(_, o)| matches!(o, PrOut::Register(_) | PrOut::RegisterAndIgnore(_)))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_node_is_tainted_fenced_by_the_new_holder_and_untainted_when_back() {
+    let (plane, alive, _kubelets) = cluster().await;
+    let lun = Arc::new(SimLun::new());
+    let partition = Partition::start(plane.api_port()).await;
+    let _a = daemon(&plane, "node-a", &lun, partition.port).await;
+    let _b = daemon(&plane, "node-b", &lun, plane.api_port()).await;
+    let old = attach(&plane, "node-a").await;
+    plane
+        .until("node-a holds pv-1 and says so", || async {
+            entry_state(&plane, "node-a").await.as_deref() == Some("Holder")
+        })
+        .await;
+    assert_eq!(lun.keys().1, Some(tag().key_for("node-a")));
+    let (metrics, _c, _stop) = controller(&plane, "controller-1").await;
+    let _kcm = kcm_double(&plane, old);
+    // node-a is cut off: its kubelet and its daemon stop reaching the API
+    // server; node-a itself keeps writing.
+    partition.set(true);
+    alive.lock().unwrap().remove("node-a");
+    let cut = std::time::Instant::now();
+    let a_registers = registers(&lun, INITIATOR_A);
+    let mut b_holds = false;
+    while cut.elapsed() < Duration::from_secs(30) {
+        let holder = lun.keys().1;
+        if holder == Some(tag().key_for("node-b")) {
+            b_holds = true;
+        }
+        // The write oracle: node-a writes until node-b's acquire preempts
+        // it, and never again after.
+        assert_eq!(lun.may_write(INITIATOR_A), !b_holds, "holder {holder:?}");
+        if b_holds {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(b_holds, "node-b never took pv-1 over");
+    let took = cut.elapsed();
+    // The last renewal came at most one kubelet period (300 ms) before the cut.
+    assert!(
+        took + Duration::from_millis(300) >= GRACE,
+        "tainted before the grace period: {took:?}"
+    );
+    let n = node_json(&plane, "node-a").await;
+    assert!(tainted(&n), "{n}");
+    let reason = n["metadata"]["annotations"]["csi-fencer.io/out-of-service-reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("fenced volumes: pv-1"), "{reason}");
+    assert!(events(&plane, "node-a")
+        .await
+        .contains(&"OutOfServiceTainted".to_string()));
+    assert_eq!(
+        crate::testutil::sample(
+            &metrics.render(),
+            "csi_fencer_failover_taints_total{action=\"applied\"}"
+        ),
+        Some(1.0)
+    );
+    let silence = crate::testutil::sample(
+        &metrics.render(),
+        "csi_fencer_failover_detection_seconds_sum",
+    );
+    assert!(
+        silence.is_some_and(|s| s >= GRACE.as_secs_f64()),
+        "{silence:?}"
+    );
+    // node-a comes back: its kubelet renews; its daemon, whose monitor
+    // found the fence meanwhile, says so and registers nothing.
+    partition.set(false);
+    alive.lock().unwrap().insert("node-a".into());
+    plane
+        .until("node-a reports itself fenced", || async {
+            entry_state(&plane, "node-a").await.as_deref() == Some("Fenced")
+        })
+        .await;
+    plane
+        .until("the taint taken back", || async {
+            !tainted(&node_json(&plane, "node-a").await)
+        })
+        .await;
+    assert!(!lun.may_write(INITIATOR_A));
+    assert_eq!(
+        registers(&lun, INITIATOR_A),
+        a_registers,
+        "node-a registered again"
+    );
+    let n = node_json(&plane, "node-a").await;
+    assert!(
+        n["metadata"]["annotations"]["csi-fencer.io/out-of-service-applied"].is_null(),
+        "{n}"
+    );
+    assert!(events(&plane, "node-a")
+        .await
+        .contains(&"OutOfServiceRemoved".to_string()));
+}
+
+async fn apply_va(plane: &Plane, name: &str, node: &str, driver: &str, pv: &str) {
+    plane
+        .apply(&json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment", "metadata": {"name": name},
+            "spec": {"attacher": driver, "nodeName": node, "source": {"persistentVolumeName": pv}}}))
+        .await;
+}
+
+/// Waits until a Warning Event on `node` says `words`.
+async fn refused(plane: &Plane, node: &str, words: &str) {
+    plane
+        .until(
+            &format!("an OutOfServiceRefused Event on {node} saying {words:?}"),
+            || async {
+                let list = plane
+                    .get("/apis/events.k8s.io/v1/namespaces/default/events")
+                    .await
+                    .unwrap_or_default();
+                list["items"].as_array().is_some_and(|items| {
+                    items.iter().any(|e| {
+                        e["regarding"]["name"] == node
+                            && e["reason"] == "OutOfServiceRefused"
+                            && e["type"] == "Warning"
+                            && e["note"].as_str().is_some_and(|n| n.contains(words))
+                    })
+                })
+            },
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unfenced_volume_or_a_partition_sized_death_is_refused_with_an_event() {
+    let (plane, alive, _kubelets) = cluster().await;
+    // node-c has a volume of a driver csi-fencer does not fence; node-b one
+    // whose LUN its daemon could not fence (its report says Error).
+    apply_va(&plane, "csi-nfs", "node-c", "nfs.csi.k8s.io", "pv-nfs").await;
+    apply_va(&plane, "csi-2", "node-b", DRIVER, "pv-2").await;
+    plane
+        .apply(
+            &json!({"apiVersion": "csi-fencer.io/v1alpha1", "kind": "VolumeReservation",
+            "metadata": {"name": "pv-2"}, "spec": {"persistentVolumeName": "pv-2"}}),
+        )
+        .await;
+    plane
+        .apply_status_warnings(&json!({"apiVersion": "csi-fencer.io/v1alpha1", "kind": "VolumeReservation",
+            "metadata": {"name": "pv-2"},
+            "status": {"nodes": [{"node": "node-b", "key": "0x7e57000000000001", "state": "Error",
+                "registeredPaths": 0, "totalPaths": 2, "message": "persistent reservations not supported",
+                "lastTransitionTime": "2026-12-07T10:00:00Z"}]}}))
+        .await;
+    let (metrics, _c, _stop) = controller(&plane, "controller-1").await;
+    alive.lock().unwrap().remove("node-c");
+    refused(
+        &plane,
+        "node-c",
+        "is of driver nfs.csi.k8s.io, which csi-fencer does not fence",
+    )
+    .await;
+    alive.lock().unwrap().remove("node-b");
+    refused(&plane, "node-b", "volume pv-2 (VolumeAttachment csi-2) is not fenced: the node's last report is error: persistent reservations not supported").await;
+    // node-c's foreign volume goes: node-c would now be taintable, but two
+    // of three nodes look dead.
+    plane
+        .delete("/apis/storage.k8s.io/v1/volumeattachments/csi-nfs")
+        .await;
+    refused(&plane, "node-c", "2 of 3 nodes look dead").await;
+    for n in ["node-a", "node-b", "node-c"] {
+        assert!(!tainted(&node_json(&plane, n).await), "{n} tainted");
+    }
+    let text = metrics.render();
+    for reason in [
+        "unfenced-driver",
+        "unprotected-volume",
+        "too-many-unhealthy",
+    ] {
+        let line = format!("csi_fencer_failover_refusals_total{{reason=\"{reason}\"}}");
+        assert_eq!(
+            crate::testutil::sample(&text, &line),
+            Some(1.0),
+            "{reason}:\n{text}"
+        );
+    }
+}
+
+fn counted(m: &Metrics, what: &str) -> f64 {
+    crate::testutil::sample(&m.render(), what).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_that_dies_mid_failover_loses_no_decision_and_its_successor_taints_nothing_twice()
+{
+    let (plane, alive, _kubelets) = cluster().await;
+    let (m1, c1, _s1) = controller(&plane, "controller-1").await;
+    let (m2, c2, _s2) = controller(&plane, "controller-2").await;
+    plane
+        .until("one leader", || async {
+            counted(&m1, "csi_fencer_failover_leader") + counted(&m2, "csi_fencer_failover_leader")
+                == 1.0
+        })
+        .await;
+    let (lead, follow) = if counted(&m1, "csi_fencer_failover_leader") == 1.0 {
+        ((m1, c1), (m2, c2))
+    } else {
+        ((m2, c2), (m1, c1))
+    };
+    // The leader crashes (its Lease stays held) as node-a dies: the decision
+    // to taint node-a is the successor's, once the Lease expires.
+    lead.1.abort();
+    alive.lock().unwrap().remove("node-a");
+    plane
+        .until("node-a tainted by the successor", || async {
+            tainted(&node_json(&plane, "node-a").await)
+        })
+        .await;
+    let applied = "csi_fencer_failover_taints_total{action=\"applied\"}";
+    assert_eq!(counted(&lead.0, applied), 0.0);
+    assert_eq!(counted(&follow.0, applied), 1.0);
+    let stamp = node_json(&plane, "node-a").await["metadata"]["annotations"]
+        ["csi-fencer.io/out-of-service-applied"]
+        .clone();
+    // The successor crashes right after its taint; a third replica takes
+    // over and finds the decision carried out: nothing is tainted twice.
+    follow.1.abort();
+    let (m3, _c3, _s3) = controller(&plane, "controller-3").await;
+    plane
+        .until("controller-3 leads", || async {
+            counted(&m3, "csi_fencer_failover_leader") == 1.0
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(counted(&m3, applied), 0.0);
+    let n = node_json(&plane, "node-a").await;
+    assert_eq!(
+        n["metadata"]["annotations"]["csi-fencer.io/out-of-service-applied"],
+        stamp
+    );
+    let ours = n["spec"]["taints"].as_array().map(|t| {
+        t.iter()
+            .filter(|t| t["key"] == "node.kubernetes.io/out-of-service")
+            .count()
+    });
+    assert_eq!(ours, Some(1), "{n}");
+    let lease = plane
+        .get("/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/csi-fencer-failover")
+        .await
+        .expect("leader Lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "controller-3");
+    assert_eq!(lease["spec"]["leaseTransitions"], 2, "{lease}");
+}
