@@ -4,9 +4,12 @@
 //! ServiceAccount, talking to the etcd and kube-apiserver that
 //! `examples/kube_relay.rs` runs on the host's loopback (reached through a
 //! virtio-serial port; the guest has no network device). A failover in the
-//! way the cluster does it (node-a cut off, its VolumeAttachment
-//! force-deleted, node-b attached) fences node-a on the LUN: sg_persist and
-//! node-a's own writes say so, and the VolumeReservation tells it.
+//! way the cluster does it with csi-fencer's failover controller: node-a is
+//! cut off and its kubelet stops renewing its Lease; the controller taints
+//! it out-of-service; a double of kube-controller-manager force-deletes its
+//! VolumeAttachment and attaches node-b; node-b's acquire fences node-a on
+//! the LUN: sg_persist and node-a's own O_DIRECT writes say so, and the
+//! VolumeReservation tells it. When node-a is back the taint goes.
 
 mod common;
 
@@ -31,8 +34,11 @@ use std::time::Duration;
 use common::*;
 use csi_fencer::daemon::reconcile::{Phase, Reconciler};
 use csi_fencer::device::{Resolver, Sysfs};
+use csi_fencer::failover::Settings;
 use csi_fencer::fence::engine::Engine;
 use csi_fencer::k8s::cluster::attachment_name;
+use csi_fencer::k8s::failover::metrics::Metrics as FailoverMetrics;
+use csi_fencer::k8s::failover::{Controller, ControllerSpec};
 use csi_fencer::transport::sgio::SgIo;
 use node::start_node;
 use rest::Rest;
@@ -132,10 +138,98 @@ fn va(node: &str) -> (String, Value) {
     (name, v)
 }
 
+fn now_rfc3339(micros: bool) -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ts = k8s_openapi::jiff::Timestamp::from_second(d.as_secs() as i64).unwrap_or_default();
+    let secs = ts.strftime("%Y-%m-%dT%H:%M:%S").to_string();
+    if micros {
+        format!("{secs}.{:06}Z", d.subsec_micros())
+    } else {
+        format!("{secs}Z")
+    }
+}
+
+/// The kubelets: while a node's flag is set, renew its Lease every 500 ms.
+fn kubelets(api: Rest, alive: Vec<(&'static str, Arc<AtomicBool>)>) {
+    tokio::spawn(async move {
+        loop {
+            for (n, on) in &alive {
+                if on.load(Ordering::Relaxed) {
+                    api.apply(
+                        &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                        "metadata": {"name": n, "namespace": "kube-node-lease"},
+                        "spec": {"holderIdentity": n, "leaseDurationSeconds": 40,
+                                 "renewTime": now_rfc3339(true)}}),
+                    )
+                    .await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+}
+
+/// What kube-controller-manager does once node-a carries the out-of-service
+/// taint: its attachment force-detached (deleted), the replacement pod's
+/// made on node-b and attached by the external-attacher.
+fn kcm_double(api: Rest, old: String) {
+    tokio::spawn(async move {
+        loop {
+            let n = api.get("/api/v1/nodes/node-a").await.unwrap_or_default();
+            if tainted(&n) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        api.delete(&format!("/apis/storage.k8s.io/v1/volumeattachments/{old}"))
+            .await;
+        attach(&api, "node-b").await;
+    });
+}
+
+fn tainted(n: &Value) -> bool {
+    n["spec"]["taints"].as_array().is_some_and(|t| {
+        t.iter()
+            .any(|t| t["key"] == "node.kubernetes.io/out-of-service")
+    })
+}
+
+/// The failover controller, in-process (the admin's client: the host's
+/// tests check its RBAC), judging every 200 ms with a 3 s Lease grace.
+fn controller(client: kube::Client) -> Arc<FailoverMetrics> {
+    let mut settings = Settings::new([DRIVER.to_string()]);
+    settings.lease_grace = Duration::from_secs(3);
+    let spec = ControllerSpec {
+        settings,
+        interval: Duration::from_millis(200),
+        timeout: Duration::from_secs(10),
+        leader: None,
+        dry_run: false,
+        identity: "vm".into(),
+    };
+    let metrics = Arc::new(FailoverMetrics::new());
+    let c = Controller::new(client, spec, metrics.clone());
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    // Never stopped: it lives as long as the test's runtime.
+    std::mem::forget(stop_tx);
+    tokio::spawn(c.run(Arc::new(AtomicBool::new(false)), stop));
+    metrics
+}
+
 async fn cluster(api: &Rest) {
     for n in ["node-a", "node-b"] {
         api.apply(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}))
             .await;
+        let now = now_rfc3339(false);
+        api.apply_status_warnings(
+            &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "kubelet is posting ready status", "lastHeartbeatTime": now,
+                "lastTransitionTime": now}]}}),
+        )
+        .await;
     }
     api.apply(
         &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
@@ -198,6 +292,14 @@ fn a_kubernetes_failover_fences_the_cut_off_node_on_the_lun() {
         let cut_a = relay();
         let api = Rest(client(PORT, true).await);
         cluster(&api).await;
+        let (lease_a, lease_b) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicBool::new(true)),
+        );
+        kubelets(
+            Rest(client(PORT, true).await),
+            vec![("node-a", lease_a.clone()), ("node-b", lease_b)],
+        );
         let (a, ready_a) = start("node-a", "mpath-", PORT_A).await;
         let (b, ready_b) = start("node-b", "mpathb-", PORT).await;
         until("both daemons listed", || {
@@ -222,13 +324,23 @@ fn a_kubernetes_failover_fences_the_cut_off_node_on_the_lun() {
         })
         .await;
 
-        // node-a is cut off from the API server; the cluster force-detaches
-        // its attachment and attaches the volume to node-b.
+        // node-a is cut off from the API server and its kubelet stops
+        // renewing; the failover controller taints it out-of-service, and
+        // the cluster force-detaches its attachment and attaches node-b.
+        let failover = controller(client(PORT, true).await);
+        kcm_double(Rest(client(PORT, true).await), va_a);
         cut_a.store(true, Ordering::Relaxed);
-        api.delete(&format!("/apis/storage.k8s.io/v1/volumeattachments/{va_a}"))
-            .await;
-        attach(&api, "node-b").await;
+        lease_a.store(false, Ordering::Relaxed);
+        direct_write(&VOL0.dm("A"), 4096, 4096, 0xa3)
+            .expect("node-a writes until node-b preempts it");
         until("node-b holds", || phase(&b) == Some(Phase::Held)).await;
+        let n = api.get("/api/v1/nodes/node-a").await.expect("node-a");
+        assert!(tainted(&n), "{n}");
+        let applied = "csi_fencer_failover_taints_total{action=\"applied\"}";
+        assert_eq!(
+            common::testutil::sample(&failover.render(), applied),
+            Some(1.0)
+        );
         assert_eq!(
             keys(),
             vec![key_b().0, key_b().0],
@@ -258,8 +370,10 @@ fn a_kubernetes_failover_fences_the_cut_off_node_on_the_lun() {
         .await;
 
         // The partition heals: node-a learns its attachment is gone and ends
-        // Released, touching nothing of node-b's.
+        // Released, touching nothing of node-b's; its kubelet renews again
+        // and the controller takes its taint back.
         cut_a.store(false, Ordering::Relaxed);
+        lease_a.store(true, Ordering::Relaxed);
         until("node-a released after it relisted", || {
             phase(&a) == Some(Phase::Released)
         })
@@ -283,6 +397,16 @@ fn a_kubernetes_failover_fences_the_cut_off_node_on_the_lun() {
             .await
             .expect("the VolumeReservation");
         assert_eq!(v["status"]["holder"]["node"], "node-b", "{v}");
+        api.until("node-a's taint taken back", || async {
+            api.get("/api/v1/nodes/node-a")
+                .await
+                .is_some_and(|n| !tainted(&n))
+        })
+        .await;
+        assert_conflict(
+            direct_write(&VOL0.dm("A"), 0, 4096, 0xa4),
+            "node-a after the taint went: still fenced",
+        );
     });
     rt.shutdown_background();
 }

@@ -332,7 +332,7 @@ async fn a_dead_node_is_tainted_fenced_by_the_new_holder_and_untainted_when_back
     let (plane, alive, _kubelets) = cluster().await;
     let lun = Arc::new(SimLun::new());
     let partition = Partition::start(plane.api_port()).await;
-    let _a = daemon(&plane, "node-a", &lun, partition.port).await;
+    let a = daemon(&plane, "node-a", &lun, partition.port).await;
     let _b = daemon(&plane, "node-b", &lun, plane.api_port()).await;
     let old = attach(&plane, "node-a").await;
     plane
@@ -394,13 +394,24 @@ async fn a_dead_node_is_tainted_fenced_by_the_new_holder_and_untainted_when_back
         silence.is_some_and(|s| s >= GRACE.as_secs_f64()),
         "{silence:?}"
     );
-    // node-a comes back: its kubelet renews; its daemon, whose monitor
-    // found the fence meanwhile, says so and registers nothing.
+    // Still cut off, node-a's daemon learns it is fenced from the LUN (its
+    // monitor needs no API server).
+    let fenced = "csi_fencer_operations_total{operation=\"check\",outcome=\"fenced\"}";
+    let knows = || crate::testutil::sample(&a.d.metrics.render(), fenced).is_some_and(|n| n >= 1.0);
+    let learned =
+        crate::testutil::poll_async(Duration::from_secs(10), Duration::from_millis(50), knows)
+            .await;
+    assert!(learned, "node-a's daemon never found itself fenced");
+    // node-a comes back: its kubelet renews; its daemon says it was fenced
+    // (then released, its attachment being gone) and registers nothing.
     partition.set(false);
     alive.lock().unwrap().insert("node-a".into());
     plane
-        .until("node-a reports itself fenced", || async {
-            entry_state(&plane, "node-a").await.as_deref() == Some("Fenced")
+        .until("node-a's report: fenced, or released after it", || async {
+            matches!(
+                entry_state(&plane, "node-a").await.as_deref(),
+                Some("Fenced" | "Released")
+            )
         })
         .await;
     plane
