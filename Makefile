@@ -1,7 +1,7 @@
 # csi-fencer: the two commands of the README, and their parts.
 #   make demo    the failover demo against a real SCSI target in a VM
 #   make test    every test: fmt, clippy, unit + property + mock-API tests, the chart, the image, then the VM rig
-.PHONY: test test-host test-vm test-image image demo bench-vm bench-kube bench-acquire fuzz lint help sim
+.PHONY: test test-host test-vm test-image image demo bench-vm bench-kube bench-acquire bench-failover fuzz lint help sim
 
 CARGO ?= cargo
 
@@ -44,6 +44,10 @@ bench-kube:
 ## bench-acquire: what an acquire asks the API server at 1 000 and 100 000 VolumeAttachments (GETs now, the list it used to make), on the mock and on a real kube-apiserver (REAL_SIZES=1000,10000), and attached -> first PR OUT end to end on the real one; medians side by side (ROUNDS=5).
 bench-acquire:
 	$(CARGO) run --release --example acquire_bench
+
+## bench-failover: the failover timeline against a real kube-apiserver: node-a's last kubelet Lease renewal -> taint -> pods gone -> node-b attached -> node-b holds, with a kube-controller-manager double acting with its default delays (ROUNDS=3; POD_GC=now: pods deleted at the taint).
+bench-failover:
+	$(CARGO) run --release --example failover_bench
 
 ## sim: random schedules of the deterministic SAN simulation (every capability profile, faults, crashes) for SIM_SECONDS (default 300) or SIM_SCHEDULES of them, whichever ends first; ends "sim: N schedules, M violations". SIM_SEED=N replays one with its trace.
 SIM_SECONDS ?= 300

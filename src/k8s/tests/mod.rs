@@ -13,6 +13,7 @@
 //! cut one node off (a partition, with requests that hang) while the others
 //! still reach it.
 
+mod doubles;
 mod failover;
 mod lun;
 mod mock;
