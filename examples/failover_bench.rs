@@ -19,17 +19,19 @@
 //!   after that makes node-b's, which the external-attacher double marks
 //!   attached.
 //!
-//! Each round node-a holds the volume, then its kubelet stops; t = 0 is its
-//! last renewal. Printed per round and as medians: the taint (detection:
-//! grace plus up to one pass), csi-fencer's own decision (from the moment
-//! the grace ran out to the taint written), Ready Unknown, the pods' force
-//! deletion, node-b's attachment, node-b holding (its acquire), and the
-//! total. Then node-a comes back, the controller takes its taint back, and
-//! the volume returns to node-a for the next round.
+//! Each round node-a holds the volume and runs its pod, then its kubelet
+//! stops; t = 0 is its last renewal. Taint eviction (the double) marks the
+//! pod for deletion at the taint; the pod is gone when csi-fencer's
+//! controller force-deletes it (`--delete-pods`, the default) or when pod
+//! GC does, whichever comes first. Printed per round and as medians: the
+//! taint (detection: grace plus up to one pass), csi-fencer's own decision
+//! (from the moment the grace ran out to the taint written), Ready Unknown,
+//! the pod gone, node-b's attachment, node-b holding (its acquire). Then
+//! node-a comes back, the controller takes its taint back, and the volume
+//! returns to node-a for the next round.
 //!
-//! Env: `ROUNDS` (3), `GRACE` (25 s), `POD_GC` (`kcm`: as above; `now`: the
-//! pods force-deleted as soon as the taint is there, which is what the
-//! taint allows and what pod GC does once the node is not Ready).
+//! Env: `ROUNDS` (3), `GRACE` (25 s), `DELETE_PODS` (`true`; `false`: only
+//! pod GC deletes the pod, kube-controller-manager's own timeline).
 
 #[allow(dead_code, missing_docs)]
 #[path = "../src/k8s/tests/plane.rs"]
@@ -97,12 +99,12 @@ async fn kcm(
     plane: &plane::Plane,
     t0: Instant,
     old: &str,
-    pod_gc_now: bool,
-    gc_phase: Duration,
+    phases: (Duration, Duration),
 ) -> (Option<Duration>, Duration, Duration) {
-    let mut not_ready = None;
-    let mut next_monitor = t0 + Duration::from_secs(5);
-    let mut next_gc = Instant::now() + gc_phase;
+    let pod = "/api/v1/namespaces/default/pods/app-0";
+    let (mut not_ready, mut evicted) = (None, false);
+    let mut next_monitor = t0 + phases.0;
+    let mut next_gc = Instant::now() + phases.1;
     loop {
         let now = Instant::now();
         if not_ready.is_none() && now >= next_monitor {
@@ -119,23 +121,49 @@ async fn kcm(
                 not_ready = Some(now - t0);
             }
         }
-        let n = plane.get("/api/v1/nodes/node-a").await.unwrap_or_default();
-        let due = pod_gc_now || now >= next_gc;
-        if due && tainted(&n) && (pod_gc_now || not_ready.is_some()) {
-            let deleted = Instant::now() - t0;
+        let is_tainted = tainted(&plane.get("/api/v1/nodes/node-a").await.unwrap_or_default());
+        if is_tainted && !evicted {
+            graceful_delete(plane, pod).await;
+            evicted = true;
+        }
+        if now >= next_gc {
+            next_gc += Duration::from_secs(20);
+            if is_tainted && not_ready.is_some() {
+                plane.delete(pod).await;
+            }
+        }
+        if evicted && plane.get(pod).await.is_none() {
+            let gone = Instant::now() - t0;
             tokio::time::sleep(Duration::from_millis(100)).await;
             plane
                 .delete(&format!("/apis/storage.k8s.io/v1/volumeattachments/{old}"))
                 .await;
             tokio::time::sleep(Duration::from_millis(500)).await;
             attach(plane, "node-b").await;
-            return (not_ready, deleted, Instant::now() - t0);
-        }
-        if now >= next_gc {
-            next_gc += Duration::from_secs(20);
+            return (not_ready, gone, Instant::now() - t0);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Taint eviction's DELETE: the pod marked, with its grace period.
+async fn graceful_delete(plane: &plane::Plane, path: &str) {
+    let body = serde_json::to_vec(
+        &serde_json::json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 30}),
+    )
+    .expect("json");
+    let req = http::Request::delete(path)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .expect("request");
+    let _ = plane.admin.request_text(req).await;
+}
+
+async fn app_pod(plane: &plane::Plane) {
+    plane
+        .apply(&serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app-0", "namespace": "default"},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "app"}]}}))
+        .await;
 }
 
 async fn holder(plane: &plane::Plane) -> Option<String> {
@@ -151,10 +179,10 @@ async fn round(
     alive: &Arc<Mutex<std::collections::BTreeSet<String>>>,
     renewals: &Arc<Mutex<BTreeMap<String, Instant>>>,
     grace: Duration,
-    pod_gc_now: bool,
     i: u64,
 ) -> Round {
     let old = attach(plane, "node-a").await;
+    app_pod(plane).await;
     let key_a = csi_fencer::fence::keys::ClusterTag::new(0x7e57)
         .expect("tag")
         .key_for("node-a");
@@ -171,7 +199,11 @@ async fn round(
     alive.lock().unwrap().remove("node-a");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t0 = renewals.lock().unwrap()["node-a"];
-    let gc_phase = Duration::from_millis(7919 * (i + 1) % 20_000);
+    // The controller-manager's loops tick at moments of their own.
+    let phases = (
+        Duration::from_millis(3137 * (i + 1) % 5_000),
+        Duration::from_millis(7919 * (i + 1) % 20_000),
+    );
     let watch = async {
         loop {
             let n = plane.get("/api/v1/nodes/node-a").await.unwrap_or_default();
@@ -182,7 +214,7 @@ async fn round(
         }
     };
     let ((not_ready, pods_deleted, attached_b), taint) =
-        tokio::join!(kcm(plane, t0, &old, pod_gc_now, gc_phase), watch);
+        tokio::join!(kcm(plane, t0, &old, phases), watch);
     loop {
         if lun.keys().1 == Some(key_b) {
             break;
@@ -219,7 +251,7 @@ async fn round(
 fn main() {
     let rounds = env_num("ROUNDS", 3);
     let grace = Duration::from_secs(env_num("GRACE", 25));
-    let pod_gc_now = std::env::var("POD_GC").is_ok_and(|v| v == "now");
+    let delete_pods = std::env::var("DELETE_PODS").map_or(true, |v| v != "false");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -228,6 +260,11 @@ fn main() {
         let (plane, alive, fast) = cluster().await;
         // The tests' kubelets renew every 300 ms: from now on, every 10 s.
         fast.abort();
+        // The ServiceAccount admission wants the namespace's default account.
+        plane
+            .apply(&serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "default", "namespace": "default"}}))
+            .await;
         let renewals = Arc::new(Mutex::new(BTreeMap::new()));
         let _kubelets = kubelets_every(&plane, alive.clone(), Duration::from_secs(10), Some(renewals.clone()));
         let lun = Arc::new(lun::SimLun::new());
@@ -235,16 +272,16 @@ fn main() {
         let _b = daemon(&plane, "node-b", &lun, plane.api_port()).await;
         let mut settings = failover::Settings::new([DRIVER.to_string()]);
         settings.lease_grace = grace;
-        let (_m, _c, _stop) = controller_with(&plane, "bench", settings, Duration::from_secs(1)).await;
+        let (_m, _c, _stop) = controller_with(&plane, "bench", settings, Duration::from_secs(1), delete_pods).await;
         println!(
-            "failover timeline, {rounds} rounds, grace {} s, pod GC {}; seconds from node-a's last Lease renewal",
+            "failover timeline, {rounds} rounds, grace {} s, pods deleted by pod GC {}; seconds from node-a's last Lease renewal",
             grace.as_secs(),
-            if pod_gc_now { "at the taint (POD_GC=now)" } else { "as kube-controller-manager's defaults" }
+            if delete_pods { "or csi-fencer's controller (--delete-pods)" } else { "only (DELETE_PODS=false)" }
         );
-        println!("{:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "round", "taint", "decision", "NotReady", "pods gone", "B attach", "B holds");
+        println!("{:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "round", "taint", "decision", "NotReady", "pod gone", "B attach", "B holds");
         let mut all = Vec::new();
         for i in 0..rounds {
-            let r = round(&plane, &lun, &alive, &renewals, grace, pod_gc_now, i).await;
+            let r = round(&plane, &lun, &alive, &renewals, grace, i).await;
             let nr = r.not_ready.map(secs).unwrap_or_else(|| "      -  ".into());
             println!("{:>5} {} {} {} {} {} {}", i + 1, secs(r.taint), secs(r.decision), nr, secs(r.pods_deleted), secs(r.attached_b), secs(r.held_b));
             all.push(r);

@@ -207,6 +207,7 @@ fn controller(client: kube::Client) -> Arc<FailoverMetrics> {
         timeout: Duration::from_secs(10),
         leader: None,
         dry_run: false,
+        delete_pods: true,
         identity: "vm".into(),
     };
     let metrics = Arc::new(FailoverMetrics::new());

@@ -35,3 +35,16 @@ pub async fn serve(
         tracing::error!(error = %e, "HTTP endpoint stopped");
     }
 }
+
+/// Binds `addr` and serves the endpoints there in a task of their own.
+pub async fn spawn(
+    addr: std::net::SocketAddr,
+    metrics: Render,
+    ready: Arc<AtomicBool>,
+    not_ready: &'static str,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    tokio::spawn(serve(listener, metrics, ready, not_ready));
+    Ok(())
+}

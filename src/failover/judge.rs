@@ -133,6 +133,10 @@ pub struct Judgement {
     pub actions: Vec<Action>,
     /// Dead nodes left untainted, and why.
     pub refusals: Vec<(String, Refusal)>,
+    /// Nodes carrying csi-fencer's taint and still dead: their terminating
+    /// pods may be force-deleted now, as pod GC does for an out-of-service
+    /// node once the node lifecycle controller has marked it not Ready.
+    pub sweep: Vec<String>,
 }
 
 /// Judges the cluster at `now`.
@@ -156,6 +160,11 @@ pub fn judge(c: &Cluster, s: &Settings, now: SystemTime) -> Judgement {
             node: n.name.clone(),
         });
     }
+    out.sweep = nodes
+        .iter()
+        .filter(|n| n.tainted_by_us.is_some() && silent(n).is_some())
+        .map(|n| n.name.clone())
+        .collect();
     let mut tainted = nodes.iter().filter(|n| n.tainted_by_us.is_some()).count();
     let crowd = too_many_dead(out.dead.len(), nodes.len(), s);
     for n in nodes

@@ -56,6 +56,10 @@ pub enum Call {
     CreateLeaderLease,
     /// The failover controller's leader Lease: acquired, renewed or given up.
     UpdateLeaderLease,
+    /// The pods of a node csi-fencer tainted out-of-service.
+    ListPods,
+    /// A terminating pod of such a node, force-deleted.
+    DeletePod,
 }
 
 /// One RBAC permission: API group, resource (with subresource), verb.
@@ -86,7 +90,7 @@ impl Call {
     ];
 
     /// Every call the failover controller makes.
-    pub const CONTROLLER: [Call; 15] = [
+    pub const CONTROLLER: [Call; 17] = [
         Call::ListNodes,
         Call::WatchNodes,
         Call::PatchNode,
@@ -102,6 +106,8 @@ impl Call {
         Call::UpdateLeaderLease,
         Call::CreateEvent,
         Call::PatchEvent,
+        Call::ListPods,
+        Call::DeletePod,
     ];
 
     /// The permission it needs.
@@ -129,6 +135,8 @@ impl Call {
             Call::WatchVolumeReservations => ("csi-fencer.io", "volumereservations", "watch"),
             Call::CreateLeaderLease => ("coordination.k8s.io", "leases", "create"),
             Call::UpdateLeaderLease => ("coordination.k8s.io", "leases", "update"),
+            Call::ListPods => ("", "pods", "list"),
+            Call::DeletePod => ("", "pods", "delete"),
         };
         Rule {
             group,

@@ -46,17 +46,11 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = opts.http {
-        let listener = tokio::net::TcpListener::bind(addr)
+        let m = metrics.clone();
+        let not_ready = "the caches of Nodes, Leases, VolumeAttachments and VolumeReservations are not loaded yet\n";
+        crate::daemon::http::spawn(addr, Arc::new(move || m.render()), ready.clone(), not_ready)
             .await
             .map_err(|source| ControllerError::Listen { addr, source })?;
-        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-        let m = metrics.clone();
-        tokio::spawn(crate::daemon::http::serve(
-            listener,
-            Arc::new(move || m.render()),
-            ready.clone(),
-            "the caches of Nodes, Leases, VolumeAttachments and VolumeReservations are not loaded yet\n",
-        ));
     }
     let (stop_tx, stop) = watch::channel(false);
     let controller = Controller::new(client, opts.spec, metrics);

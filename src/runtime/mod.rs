@@ -119,17 +119,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     // /readyz: the attachment source is readable and valid right now.
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = opts.http {
-        let listener = tokio::net::TcpListener::bind(addr)
+        let m = metrics.clone();
+        let not_ready = "attachment source not loaded yet, or the API server is unreachable\n";
+        crate::daemon::http::spawn(addr, Arc::new(move || m.render()), ready.clone(), not_ready)
             .await
             .map_err(|source| DaemonError::Listen { addr, source })?;
-        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-        let m = metrics.clone();
-        tokio::spawn(crate::daemon::http::serve(
-            listener,
-            Arc::new(move || m.render()),
-            ready.clone(),
-            "attachment source not loaded yet, or the API server is unreachable\n",
-        ));
     }
     let world = SourceView {
         node: opts.node.clone(),

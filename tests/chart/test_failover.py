@@ -81,7 +81,7 @@ def test_the_flags_follow_the_values():
         assert "--driver=" + d in args
     for flag in ("--ignore-driver=local.csi.example.com", "--lease-grace-seconds=25",
                  "--max-unhealthy-percent=50", "--max-concurrent=3", "--http-endpoint=:9817",
-                 "--dry-run"):
+                 "--dry-run", "--delete-pods=true"):
         assert flag in args, (flag, args)
     args = deployment({"failover": {"dryRun": False, "leaseGraceSeconds": 40, "maxConcurrent": 1}})[
         "spec"]["template"]["spec"]["containers"][0]["args"]
@@ -104,3 +104,13 @@ def test_the_replicas_prefer_different_nodes_unless_told_otherwise():
 def test_the_schema_refuses_bad_values(bad):
     with pytest.raises(helm.HelmError):
         cl.render(cl.merge(values("failover"), {"failover": bad}))
+
+
+def test_pods_are_deleted_only_with_the_right_to():
+    def rules(extra):
+        cr = failover_objs(extra)[("ClusterRole", cl.RELEASE + "-failover")]
+        return [r for r in cr["rules"] if "pods" in r["resources"]]
+    assert rules(None) == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "delete"]}]
+    assert rules({"failover": {"deletePods": False}}) == []
+    args = deployment({"failover": {"deletePods": False}})["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--delete-pods=false" in args

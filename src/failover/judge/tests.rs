@@ -270,6 +270,7 @@ fn a_taint_applied_by_someone_else_is_left_alone() {
     let mut c = cluster();
     c.nodes[0].out_of_service = true;
     assert_eq!(run(&c).actions, vec![]);
+    assert!(run(&c).sweep.is_empty(), "not ours: pod GC's business");
     c.nodes[0].renewed = Some(t(NOW));
     assert_eq!(run(&c).actions, vec![], "never untainted: not ours");
 }
@@ -280,14 +281,16 @@ fn a_tainted_node_stays_tainted_until_it_is_back_and_its_old_attachments_are_gon
     let tainted = t(NOW - 100);
     c.nodes[0].tainted_by_us = Some(tainted);
     c.nodes[0].out_of_service = true;
-    // Still dead: nothing to do, and no second taint.
+    // Still dead: nothing to do, and no second taint; its pods may go.
     assert_eq!(run(&c).actions, vec![]);
-    // Back, but Ready not yet.
+    assert_eq!(run(&c).sweep, vec!["node-a".to_string()]);
+    // Back, but Ready not yet: its pods stay.
     c.nodes[0].renewed = Some(t(NOW - 2));
     c.nodes[0].ready = Ready::NotReady {
         shutting_down: false,
     };
     assert_eq!(run(&c).actions, vec![]);
+    assert!(run(&c).sweep.is_empty());
     // Ready, but an attachment from before the taint is still there.
     c.nodes[0].ready = Ready::True;
     assert_eq!(run(&c).actions, vec![]);

@@ -1,7 +1,8 @@
 //! The failover controller's metrics (`/metrics` of `csi-fencer controller`).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric of the controller.
@@ -22,6 +23,8 @@ pub struct Metrics {
     pub tainted: IntGauge,
     /// Taints and untaints that failed, by action and error kind.
     pub errors: IntCounterVec,
+    /// Terminating pods of tainted nodes force-deleted.
+    pub pods_deleted: IntCounter,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -54,7 +57,13 @@ impl Metrics {
             ]),
         ));
         must(registry.register(Box::new(detection.clone())));
+        let pods_deleted = must(IntCounter::new(
+            "csi_fencer_failover_pods_deleted_total",
+            "Terminating pods of nodes csi-fencer tainted, force-deleted without waiting for pod GC.",
+        ));
+        must(registry.register(Box::new(pods_deleted.clone())));
         Metrics {
+            pods_deleted,
             taints: counters(
                 "csi_fencer_failover_taints_total",
                 "Out-of-service taints csi-fencer applied or removed.",
@@ -80,7 +89,7 @@ impl Metrics {
             ),
             errors: counters(
                 "csi_fencer_failover_api_errors_total",
-                "Failed taints and untaints of the failover controller, by action and error kind.",
+                "Failed taints, untaints and pod deletions of the failover controller, by action and error kind.",
                 &["action", "kind"],
             ),
             registry,

@@ -47,6 +47,9 @@ pub struct ControllerSpec {
     pub leader: Option<LeaderSpec>,
     /// Judge and report, change nothing.
     pub dry_run: bool,
+    /// Force-delete the terminating pods of a node csi-fencer tainted, as
+    /// pod GC would once the node is not Ready, without waiting for that.
+    pub delete_pods: bool,
     /// This replica's name in Events.
     pub identity: String,
 }
@@ -223,6 +226,17 @@ impl Controller {
         );
         self.gauges(&j);
         self.announce(&j.refusals).await;
+        if self.spec.delete_pods && !self.spec.dry_run {
+            for node in &j.sweep {
+                if let Err(e) = self.sweep(node).await {
+                    tracing::warn!(node = %node, error = %e, "could not force-delete the node's terminating pods; the next pass tries again");
+                    self.metrics
+                        .errors
+                        .with_label_values(&["delete-pods", e.kind()])
+                        .inc();
+                }
+            }
+        }
         for a in j.actions {
             let (what, r) = match &a {
                 Action::Taint { node, .. } => ("taint", self.taint(node).await),
@@ -353,6 +367,56 @@ impl Controller {
         let note = "the node is back (kubelet Lease renewed, Ready) and none of its attachments predates the taint".to_string();
         tracing::info!(node = %name, "removed the out-of-service taint: {note}");
         self.event(name, EventType::Normal, "OutOfServiceRemoved", note)
+            .await;
+        Ok(())
+    }
+
+    /// Force-deletes the pods of `node` that are terminating (marked by the
+    /// taint's eviction), so their replacements need not wait for pod GC.
+    /// Pods that tolerate the taint are not terminating and stay.
+    async fn sweep(&self, node: &str) -> Result<(), KubeError> {
+        use k8s_openapi::api::core::v1::Pod;
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
+        let (h, t) = (&self.health, self.spec.timeout);
+        let pods = call(h, t, Call::ListPods, api.list(&lp)).await?;
+        let mut gone = Vec::new();
+        for p in pods
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_some())
+        {
+            let (Some(ns), Some(name)) = (&p.metadata.namespace, &p.metadata.name) else {
+                continue;
+            };
+            let dp = kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: p.metadata.uid.clone().map(|uid| kube::api::Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..kube::api::DeleteParams::default()
+            };
+            let ns_api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+            match call(h, t, Call::DeletePod, ns_api.delete(name, &dp)).await {
+                Ok(_)
+                | Err(KubeError::Api {
+                    code: 404 | 409, ..
+                }) => gone.push(format!("{ns}/{name}")),
+                Err(e) => return Err(e),
+            }
+        }
+        if gone.is_empty() {
+            return Ok(());
+        }
+        self.metrics.pods_deleted.inc_by(gone.len() as u64);
+        let note = format!(
+            "force-deleted {} terminating pod(s) of the out-of-service node: {}",
+            gone.len(),
+            gone.join(", ")
+        );
+        tracing::warn!(node = %node, "{note}");
+        self.event(node, EventType::Normal, "OutOfServicePodsDeleted", note)
             .await;
         Ok(())
     }

@@ -262,16 +262,18 @@ pub async fn controller(
 ) {
     let mut settings = Settings::new([DRIVER.to_string()]);
     settings.lease_grace = GRACE;
-    controller_with(plane, identity, settings, Duration::from_millis(200)).await
+    controller_with(plane, identity, settings, Duration::from_millis(200), true).await
 }
 
-/// The controller with `settings`, judging every `interval`, as the
+/// The controller with `settings`, judging every `interval`, force-deleting
+/// the terminating pods of nodes it tainted if `delete_pods`, as the
 /// shipped ServiceAccount, electing on a Lease in kube-system.
 pub async fn controller_with(
     plane: &Plane,
     identity: &str,
     settings: Settings,
     interval: Duration,
+    delete_pods: bool,
 ) -> (
     Arc<Metrics>,
     tokio::task::JoinHandle<()>,
@@ -293,6 +295,7 @@ pub async fn controller_with(
             retry_period: Duration::from_millis(500),
         }),
         dry_run: false,
+        delete_pods,
         identity: identity.into(),
     };
     let metrics = Arc::new(Metrics::new());

@@ -54,6 +54,21 @@ fn kcm_double(plane: &Plane, old: String) -> tokio::task::JoinHandle<()> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Taint eviction: the pod marked for deletion, with its grace
+        // period; nobody on node-a will finish it.
+        graceful_delete(&rest, "/api/v1/namespaces/default/pods/app-0").await;
+        // Attach-detach: the volume detached once its pod is gone (pod GC
+        // would wait for NotReady; csi-fencer's controller does not).
+        loop {
+            if rest
+                .get("/api/v1/namespaces/default/pods/app-0")
+                .await
+                .is_none()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         rest.delete(&format!("/apis/storage.k8s.io/v1/volumeattachments/{old}"))
             .await;
         let name = attachment_name(DRIVER, HANDLE, "node-b");
@@ -62,6 +77,33 @@ fn kcm_double(plane: &Plane, old: String) -> tokio::task::JoinHandle<()> {
             .await;
         rest.set_attached(&name, true).await;
     })
+}
+
+/// A DELETE with the pod's own grace period: the API server only marks it.
+async fn graceful_delete(rest: &super::rest::Rest, path: &str) {
+    let body = serde_json::to_vec(
+        &json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 30}),
+    )
+    .expect("json");
+    let req = http::Request::delete(path)
+        .header("Content-Type", "application/json")
+        .body(body)
+        .expect("request");
+    rest.0.request_text(req).await.expect("graceful delete");
+}
+
+/// The application's pod on node-a, running.
+async fn app_pod(plane: &Plane) {
+    // The ServiceAccount admission wants the namespace's default account,
+    // which kube-controller-manager would have made.
+    plane
+        .apply(&json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "default", "namespace": "default"}}))
+        .await;
+    plane
+        .apply(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app-0", "namespace": "default"},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "app"}]}}))
+        .await;
 }
 
 fn registers(lun: &SimLun, initiator: &str) -> usize {
@@ -79,6 +121,7 @@ async fn a_dead_node_is_tainted_fenced_by_the_new_holder_and_untainted_when_back
     let a = daemon(&plane, "node-a", &lun, partition.port).await;
     let _b = daemon(&plane, "node-b", &lun, plane.api_port()).await;
     let old = attach(&plane, "node-a").await;
+    app_pod(&plane).await;
     plane
         .until("node-a holds pv-1 and says so", || async {
             entry_state(&plane, "node-a").await.as_deref() == Some("Holder")
@@ -120,9 +163,14 @@ async fn a_dead_node_is_tainted_fenced_by_the_new_holder_and_untainted_when_back
         .as_str()
         .unwrap_or_default();
     assert!(reason.contains("fenced volumes: pv-1"), "{reason}");
-    assert!(events(&plane, "node-a")
-        .await
-        .contains(&"OutOfServiceTainted".to_string()));
+    let evs = events(&plane, "node-a").await;
+    for reason in ["OutOfServiceTainted", "OutOfServicePodsDeleted"] {
+        assert!(evs.contains(&reason.to_string()), "{reason}: {evs:?}");
+    }
+    assert_eq!(
+        crate::testutil::sample(&metrics.render(), "csi_fencer_failover_pods_deleted_total"),
+        Some(1.0)
+    );
     assert_eq!(
         crate::testutil::sample(
             &metrics.render(),

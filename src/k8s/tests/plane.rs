@@ -359,6 +359,12 @@ impl Plane {
     /// [`Plane::token_client`] reaching the API server at `url` (a proxy
     /// that a test can cut, say).
     pub async fn token_client_via(&self, ns: &str, sa: &str, url: &str) -> kube::Client {
+        client_from(&self.token_kubeconfig(ns, sa, url).await).await
+    }
+
+    /// A kubeconfig file with a fresh token of ServiceAccount `ns/sa`, for
+    /// the API server at `url` (for a `csi-fencer` process of a test).
+    pub async fn token_kubeconfig(&self, ns: &str, sa: &str, url: &str) -> PathBuf {
         let token = self.token(ns, sa).await;
         let kc = format!(
             "apiVersion: v1\nkind: Config\nclusters: [{{name: local, cluster: {{server: \"{}\", \
@@ -372,7 +378,7 @@ impl Plane {
             .path()
             .join(format!("sa-{}.kubeconfig", free_port()));
         std::fs::write(&path, kc).expect("kubeconfig");
-        client_from(&path).await
+        path
     }
 
     /// A fresh token (one hour) of ServiceAccount `ns/sa`, by TokenRequest.

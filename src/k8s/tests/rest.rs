@@ -118,6 +118,7 @@ fn object_path(obj: &Value) -> String {
         "Role" => ("/apis/rbac.authorization.k8s.io/v1", "roles"),
         "RoleBinding" => ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
         "Lease" => ("/apis/coordination.k8s.io/v1", "leases"),
+        "Pod" => ("/api/v1", "pods"),
         "Node" => ("/api/v1", "nodes"),
         "PersistentVolume" => ("/api/v1", "persistentvolumes"),
         "StorageClass" => ("/apis/storage.k8s.io/v1", "storageclasses"),
