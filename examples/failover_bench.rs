@@ -123,13 +123,13 @@ async fn kcm(
         }
         let is_tainted = tainted(&plane.get("/api/v1/nodes/node-a").await.unwrap_or_default());
         if is_tainted && !evicted {
-            graceful_delete(plane, pod).await;
+            delete_with_grace(plane, pod, 30).await;
             evicted = true;
         }
         if now >= next_gc {
             next_gc += Duration::from_secs(20);
             if is_tainted && not_ready.is_some() {
-                plane.delete(pod).await;
+                delete_with_grace(plane, pod, 0).await;
             }
         }
         if evicted && plane.get(pod).await.is_none() {
@@ -146,10 +146,11 @@ async fn kcm(
     }
 }
 
-/// Taint eviction's DELETE: the pod marked, with its grace period.
-async fn graceful_delete(plane: &plane::Plane, path: &str) {
+/// A DELETE with `grace` seconds: taint eviction's (30: the pod only
+/// marked) or pod GC's (0: gone at once).
+async fn delete_with_grace(plane: &plane::Plane, path: &str, grace: u32) {
     let body = serde_json::to_vec(
-        &serde_json::json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 30}),
+        &serde_json::json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": grace}),
     )
     .expect("json");
     let req = http::Request::delete(path)

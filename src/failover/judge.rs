@@ -44,6 +44,12 @@ pub enum Refusal {
         /// Its driver.
         driver: String,
     },
+    /// A volume the kubelet reported in use that no fenced attachment
+    /// accounts for.
+    UnattachedVolume {
+        /// The volume as the kubelet names it.
+        volume: String,
+    },
     /// An attachment of a fenced driver whose LUN does not show the node
     /// under the fence.
     Unprotected {
@@ -79,6 +85,7 @@ impl Refusal {
             Refusal::ShuttingDown => "shutting-down",
             Refusal::Cordoned => "cordoned",
             Refusal::UnfencedDriver { .. } => "unfenced-driver",
+            Refusal::UnattachedVolume { .. } => "unattached-volume",
             Refusal::Unprotected { .. } => "unprotected-volume",
             Refusal::TooManyUnhealthy { .. } => "too-many-unhealthy",
             Refusal::TooManyTainted { .. } => "too-many-tainted",
@@ -94,6 +101,10 @@ impl fmt::Display for Refusal {
             Refusal::UnfencedDriver { attachment, driver } => write!(
                 f,
                 "VolumeAttachment {attachment} is of driver {driver}, which csi-fencer does not fence"
+            ),
+            Refusal::UnattachedVolume { volume } => write!(
+                f,
+                "the kubelet reported volume {volume} in use, and no attachment of a driver csi-fencer fences accounts for it"
             ),
             Refusal::Unprotected {
                 attachment,
@@ -247,6 +258,7 @@ fn protected(n: &Node, c: &Cluster, s: &Settings) -> Result<Vec<String>, Refusal
     let mut atts: Vec<&Attachment> = attachments_of(c, &n.name).collect();
     atts.sort_by(|a, b| a.name.cmp(&b.name));
     let mut volumes = Vec::new();
+    in_use_accounted(n, &atts, s)?;
     for a in atts {
         if s.ignored_drivers.contains(&a.driver) {
             continue;
@@ -272,6 +284,35 @@ fn protected(n: &Node, c: &Cluster, s: &Settings) -> Result<Vec<String>, Refusal
         volumes.push(pv.clone());
     }
     Ok(volumes)
+}
+
+/// Every volume the kubelet reported in use is accounted for by an
+/// attachment: a CSI volume of a fenced driver needs an attachment of that
+/// driver on the node (one per volume), of an ignored driver nothing; any
+/// other volume (in-tree iSCSI or FC, a driver that is not fenced) refuses.
+fn in_use_accounted(n: &Node, atts: &[&Attachment], s: &Settings) -> Result<(), Refusal> {
+    let mut left: BTreeMap<&str, usize> = BTreeMap::new();
+    for a in atts {
+        *left.entry(a.driver.as_str()).or_default() += 1;
+    }
+    for v in &n.volumes_in_use {
+        let driver = v
+            .strip_prefix("kubernetes.io/csi/")
+            .and_then(|r| r.split('^').next());
+        let unaccounted = || Refusal::UnattachedVolume { volume: v.clone() };
+        match driver {
+            Some(d) if s.ignored_drivers.contains(d) => {}
+            Some(d) if s.drivers.contains(d) => {
+                let n = left
+                    .get_mut(d)
+                    .filter(|n| **n > 0)
+                    .ok_or_else(unaccounted)?;
+                *n -= 1;
+            }
+            _ => return Err(unaccounted()),
+        }
+    }
+    Ok(())
 }
 
 /// Whether the node's last report puts it under the fence: it holds the
@@ -304,9 +345,6 @@ pub fn taint_reason(silent_for: &Duration, volumes: &[String]) -> String {
         text::duration(&Duration::from_secs(silent_for.as_secs()))
     )
 }
-
-/// Reports by node, for tests and the Kubernetes edge.
-pub type Reports = BTreeMap<String, Report>;
 
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,11 @@ pub struct Node {
     /// When csi-fencer applied the out-of-service taint it carries (from the
     /// annotation it writes with it); `None` when csi-fencer did not.
     pub tainted_by_us: Option<SystemTime>,
+    /// The volumes its kubelet last reported in use (`status.volumesInUse`,
+    /// `kubernetes.io/csi/<driver>^<handle>` for CSI): a SAN volume with no
+    /// VolumeAttachment (an in-tree iSCSI or FC volume, a CSI driver that
+    /// needs no attach) shows only here.
+    pub volumes_in_use: Vec<String>,
 }
 
 /// One VolumeAttachment.

@@ -28,7 +28,8 @@ pub enum Call {
     /// Server-side apply of a VolumeReservation (creates it with its owner reference).
     ApplyVolumeReservation,
     /// Who the VolumeReservation names as holder, before a node that let go
-    /// of the reservation removes its volume-wide fields.
+    /// of the reservation removes its volume-wide fields; the nodes' reports
+    /// read fresh before the failover controller taints a node.
     GetVolumeReservation,
     /// Server-side apply of this node's entry of a VolumeReservation's status.
     ApplyVolumeReservationStatus,
@@ -90,7 +91,7 @@ impl Call {
     ];
 
     /// Every call the failover controller makes.
-    pub const CONTROLLER: [Call; 17] = [
+    pub const CONTROLLER: [Call; 18] = [
         Call::ListNodes,
         Call::WatchNodes,
         Call::PatchNode,
@@ -108,6 +109,7 @@ impl Call {
         Call::PatchEvent,
         Call::ListPods,
         Call::DeletePod,
+        Call::GetVolumeReservation,
     ];
 
     /// The permission it needs.

@@ -4,7 +4,11 @@
 //! time unchanged for a whole lease duration (measured on its own clock, so
 //! clock skew between replicas does not matter); a leader that could not
 //! renew for the renew deadline (shorter than the lease duration) stops
-//! leading before anyone else may start.
+//! leading before anyone else may start. Leadership is published as the
+//! moment it ends unless renewed (`valid_until`): the controller checks it
+//! before every change it makes, so a leader whose renewals hang stops
+//! acting at the renew deadline whatever its calls do; every call of the
+//! elector is also bounded by the renew deadline.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -68,7 +72,8 @@ pub struct Elector {
 }
 
 impl Elector {
-    /// An elector for `spec`; each API call bounded by `timeout`.
+    /// An elector for `spec`; each API call bounded by `timeout`, and by
+    /// the renew deadline if that is shorter.
     pub fn new(
         client: Client,
         spec: LeaderSpec,
@@ -77,55 +82,56 @@ impl Elector {
     ) -> Self {
         Elector {
             api: Api::namespaced(client, &spec.namespace),
+            timeout: timeout.min(spec.renew_deadline),
             spec,
             health,
-            timeout,
             seen: None,
             renewed: None,
         }
     }
 
-    /// Tries to acquire or renew until `stop` fires, publishing whether this
-    /// replica leads; gives the Lease up on the way out if it led.
-    pub async fn run(mut self, leading: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+    /// Tries to acquire or renew until `stop` fires, publishing until when
+    /// this replica leads (`None`: it does not); gives the Lease up on the
+    /// way out if it led. `stop` comes from the controller once its last
+    /// pass has ended, so nothing of this replica acts after the release.
+    pub async fn run(
+        mut self,
+        valid: watch::Sender<Option<Instant>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         loop {
-            let now = self.step().await;
-            leading.send_if_modified(|l| std::mem::replace(l, now) != now);
+            self.step().await;
+            // Leading until the last renewal's start plus the renew deadline.
+            valid.send_replace(self.renewed.map(|r| r + self.spec.renew_deadline));
             tokio::select! {
                 _ = tokio::time::sleep(self.spec.retry_period) => {}
                 _ = stop.changed() => break,
             }
         }
-        if *leading.borrow() {
-            leading.send_replace(false);
+        if valid.send_replace(None).is_some() {
             if let Err(e) = self.release().await {
                 tracing::warn!(error = %e, "could not give the leader Lease up; the other replica takes over after the lease duration");
             }
         }
     }
 
-    /// One attempt; whether this replica leads after it.
-    async fn step(&mut self) -> bool {
+    /// One attempt: `renewed` is when the last successful one began, or
+    /// `None` once this replica may no longer lead.
+    async fn step(&mut self) {
+        let started = Instant::now();
         match self.try_lead().await {
-            Ok(true) => {
-                self.renewed = Some(Instant::now());
-                true
-            }
-            Ok(false) => {
-                self.renewed = None;
-                false
-            }
+            Ok(true) => self.renewed = Some(started),
+            Ok(false) => self.renewed = None,
             Err(e) => {
                 let Some(at) = self.renewed else {
                     tracing::warn!(error = %e, "leader election");
-                    return false;
+                    return;
                 };
                 let keep = at.elapsed() < self.spec.renew_deadline;
                 tracing::warn!(error = %e, still_leading = keep, "could not renew the leader Lease");
                 if !keep {
                     self.renewed = None;
                 }
-                keep
             }
         }
     }

@@ -20,6 +20,7 @@ fn node(name: &str, renewed_ago: u64) -> Node {
         cordoned: false,
         out_of_service: false,
         tainted_by_us: None,
+        volumes_in_use: Vec::new(),
     }
 }
 
@@ -331,4 +332,35 @@ fn the_taint_reason_names_the_silence_and_the_volumes() {
         taint_reason(&Duration::from_secs(40), &[]),
         "kubelet Lease not renewed for 40 s; no attached volume"
     );
+}
+
+#[test]
+fn a_volume_in_use_without_a_fenced_attachment_refuses_the_taint() {
+    let csi = |d: &str, h: &str| format!("kubernetes.io/csi/{d}^{h}");
+    // The volume of its attachment: accounted for.
+    let mut c = cluster();
+    c.nodes[0].volumes_in_use = vec![csi(DRIVER, "3600a")];
+    assert_eq!(run(&c).actions.len(), 1);
+    // Two in use, one attachment: the second has none (a driver that needs
+    // no attach).
+    c.nodes[0].volumes_in_use.push(csi(DRIVER, "3600b"));
+    let r = refusal(&c, "node-a").expect("refused");
+    assert_eq!(r.reason(), "unattached-volume");
+    assert!(r.to_string().contains("3600b"), "{r}");
+    // An in-tree iSCSI volume, a volume of a driver that is not fenced.
+    for v in [
+        "kubernetes.io/iscsi/10.0.0.1:3260:iqn.x:lun-0".to_string(),
+        csi("nfs.csi.k8s.io", "x"),
+    ] {
+        let mut c = cluster();
+        c.nodes[0].volumes_in_use = vec![v.clone()];
+        let r = refusal(&c, "node-a").expect("refused");
+        assert!(r.to_string().contains(&v), "{r}");
+    }
+    // An ignored driver's volume needs nothing.
+    let mut c = cluster();
+    c.nodes[0].volumes_in_use = vec![csi("local.csi.example.com", "x")];
+    let mut s = settings();
+    s.ignored_drivers = BTreeSet::from(["local.csi.example.com".to_string()]);
+    assert_eq!(judge(&c, &s, t(NOW)).actions.len(), 1);
 }

@@ -46,12 +46,14 @@ pub fn taint_patch(node: &Node, reason: &str, now: SystemTime) -> Value {
     })
 }
 
-/// The patch that takes csi-fencer's taint and annotations off `node`;
-/// every other taint stays as it is.
+/// The patch that takes csi-fencer's taint (exactly that one, see
+/// [`super::convert::ours`]) and its annotations off `node`; every other
+/// taint stays as it is.
 pub fn untaint_patch(node: &Node) -> Value {
+    let mine = super::convert::ours(node).map(|(_, t)| t.clone());
     let list: Vec<Value> = taints(node)
         .iter()
-        .filter(|t| !(t.key == TAINT_KEY && t.effect == TAINT_EFFECT))
+        .filter(|t| Some(*t) != mine.as_ref())
         .map(|t| serde_json::to_value(t).unwrap_or(Value::Null))
         .collect();
     json!({
@@ -110,8 +112,11 @@ mod tests {
             let p = taint_patch(&n, "r", at);
             n.spec.as_mut().expect("spec").taints =
                 serde_json::from_value(p["spec"]["taints"].clone()).expect("taints");
+            n.metadata.annotations =
+                serde_json::from_value(p["metadata"]["annotations"].clone()).expect("annotations");
             n
         };
+        assert!(super::super::convert::ours(&tainted).is_some());
         let p = untaint_patch(&tainted);
         let list = p["spec"]["taints"].as_array().expect("a list");
         assert_eq!(list.len(), 2, "{list:?}");

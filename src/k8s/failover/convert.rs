@@ -24,19 +24,16 @@ pub const APPLIED_ANNOTATION: &str = "csi-fencer.io/out-of-service-applied";
 /// Why csi-fencer applied it, in words.
 pub const REASON_ANNOTATION: &str = "csi-fencer.io/out-of-service-reason";
 
-/// The cluster from the caches' contents.
+/// The cluster from the caches' contents; `renewed` says when each node's
+/// kubelet was last seen renewing its Lease.
 pub fn cluster<'a>(
     nodes: impl IntoIterator<Item = &'a KubeNode>,
-    leases: impl IntoIterator<Item = &'a Lease>,
+    renewed: &BTreeMap<String, SystemTime>,
     attachments: impl IntoIterator<Item = &'a VolumeAttachment>,
     reservations: impl IntoIterator<Item = &'a VolumeReservation>,
 ) -> Cluster {
-    let renewed: BTreeMap<String, SystemTime> = leases.into_iter().filter_map(renewal).collect();
     Cluster {
-        nodes: nodes
-            .into_iter()
-            .filter_map(|n| node(n, &renewed))
-            .collect(),
+        nodes: nodes.into_iter().filter_map(|n| node(n, renewed)).collect(),
         attachments: attachments.into_iter().filter_map(attachment).collect(),
         reports: reservations.into_iter().filter_map(reports).collect(),
     }
@@ -77,7 +74,35 @@ fn node(n: &KubeNode, renewed: &BTreeMap<String, SystemTime>) -> Option<Node> {
         ready,
         cordoned: spec.and_then(|s| s.unschedulable).unwrap_or(false),
         out_of_service,
-        tainted_by_us: applied_at(n).filter(|_| out_of_service),
+        tainted_by_us: ours(n).map(|(at, _)| at),
+        volumes_in_use: n
+            .status
+            .as_ref()
+            .and_then(|s| s.volumes_in_use.clone())
+            .unwrap_or_default(),
+    })
+}
+
+/// csi-fencer's taint on the node, with when it was applied: the
+/// out-of-service taint whose `timeAdded` is the time the annotation names
+/// (both are written by one patch). A taint a person applied after one of
+/// ours was removed by hand is not ours, whatever annotation is left.
+pub fn ours(n: &KubeNode) -> Option<(SystemTime, &Taint)> {
+    let at = applied_at(n)?;
+    let second = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .ok()
+    };
+    taints(n).iter().find_map(|t| {
+        let added = t.time_added.as_ref().map(|x| SystemTime::from(x.0));
+        let same = t.key == TAINT_KEY
+            && t.effect == TAINT_EFFECT
+            && t.value.as_deref() == Some(TAINT_VALUE)
+            && added
+                .and_then(second)
+                .is_some_and(|a| Some(a) == second(at));
+        same.then_some((at, t))
     })
 }
 
@@ -111,10 +136,16 @@ fn attachment(va: &VolumeAttachment) -> Option<Attachment> {
 }
 
 fn reports(vr: &VolumeReservation) -> Option<(String, BTreeMap<String, Report>)> {
-    let pv = vr.spec.persistent_volume_name.clone();
-    let entries = vr
-        .status
-        .as_ref()?
+    vr.status.as_ref()?;
+    Some((vr.spec.persistent_volume_name.clone(), reports_of(vr)))
+}
+
+/// Each node's report in a VolumeReservation.
+pub fn reports_of(vr: &VolumeReservation) -> BTreeMap<String, Report> {
+    let Some(status) = vr.status.as_ref() else {
+        return BTreeMap::new();
+    };
+    status
         .nodes
         .iter()
         .map(|e| {
@@ -124,8 +155,7 @@ fn reports(vr: &VolumeReservation) -> Option<(String, BTreeMap<String, Report>)>
             };
             (e.node.clone(), r)
         })
-        .collect();
-    Some((pv, entries))
+        .collect()
 }
 
 /// The domain state a node's entry reports.
@@ -153,15 +183,18 @@ mod tests {
     fn a_node_reads_as_the_judgement_needs_it() {
         let n = kube_node(json!({
             "metadata": {"name": "node-a", "annotations": {APPLIED_ANNOTATION: "2026-12-07T10:00:00Z"}},
-            "spec": {"unschedulable": true, "taints": [{"key": TAINT_KEY, "value": TAINT_VALUE, "effect": TAINT_EFFECT}]},
-            "status": {"conditions": [{"type": "Ready", "status": "False", "message": "node is shutting down"}]}
+            "spec": {"unschedulable": true, "taints": [{"key": TAINT_KEY, "value": TAINT_VALUE, "effect": TAINT_EFFECT,
+                "timeAdded": "2026-12-07T10:00:00Z"}]},
+            "status": {"conditions": [{"type": "Ready", "status": "False", "message": "node is shutting down"}],
+                "volumesInUse": ["kubernetes.io/csi/d^3600a"]}
         }));
         let lease: Lease = serde_json::from_value(json!({
             "metadata": {"name": "node-a", "namespace": "kube-node-lease"},
             "spec": {"renewTime": "2026-12-07T09:59:00.000000Z"}
         }))
         .expect("a Lease");
-        let c = cluster([&n], [&lease], [], []);
+        let renewed = [&lease].into_iter().filter_map(renewal).collect();
+        let c = cluster([&n], &renewed, [], []);
         let got = &c.nodes[0];
         assert_eq!(got.name, "node-a");
         assert_eq!(
@@ -174,6 +207,25 @@ mod tests {
         let at = |s: &str| SystemTime::from(s.parse::<k8s_openapi::jiff::Timestamp>().unwrap());
         assert_eq!(got.tainted_by_us, Some(at("2026-12-07T10:00:00Z")));
         assert_eq!(got.renewed, Some(at("2026-12-07T09:59:00Z")));
+        assert_eq!(
+            got.volumes_in_use,
+            vec!["kubernetes.io/csi/d^3600a".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_taint_is_ours_only_if_it_was_added_when_our_annotation_says() {
+        let with = |added: &str| {
+            kube_node(json!({
+                "metadata": {"name": "node-a", "annotations": {APPLIED_ANNOTATION: "2026-12-07T10:00:00Z"}},
+                "spec": {"taints": [{"key": TAINT_KEY, "value": TAINT_VALUE, "effect": TAINT_EFFECT, "timeAdded": added}]}
+            }))
+        };
+        assert!(ours(&with("2026-12-07T10:00:00Z")).is_some());
+        // A person's taint, applied after ours was removed by hand.
+        assert!(ours(&with("2026-12-07T11:30:00Z")).is_none());
+        let c = cluster([&with("2026-12-07T11:30:00Z")], &BTreeMap::new(), [], []);
+        assert!(c.nodes[0].out_of_service && c.nodes[0].tainted_by_us.is_none());
     }
 
     #[test]
@@ -182,7 +234,7 @@ mod tests {
             "metadata": {"name": "node-a", "annotations": {APPLIED_ANNOTATION: "2026-12-07T10:00:00Z"}},
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}
         }));
-        let c = cluster([&n], [], [], []);
+        let c = cluster([&n], &BTreeMap::new(), [], []);
         assert_eq!(c.nodes[0].tainted_by_us, None);
         assert_eq!(c.nodes[0].renewed, None);
         assert_eq!(c.nodes[0].ready, Ready::True);
@@ -203,7 +255,7 @@ mod tests {
                 "totalPaths": 2, "message": "no device", "lastTransitionTime": "2026-12-07T08:00:00Z"}]}
         }))
         .expect("a VolumeReservation");
-        let c = cluster([], [], [&va], [&vr]);
+        let c = cluster([], &BTreeMap::new(), [&va], [&vr]);
         assert_eq!(c.attachments[0].pv.as_deref(), Some("pv-1"));
         assert_eq!(c.attachments[0].node, "node-a");
         let r = &c.reports["pv-1"]["node-a"];

@@ -10,7 +10,7 @@ pub mod act;
 pub mod convert;
 pub mod metrics;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -122,9 +122,12 @@ impl Caches {
         let _ = self.reservations.wait_until_ready().await;
     }
 
-    fn cluster(&self, nodes: Option<&[Node]>) -> crate::failover::Cluster {
+    fn cluster(
+        &self,
+        nodes: Option<&[Node]>,
+        renewed: &BTreeMap<String, SystemTime>,
+    ) -> crate::failover::Cluster {
         let cached = self.nodes.state();
-        let leases = self.leases.state();
         let atts = self.attachments.state();
         let vrs = self.reservations.state();
         let nodes: Vec<&Node> = match nodes {
@@ -133,10 +136,72 @@ impl Caches {
         };
         convert::cluster(
             nodes,
-            leases.iter().map(|l| l.as_ref()),
+            renewed,
             atts.iter().map(|a| a.as_ref()),
             vrs.iter().map(|v| v.as_ref()),
         )
+    }
+}
+
+/// When each kubelet was last seen renewing, on this replica's clock: a
+/// Lease whose renewTime changed was renewed when the change was first
+/// seen. Kubelets' clocks do not count, so a node whose clock runs late is
+/// not taken for dead (as the node lifecycle controller does it). A replica
+/// that just started has seen every Lease renewed now.
+#[derive(Default)]
+struct Renewals(HashMap<String, (Option<String>, SystemTime)>);
+
+impl Renewals {
+    /// Updates from `leases`; when each node was last seen renewing.
+    fn update<'a>(
+        &mut self,
+        leases: impl IntoIterator<Item = &'a Lease>,
+    ) -> BTreeMap<String, SystemTime> {
+        let now = SystemTime::now();
+        let mut out = BTreeMap::new();
+        for l in leases {
+            let Some(name) = l.metadata.name.clone() else {
+                continue;
+            };
+            let at = renew_time(l);
+            let e = self
+                .0
+                .entry(name.clone())
+                .or_insert_with(|| (at.clone(), now));
+            if e.0 != at {
+                *e = (at, now);
+            }
+            out.insert(name, e.1);
+        }
+        out
+    }
+
+    /// Whether `fresh` shows a renewal this replica has not seen yet.
+    fn renewed_since(&self, fresh: &Lease) -> bool {
+        let name = fresh.metadata.name.clone().unwrap_or_default();
+        self.0
+            .get(&name)
+            .is_none_or(|(at, _)| *at != renew_time(fresh))
+    }
+}
+
+fn renew_time(l: &Lease) -> Option<String> {
+    l.spec
+        .as_ref()?
+        .renew_time
+        .as_ref()
+        .map(|t| t.0.to_string())
+}
+
+/// What a repeated refusal is told once for: its reason and the volume it
+/// names; the counts in a partition's words change without news.
+fn refusal_key(r: &Refusal) -> String {
+    match r {
+        Refusal::UnfencedDriver { attachment, .. } | Refusal::Unprotected { attachment, .. } => {
+            format!("{}/{attachment}", r.reason())
+        }
+        Refusal::UnattachedVolume { volume } => format!("{}/{volume}", r.reason()),
+        _ => r.reason().to_string(),
     }
 }
 
@@ -148,8 +213,11 @@ pub struct Controller {
     metrics: Arc<Metrics>,
     caches: Caches,
     reporter: Reporter,
-    /// The refusal last announced per node, so each is told once.
+    /// The refusal last announced per node (its key), so each is told once.
     refused: HashMap<String, String>,
+    renewals: Renewals,
+    /// Until when this replica leads (see [`Elector`]); `None`: it does not.
+    leads: watch::Receiver<Option<std::time::Instant>>,
 }
 
 impl Controller {
@@ -167,64 +235,87 @@ impl Controller {
             health: Arc::new(ApiHealth::default()),
             metrics,
             refused: HashMap::new(),
+            renewals: Renewals::default(),
+            leads: watch::channel(None).1,
         }
     }
 
-    /// Runs until `stop` fires: caches first, then a pass every interval
-    /// while this replica leads. `ready` is set once the caches are loaded.
+    /// Whether this replica may change anything now.
+    fn leading(&self) -> bool {
+        self.spec.leader.is_none()
+            || self
+                .leads
+                .borrow()
+                .is_some_and(|until| std::time::Instant::now() < until)
+    }
+
+    /// Runs until `stop` fires: caches first, then a judgement every
+    /// interval, acted on while this replica leads. `ready` is set once the
+    /// caches are loaded. The leader Lease is given up only after the last
+    /// pass has ended.
     pub async fn run(
         mut self,
         ready: Arc<std::sync::atomic::AtomicBool>,
-        stop: watch::Receiver<bool>,
+        mut stop: watch::Receiver<bool>,
     ) {
-        self.caches.ready().await;
+        tokio::select! {
+            _ = self.caches.ready() => {}
+            _ = stop.changed() => return,
+        }
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             "caches loaded: judging every {}",
             crate::text::duration(&self.spec.interval)
         );
-        let (lead_tx, leading) = watch::channel(self.spec.leader.is_none());
+        let (elector_stop, elector_stopped) = watch::channel(false);
         let elector = self.spec.leader.clone().map(|l| {
+            let (valid, leads) = watch::channel(None);
+            self.leads = leads;
             let e = Elector::new(
                 self.client.clone(),
                 l,
                 self.health.clone(),
                 self.spec.timeout,
             );
-            Stops(tokio::spawn(e.run(lead_tx, stop.clone())))
+            Stops(tokio::spawn(e.run(valid, elector_stopped)))
         });
-        let mut stop = stop;
         let mut was_leading = false;
         loop {
-            let leads = *leading.borrow();
+            let leads = self.leading();
             if leads != was_leading {
                 tracing::info!(leading = leads, "leadership changed");
                 self.refused.clear();
                 was_leading = leads;
             }
             self.metrics.leader.set(i64::from(leads));
-            if leads {
-                self.pass().await;
-            }
+            self.pass(leads).await;
             tokio::select! {
                 _ = tokio::time::sleep(self.spec.interval) => {}
                 _ = stop.changed() => break,
             }
         }
-        // The elector gives the Lease up, so the other replica leads at once.
+        // The last pass is over: now the elector may give the Lease up, so
+        // the other replica leads at once.
+        let _ = elector_stop.send(true);
         if let Some(mut e) = elector {
             let _ = (&mut e.0).await;
         }
     }
 
-    /// One judgement, and what it calls for.
-    pub async fn pass(&mut self) {
+    /// One judgement; acted on when `act` (this replica leads).
+    pub async fn pass(&mut self, act: bool) {
+        let renewed = self
+            .renewals
+            .update(self.caches.leases.state().iter().map(|l| l.as_ref()));
         let j = judge(
-            &self.caches.cluster(None),
+            &self.caches.cluster(None, &renewed),
             &self.spec.settings,
             SystemTime::now(),
         );
         self.gauges(&j);
+        if !act {
+            return;
+        }
         self.announce(&j.refusals).await;
         if self.spec.delete_pods && !self.spec.dry_run {
             for node in &j.sweep {
@@ -239,7 +330,7 @@ impl Controller {
         }
         for a in j.actions {
             let (what, r) = match &a {
-                Action::Taint { node, .. } => ("taint", self.taint(node).await),
+                Action::Taint { node, .. } => ("taint", self.taint(node, &renewed).await),
                 Action::Untaint { node } => ("untaint", self.untaint(node).await),
             };
             if let Err(e) = r {
@@ -254,36 +345,27 @@ impl Controller {
 
     fn gauges(&self, j: &Judgement) {
         self.metrics.dead.set(j.dead.len() as i64);
-        let tainted = self
-            .caches
-            .nodes
-            .state()
-            .iter()
-            .filter(|n| {
-                convert::applied_at(n).is_some()
-                    && convert::taints(n)
-                        .iter()
-                        .any(|t| t.key == convert::TAINT_KEY)
-            })
-            .count();
+        let nodes = self.caches.nodes.state();
+        let tainted = nodes.iter().filter(|n| convert::ours(n).is_some()).count();
         self.metrics.tainted.set(tainted as i64);
     }
 
     /// A Warning Event and a log line the first time a node is refused for
-    /// a reason; nothing while the reason stays the same.
+    /// a reason (and volume); nothing while that stays the same.
     async fn announce(&mut self, refusals: &[(String, Refusal)]) {
         self.refused
             .retain(|n, _| refusals.iter().any(|(r, _)| r == n));
         for (node, why) in refusals {
-            let text = why.to_string();
-            if self.refused.get(node) == Some(&text) {
+            let key = refusal_key(why);
+            if self.refused.get(node) == Some(&key) {
                 continue;
             }
-            self.refused.insert(node.clone(), text.clone());
+            self.refused.insert(node.clone(), key);
             self.metrics
                 .refusals
                 .with_label_values(&[why.reason()])
                 .inc();
+            let text = why.to_string();
             tracing::warn!(node = %node, reason = why.reason(), "not tainting the dead node out-of-service: {text}");
             if !self.spec.dry_run {
                 self.event(node, EventType::Warning, "OutOfServiceRefused", text)
@@ -292,23 +374,30 @@ impl Controller {
         }
     }
 
-    /// Judges again on fresh Nodes and the node's fresh Lease; taints if the
-    /// judgement still says so.
-    async fn taint(&mut self, name: &str) -> Result<(), KubeError> {
-        let nodes = self.fresh_nodes().await?;
-        let mut cluster = self.caches.cluster(Some(&nodes));
+    /// The node's Lease read fresh: false if it shows a renewal the caches
+    /// have not (the node is back, or never left).
+    async fn still_silent(&self, name: &str) -> Result<bool, KubeError> {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), NODE_LEASES);
-        let lease = call(
-            &self.health,
-            self.spec.timeout,
-            Call::GetNodeLease,
-            leases.get_opt(name),
-        )
-        .await?;
-        let renewed = lease.as_ref().and_then(convert::renewal).map(|(_, t)| t);
-        if let Some(n) = cluster.nodes.iter_mut().find(|n| n.name == name) {
-            n.renewed = renewed;
+        let get = leases.get_opt(name);
+        let lease = call(&self.health, self.spec.timeout, Call::GetNodeLease, get).await?;
+        Ok(lease.is_some_and(|l| !self.renewals.renewed_since(&l)))
+    }
+
+    /// Judges again on fresh Nodes, the node's fresh Lease and fresh
+    /// reservation reports of its volumes; taints if the judgement still
+    /// says so and this replica still leads.
+    async fn taint(
+        &mut self,
+        name: &str,
+        renewed: &BTreeMap<String, SystemTime>,
+    ) -> Result<(), KubeError> {
+        let nodes = self.fresh_nodes().await?;
+        let mut cluster = self.caches.cluster(Some(&nodes), renewed);
+        if !self.still_silent(name).await? {
+            tracing::info!(node = %name, "not tainting: its kubelet renewed its Lease after all");
+            return Ok(());
         }
+        self.fresh_reports(name, &mut cluster).await?;
         let now = SystemTime::now();
         let j = judge(&cluster, &self.spec.settings, now);
         let Some(Action::Taint {
@@ -335,7 +424,7 @@ impl Controller {
             return Ok(());
         };
         let patch = act::taint_patch(node, &reason, now);
-        if !self.patch(name, patch).await? {
+        if !self.patch(name, node, patch).await? {
             return Ok(());
         }
         self.metrics.taints.with_label_values(&["applied"]).inc();
@@ -343,6 +432,34 @@ impl Controller {
         tracing::warn!(node = %name, "applied the out-of-service taint: {reason}");
         self.event(name, EventType::Normal, "OutOfServiceTainted", reason)
             .await;
+        Ok(())
+    }
+
+    /// Replaces, in `cluster`, the reports of the volumes attached to
+    /// `name` by their VolumeReservations read now.
+    async fn fresh_reports(
+        &self,
+        name: &str,
+        cluster: &mut crate::failover::Cluster,
+    ) -> Result<(), KubeError> {
+        let api: Api<VolumeReservation> = Api::all(self.client.clone());
+        let pvs: Vec<String> = cluster
+            .attachments
+            .iter()
+            .filter(|a| a.node == name)
+            .filter_map(|a| a.pv.clone())
+            .collect();
+        for pv in pvs {
+            let got = call(
+                &self.health,
+                self.spec.timeout,
+                Call::GetVolumeReservation,
+                api.get_opt(&pv),
+            )
+            .await?;
+            let fresh = got.as_ref().map(convert::reports_of).unwrap_or_default();
+            cluster.reports.insert(pv, fresh);
+        }
         Ok(())
     }
 
@@ -360,7 +477,7 @@ impl Controller {
             tracing::info!(node = %name, "dry run: would remove the out-of-service taint");
             return Ok(());
         }
-        if !self.patch(name, act::untaint_patch(&node)).await? {
+        if !self.patch(name, &node, act::untaint_patch(&node)).await? {
             return Ok(());
         }
         self.metrics.taints.with_label_values(&["removed"]).inc();
@@ -372,23 +489,31 @@ impl Controller {
     }
 
     /// Force-deletes the pods of `node` that are terminating (marked by the
-    /// taint's eviction), so their replacements need not wait for pod GC.
-    /// Pods that tolerate the taint are not terminating and stay.
+    /// taint's eviction), so their replacements need not wait for pod GC;
+    /// only while its Lease, read now, is still silent. Pods that tolerate
+    /// the taint are not terminating and stay.
     async fn sweep(&self, node: &str) -> Result<(), KubeError> {
         use k8s_openapi::api::core::v1::Pod;
         let api: Api<Pod> = Api::all(self.client.clone());
         let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
         let (h, t) = (&self.health, self.spec.timeout);
         let pods = call(h, t, Call::ListPods, api.list(&lp)).await?;
-        let mut gone = Vec::new();
-        for p in pods
+        let terminating: Vec<&Pod> = pods
             .items
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_some())
-        {
+            .collect();
+        if terminating.is_empty() || !self.still_silent(node).await? {
+            return Ok(());
+        }
+        let mut gone = Vec::new();
+        for p in terminating {
             let (Some(ns), Some(name)) = (&p.metadata.namespace, &p.metadata.name) else {
                 continue;
             };
+            if !self.leading() {
+                break;
+            }
             let dp = kube::api::DeleteParams {
                 grace_period_seconds: Some(0),
                 preconditions: p.metadata.uid.clone().map(|uid| kube::api::Preconditions {
@@ -421,8 +546,19 @@ impl Controller {
         Ok(())
     }
 
-    /// A conditional patch; false when the Node changed since it was read.
-    async fn patch(&self, name: &str, body: serde_json::Value) -> Result<bool, KubeError> {
+    /// A patch conditional on the resourceVersion `node` was read at; false
+    /// when the Node changed since, when it carries no resourceVersion (the
+    /// patch would not be conditional), or when this replica no longer
+    /// leads.
+    async fn patch(
+        &self,
+        name: &str,
+        node: &Node,
+        body: serde_json::Value,
+    ) -> Result<bool, KubeError> {
+        if node.metadata.resource_version.is_none() || !self.leading() {
+            return Ok(false);
+        }
         let api: Api<Node> = Api::all(self.client.clone());
         let pp = PatchParams::default();
         let r = call(
@@ -454,6 +590,8 @@ impl Controller {
         Ok(list.items)
     }
 
+    /// An Event on the Node, bounded by a few seconds: a slow Event must not
+    /// hold a taint back.
     async fn event(&self, node: &str, type_: EventType, reason: &str, note: String) {
         let uid = self
             .caches
@@ -470,14 +608,16 @@ impl Controller {
             ..ObjectReference::default()
         };
         let ev = super::report::event(type_, reason, "FailOver", note);
+        // A recorder of its own: kube's merges Events of one reason on one
+        // object into a series that keeps the first note, and each of these
+        // says something new (repeats are filtered above).
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        let bound = self.spec.timeout.min(EVENT_TIMEOUT);
         let r = call(
             &self.health,
-            self.spec.timeout,
+            bound,
             Call::CreateEvent,
-            // A recorder of its own: kube's merges Events of one reason on
-            // one object into a series that keeps the first note, and each
-            // of these says something new (repeats are filtered above).
-            Recorder::new(self.client.clone(), self.reporter.clone()).publish(&ev, &reference),
+            recorder.publish(&ev, &reference),
         )
         .await;
         if let Err(e) = r {
@@ -485,3 +625,6 @@ impl Controller {
         }
     }
 }
+
+/// The most an Event may take.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(5);

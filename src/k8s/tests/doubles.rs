@@ -152,8 +152,9 @@ pub async fn cluster() -> (
 }
 
 /// A TCP proxy on loopback to the API server that a test can cut: a cut
-/// closes every connection through it (watches included) and refuses new
-/// ones, as a network partition of one node would.
+/// closes every connection through it (watches included) and black-holes
+/// new ones (accepted, never answered), as a network partition of one node
+/// would.
 pub struct Partition {
     /// The proxy's loopback port.
     pub port: u16,
@@ -175,6 +176,16 @@ impl Partition {
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = l.accept().await {
                 if c.load(Ordering::SeqCst) {
+                    // Black-holed, as dropped packets are: the connection
+                    // stays open and nothing ever answers.
+                    let t = tokio::spawn(async move {
+                        let mut sink = [0u8; 4096];
+                        while tokio::io::AsyncReadExt::read(&mut inbound, &mut sink)
+                            .await
+                            .is_ok_and(|n| n > 0)
+                        {}
+                    });
+                    list.lock().unwrap().push(t.abort_handle());
                     continue;
                 }
                 let t = tokio::spawn(async move {
@@ -196,10 +207,10 @@ impl Partition {
 
     pub fn set(&self, cut: bool) {
         self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
-        if cut {
-            for c in self.conns.lock().unwrap().drain(..) {
-                c.abort();
-            }
+        // Cut: every connection through goes. Healed: the black-holed ones
+        // go, so that their clients connect again.
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
         }
     }
 }

@@ -376,3 +376,72 @@ async fn a_leader_that_dies_mid_failover_loses_no_decision_and_its_successor_tai
     assert_eq!(lease["spec"]["holderIdentity"], "controller-3");
     assert_eq!(lease["spec"]["leaseTransitions"], 2, "{lease}");
 }
+
+/// Two electors; the leader is cut off from the API server. At no moment
+/// do both hold leadership (each `valid_until` in the future), and the
+/// other takes over once the Lease has gone unrenewed for its duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_the_api_server_stops_leading_before_the_other_starts() {
+    use crate::k8s::api::ApiHealth;
+    use crate::k8s::leader::{Elector, LeaderSpec};
+    use std::time::Instant;
+    let (plane, _alive, _kubelets) = cluster().await;
+    let partition = Partition::start(plane.api_port()).await;
+    let spec = |id: &str| LeaderSpec {
+        namespace: "kube-system".into(),
+        name: "csi-fencer-failover".into(),
+        identity: id.into(),
+        lease_duration: Duration::from_secs(4),
+        renew_deadline: Duration::from_secs(3),
+        retry_period: Duration::from_millis(500),
+    };
+    let (ns, sa) = ("kube-system", "csi-fencer-failover");
+    let url_a = format!("https://127.0.0.1:{}", partition.port);
+    let client_a = plane.token_client_via(ns, sa, &url_a).await;
+    let client_b = plane.token_client(ns, sa).await;
+    let timeout = Duration::from_secs(20);
+    let (valid_a, a) = tokio::sync::watch::channel(None);
+    let (valid_b, b) = tokio::sync::watch::channel(None);
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let ea = Elector::new(client_a, spec("a"), Arc::new(ApiHealth::default()), timeout);
+    tokio::spawn(ea.run(valid_a, stopped.clone()));
+    let leads = |r: &tokio::sync::watch::Receiver<Option<Instant>>| {
+        r.borrow().is_some_and(|u| Instant::now() < u)
+    };
+    let a_leads =
+        crate::testutil::poll_async(Duration::from_secs(10), Duration::from_millis(20), || {
+            leads(&a)
+        })
+        .await;
+    assert!(a_leads, "a never led");
+    let eb = Elector::new(client_b, spec("b"), Arc::new(ApiHealth::default()), timeout);
+    tokio::spawn(eb.run(valid_b, stopped));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!leads(&b), "b leads while a renews");
+    partition.set(true);
+    let cut = Instant::now();
+    let (mut a_stopped, mut b_started) = (None, None);
+    while cut.elapsed() < Duration::from_secs(15) && b_started.is_none() {
+        let (la, lb) = (leads(&a), leads(&b));
+        assert!(!(la && lb), "two leaders {:?} after the cut", cut.elapsed());
+        if !la && a_stopped.is_none() {
+            a_stopped = Some(cut.elapsed());
+        }
+        if lb {
+            b_started = Some(cut.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (stopped_at, started_at) = (
+        a_stopped.expect("a stopped"),
+        b_started.expect("b took over"),
+    );
+    assert!(
+        stopped_at <= Duration::from_secs(3),
+        "a led {stopped_at:?} past the cut"
+    );
+    assert!(
+        started_at >= Duration::from_secs(3),
+        "b led {started_at:?} after the cut"
+    );
+}
