@@ -15,31 +15,13 @@ mod rest;
 #[path = "../src/testutil.rs"]
 mod testutil;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use plane::Plane;
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    Some((
-        code,
-        buf.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    ))
-}
 
 struct Proc(Child);
 
@@ -50,28 +32,10 @@ impl Drop for Proc {
     }
 }
 
-async fn install_rbac(plane: &Plane) {
-    let path = plane::repo().join("deploy/failover.yaml");
-    let text = std::fs::read_to_string(path).expect("deploy/failover.yaml");
-    let kinds = [
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-    ];
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
-        if kinds.contains(&v["kind"].as_str().unwrap_or("")) {
-            plane.apply(&v).await;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_process_leads_refuses_a_partition_and_hands_its_lease_over_on_sigterm() {
     let plane = Plane::start().await;
-    install_rbac(&plane).await;
+    plane.install_failover_rbac().await;
     // One node, whose kubelet last renewed a minute ago: all of the cluster
     // looks dead, which is a partition, not a node death.
     plane
@@ -113,13 +77,13 @@ async fn the_controller_process_leads_refuses_a_partition_and_hands_its_lease_ov
         .spawn()
         .expect("csi-fencer controller");
     let mut p = Proc(child);
-    let ready = || http_get(port, "/readyz").is_some_and(|(c, _)| c == 200);
+    let ready = || testutil::http_get(port, "/readyz").is_some_and(|(c, _)| c == 200);
     assert!(
         testutil::poll_async(Duration::from_secs(30), Duration::from_millis(100), ready).await,
         "/readyz never answered 200"
     );
     let leads = || {
-        http_get(port, "/metrics")
+        testutil::http_get(port, "/metrics")
             .and_then(|(_, m)| testutil::sample(&m, "csi_fencer_failover_leader"))
             == Some(1.0)
     };

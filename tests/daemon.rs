@@ -3,8 +3,6 @@
 //! here, so every acquire fails to find its LUN: that failure is what the
 //! metrics must show. The fencing itself is tested in the VM rig.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -59,21 +57,7 @@ fn start(tag: &str) -> Daemon {
 
 /// (status code, body) of GET path, or None while nothing listens.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((code, body))
+    testutil::http_get(port, path)
 }
 
 fn wait_for(what: &str, f: impl FnMut() -> bool) {

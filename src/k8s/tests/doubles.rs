@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::lun::{Paths, SimLun, INITIATOR_A, INITIATOR_B};
 use super::node::{start_node, NodeDaemon};
-use super::plane::{repo, Plane};
+use super::plane::Plane;
 use crate::device::{Resolver, Sysfs};
 use crate::failover::Settings;
 use crate::k8s::cluster::attachment_name;
@@ -101,25 +101,6 @@ pub async fn set_ready(plane: &Plane, node: &str, status: &str, reason: &str, me
         .await;
 }
 
-/// The shipped controller RBAC (ServiceAccount, roles and bindings).
-pub async fn install_failover_rbac(plane: &Plane) {
-    let text =
-        std::fs::read_to_string(repo().join("deploy/failover.yaml")).expect("deploy/failover.yaml");
-    let kinds = [
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-    ];
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
-        if kinds.contains(&v["kind"].as_str().unwrap_or("")) {
-            plane.apply(&v).await;
-        }
-    }
-}
-
 /// A plane with node-a and node-b Ready, their Leases renewed, pv-1 (RWO)
 /// and the failover controller's RBAC.
 pub async fn cluster() -> (
@@ -140,7 +121,7 @@ pub async fn cluster() -> (
                      "persistentVolumeReclaimPolicy": "Retain",
                      "csi": {"driver": DRIVER, "volumeHandle": HANDLE}}}))
         .await;
-    install_failover_rbac(&plane).await;
+    plane.install_failover_rbac().await;
     let alive = Arc::new(Mutex::new(
         ["node-a", "node-b", "node-c"]
             .iter()

@@ -339,6 +339,26 @@ impl Plane {
         .await;
     }
 
+    /// The failover controller's shipped RBAC (`deploy/failover.yaml`:
+    /// ServiceAccount, roles and bindings).
+    pub async fn install_failover_rbac(&self) {
+        let text = std::fs::read_to_string(repo().join("deploy/failover.yaml"))
+            .expect("deploy/failover.yaml");
+        let kinds = [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        ];
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: Value = serde::Deserialize::deserialize(doc).expect("yaml");
+            if kinds.contains(&v["kind"].as_str().unwrap_or("")) {
+                self.apply(&v).await;
+            }
+        }
+    }
+
     /// A client with a fresh token of the chart's ServiceAccount: the
     /// daemon's identity in a cluster.
     pub async fn daemon_client(&self) -> kube::Client {
