@@ -1,7 +1,7 @@
 # csi-fencer: the two commands of the README, and their parts.
 #   make demo    the failover demo against a real SCSI target in a VM
 #   make test    every test: fmt, clippy, unit + property + mock-API tests, the chart, the image, then the VM rig
-.PHONY: test test-host test-vm test-image image demo bench-vm bench-kube bench-acquire bench-failover fuzz lint help sim
+.PHONY: test test-host test-windows test-vm test-image image demo bench-vm bench-kube bench-acquire bench-failover fuzz lint help sim
 
 CARGO ?= cargo
 
@@ -12,9 +12,13 @@ help:
 test:
 	tests/all.sh
 
-## test-host: formatting, lints, unit, property, CLI, real-API-server and mock-API tests, and the Helm chart tests (no VM).
+## test-host: formatting, lints, unit, property, CLI, real-API-server and mock-API tests, the Windows build under Wine, and the Helm chart tests (no VM).
 test-host:
 	tests/all.sh --host-only
+
+## test-windows: the Windows build: clippy for x86_64-pc-windows-gnu and its tests under Wine (installs mingw-w64 and Wine if missing).
+test-windows:
+	tests/windows/run.sh
 
 ## image: the container image, offline: a fully static (musl) release binary in an empty image, tagged localhost/csi-fencer:<version>; prints the digest (tests/image/build.sh; IMAGE=repo to name it).
 image:

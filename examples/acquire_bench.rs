@@ -26,6 +26,10 @@
 //! Env: `ROUNDS` (5), `SIZES` (`1000,100000`), `REAL_SIZES` (`1000,10000`;
 //! empty skips the real server).
 
+// Linux only (sysfs fixtures, a real kube-apiserver); elsewhere this example is empty.
+#![cfg_attr(not(unix), no_main)]
+#![cfg(unix)]
+
 #[allow(dead_code, missing_docs)]
 #[path = "../src/k8s/tests/mock.rs"]
 mod mock;

@@ -33,6 +33,10 @@
 //! Env: `ROUNDS` (3), `GRACE` (25 s), `DELETE_PODS` (`true`; `false`: only
 //! pod GC deletes the pod, kube-controller-manager's own timeline).
 
+// Linux only (sysfs fixtures, a real kube-apiserver); elsewhere this example is empty.
+#![cfg_attr(not(unix), no_main)]
+#![cfg(unix)]
+
 #[allow(dead_code, missing_docs)]
 #[path = "../src/k8s/tests/plane.rs"]
 mod plane;

@@ -5,6 +5,12 @@
 //! `SIM_LIST=1` prints each failing seed as it is found;
 //! `SIM_SCHEDULES=N` stops after N seeds (a soak of a fixed size), and a
 //! progress line goes to stderr every `SIM_PROGRESS` seconds (default 300).
+//! `SIM_OS=windows` runs Windows nodes (the IOCTL translation over the
+//! double of the class driver and MPIO) instead of Linux ones.
+
+// Linux only (the simulated nodes use sysfs fixtures); elsewhere this example is empty.
+#![cfg_attr(not(unix), no_main)]
+#![cfg(unix)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +18,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use csi_fencer::sim::schedule;
+use csi_fencer::sim::world::Os;
+
+fn os() -> Os {
+    match std::env::var("SIM_OS").as_deref() {
+        Ok("windows") => Os::Windows,
+        _ => Os::Linux,
+    }
+}
 
 /// One schedule's threads hand the baton to each other several hundred
 /// times: on one core that is a cheap switch, across cores an interrupt.
@@ -26,7 +40,7 @@ fn pin_to_cpu(cpu: usize) {
 fn main() {
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     if let Some(seed) = env("SIM_SEED") {
-        let r = schedule::run_traced(seed, true);
+        let r = schedule::run_on(os(), seed, true);
         println!(
             "{}\n--- seed {seed}: {} target, {:?}",
             r.trace, r.profile, r.access
@@ -77,7 +91,7 @@ fn main() {
                     if seed >= last {
                         break;
                     }
-                    let r = schedule::run(seed);
+                    let r = schedule::run_on(os(), seed, false);
                     done.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut p) = per_profile.lock() {
                         *p.entry(r.profile).or_default() += 1;

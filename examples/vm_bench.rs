@@ -13,6 +13,10 @@
 //! For the failover, the same PR sequence done the way fence_mpath /
 //! fence_scsi do it: one `sg_persist` / `sg_vpd` process per command.
 
+// Linux only (the VM rig); elsewhere this example is empty.
+#![cfg_attr(not(unix), no_main)]
+#![cfg(unix)]
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;

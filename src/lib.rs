@@ -10,6 +10,8 @@
 //! - [`source`]: where attachments come from (a YAML file, or Kubernetes: [`k8s`]);
 //! - [`daemon`]: the node daemon, generic over its source: reconciler,
 //!   metrics, gRPC API, kernel notices;
+//! - [`platform`]: the one seam to the operating system (Linux: SG_IO,
+//!   sysfs, dm-multipath; Windows: the class driver's PR IOCTLs);
 //! - [`runtime`]: the composition root of `csi-fencer run`, which alone
 //!   knows both the daemon and Kubernetes.
 #![warn(missing_docs)]
@@ -23,8 +25,10 @@ pub mod device;
 pub mod failover;
 pub mod fence;
 pub mod k8s;
+pub mod platform;
 pub mod runtime;
 pub mod scsi;
+#[cfg(unix)]
 pub mod sim;
 pub mod source;
 pub mod text;

@@ -6,7 +6,7 @@ use clap::Parser;
 
 use cli::exit::{self, Failure};
 use cli::{Cli, Command};
-use csi_fencer::transport::sgio::SgIo;
+use csi_fencer::platform;
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -23,8 +23,8 @@ fn main() {
         }
     };
     let result = match &cli.command {
-        Command::Pr(a) => cli::pr::run(a, &cli.global, &SgIo),
-        Command::Inspect(a) => cli::inspect::run(a, &cli.global, &SgIo),
+        Command::Pr(a) => cli::pr::run(a, &cli.global, &platform::native()),
+        Command::Inspect(a) => cli::inspect::run(a, &cli.global, &platform::native()),
         Command::Key(a) => cli::key::run(a, cli.global.json),
         Command::Acquire(a) => cli::fence::run(cli::fence::Op::Acquire, a, &cli.global),
         Command::Release(a) => cli::fence::run(cli::fence::Op::Release, a, &cli.global),

@@ -28,6 +28,7 @@ impl TempDir {
 
 /// A sysfs tree: dm-0 (uuid mpath-36001405000000001) over sdc (session1,
 /// port 1) and sdd (session2, port 2), both from `initiator`.
+#[cfg(unix)]
 pub fn iscsi_fixture(initiator: &str) -> TempDir {
     use std::fs;
     use std::os::unix::fs::symlink;

@@ -5,12 +5,14 @@
 #  2. cargo test: unit, property and CLI tests on the host (the vm_* tests show as ignored),
 #     and the Kubernetes tests against a real kube-apiserver and etcd (KUBEBUILDER_ASSETS, or
 #     ../shared/kube beside the repository);
-#  3. the Helm chart (tests/chart/run.sh): rendered by a real Helm engine, linted strict,
+#  3. the Windows build (tests/windows/run.sh): clippy for x86_64-pc-windows-gnu, and its tests
+#     run under Wine (mingw-w64 and Wine installed if missing);
+#  4. the Helm chart (tests/chart/run.sh): rendered by a real Helm engine, linted strict,
 #     every object validated against Kubernetes 1.30 and the newest schemas (PyPI, in a venv);
-#  4. the container image (make test-image): a static binary in an empty image, built offline
+#  5. the container image (make test-image): a static binary in an empty image, built offline
 #     with podman (installed if missing) and run: --version, crd, over the host's /dev and /sys,
 #     and the daemon inside it against a real kube-apiserver;
-#  5. the VM rig (tests/vm/run.sh test): the vm_* tests on a real LIO target in QEMU.
+#  6. the VM rig (tests/vm/run.sh test): the vm_* tests on a real LIO target in QEMU.
 # The last line sums every run as "total: N passed, M failed"; any failure exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +60,22 @@ host_failed=$(awk '/^test result:/{for(i=1;i<=NF;i++) if($i ~ /^failed;?$/) s+=$
 if [ "$rc" -ne 0 ] && [ "$host_failed" -eq 0 ]; then host_failed=1; fi   # build failure
 echo "host: $host_passed passed, $host_failed failed"
 if [ "$rc" -ne 0 ]; then
+    echo "total: $host_passed passed, $host_failed failed"
+    exit 1
+fi
+
+step "Windows build: clippy and the tests under Wine (tests/windows/run.sh)"
+set +e
+tests/windows/run.sh 2>&1 | tee "$log"
+win_rc=${PIPESTATUS[0]}
+set -e
+win_passed=$(awk '/^test result:/{for(i=1;i<=NF;i++) if($i ~ /^passed;?$/) s+=$(i-1)} END{print s+0}' "$log")
+win_failed=$(awk '/^test result:/{for(i=1;i<=NF;i++) if($i ~ /^failed;?$/) s+=$(i-1)} END{print s+0}' "$log")
+if [ "$win_rc" -ne 0 ] && [ "$win_failed" -eq 0 ]; then win_failed=1; fi   # the build or clippy failed
+echo "windows: $win_passed passed, $win_failed failed"
+host_passed=$((host_passed + win_passed))
+host_failed=$((host_failed + win_failed))
+if [ "$win_rc" -ne 0 ]; then
     echo "total: $host_passed passed, $host_failed failed"
     exit 1
 fi

@@ -87,6 +87,7 @@ fn missing_device_fails_with_exit_15_and_json_error() {
 }
 
 #[test]
+#[cfg(unix)] // a character device that is not SCSI
 fn non_scsi_device_is_named_as_such() {
     let o = run(&["pr", "/dev/null", "read-keys"]);
     assert_eq!(o.status.code(), Some(15));

@@ -3,6 +3,9 @@
 //! leads on its Lease, serves its endpoints, refuses a partition-sized
 //! death with an Event, and gives its Lease up on SIGTERM.
 
+// Linux only: signals, unix sockets and a real kube-apiserver.
+#![cfg(unix)]
+
 #[allow(dead_code, missing_docs)]
 #[path = "../src/k8s/tests/plane.rs"]
 mod plane;

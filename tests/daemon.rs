@@ -3,6 +3,9 @@
 //! here, so every acquire fails to find its LUN: that failure is what the
 //! metrics must show. The fencing itself is tested in the VM rig.
 
+// Linux only: signals, unix sockets and a real kube-apiserver.
+#![cfg(unix)]
+
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};

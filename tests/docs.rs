@@ -54,12 +54,19 @@ fn spans(cell: &str) -> Vec<String> {
 
 /// The default of a default cell: its first `code` span when the cell starts
 /// with one ("none (`x`)" is no default).
+/// The documented default; a cell of the form "`a` on Linux, `b` on
+/// Windows" gives this system's.
 fn default_of(cell: &str) -> Option<String> {
-    if cell.starts_with('`') {
-        spans(cell).into_iter().next()
-    } else {
-        None
+    if !cell.starts_with('`') {
+        return None;
     }
+    let os = if cfg!(windows) {
+        "on Windows"
+    } else {
+        "on Linux"
+    };
+    let mine = cell.split(", ").find(|part| part.trim_end().ends_with(os));
+    spans(mine.unwrap_or(cell)).into_iter().next()
 }
 
 fn diff(what: &str, docs: &BTreeSet<String>, code: &BTreeSet<String>) -> Vec<String> {

@@ -5,6 +5,9 @@
 //! image is built by the script, not by cargo, and a test run without it
 //! must say so rather than pass.
 
+// Linux only: podman and a real kube-apiserver.
+#![cfg(unix)]
+
 #[allow(dead_code, missing_docs)]
 #[path = "../src/k8s/tests/plane.rs"]
 mod plane;

@@ -11,6 +11,7 @@ const MODULES: &[&str] = &[
     "failover",
     "fence",
     "k8s",
+    "platform",
     "runtime",
     "scsi",
     "sim",

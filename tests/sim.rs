@@ -2,6 +2,9 @@
 //! capability profile (a budget that fits `cargo test`; `make sim` soaks),
 //! and the named cases, each a sequence that broke an invariant before.
 
+// Linux only: the simulated nodes find the LUN through sysfs fixtures.
+#![cfg(unix)]
+
 use csi_fencer::sim::schedule;
 
 /// Seeds per `cargo test` run; `SIM_SCHEDULES` overrides.
@@ -654,5 +657,30 @@ mod cases {
             assert_eq!(sim.registrations_of(A), 0, "{}", sim.trace());
             clean(&sim);
         }
+    }
+}
+
+/// Windows nodes: the engine over the IOCTL translation and the double of
+/// the class driver and MPIO, through the same schedules and properties.
+#[test]
+fn random_schedules_keep_every_invariant_on_windows_nodes() {
+    use csi_fencer::sim::world::Os;
+    let n: u64 = std::env::var("SIM_SCHEDULES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BUDGET);
+    let bad: Vec<_> = (1..=n)
+        .map(|seed| schedule::run_on(Os::Windows, seed, false))
+        .filter(|r| !r.violations.is_empty())
+        .collect();
+    if let Some(r) = bad.iter().min_by_key(|r| r.trace.len()) {
+        panic!(
+            "{} of {n} Windows schedules broke an invariant; shortest: seed {} ({} target):\n{}\n--- trace ---\n{}",
+            bad.len(),
+            r.seed,
+            r.profile,
+            r.violations.join("\n"),
+            r.trace
+        );
     }
 }

@@ -1,6 +1,9 @@
 //! The real daemons on a real LIO target (VM rig): node-a and node-b each run
 //! `csi-fencer run` with its own file source; the volume moves between them.
 
+// Linux only: SG_IO, sysfs and dm-multipath in the VM rig.
+#![cfg(unix)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

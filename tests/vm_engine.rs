@@ -5,6 +5,9 @@
 //! Node A's daemon finds its maps by the multipath-tools uuid prefix
 //! (`mpath-`); node B, which shares the rig's kernel, by `mpathb-`.
 
+// Linux only: SG_IO, sysfs and dm-multipath in the VM rig.
+#![cfg(unix)]
+
 mod common;
 
 use std::path::PathBuf;

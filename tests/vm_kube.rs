@@ -11,6 +11,9 @@
 //! the LUN: sg_persist and node-a's own O_DIRECT writes say so, and the
 //! VolumeReservation tells it. When node-a is back the taint goes.
 
+// Linux only: SG_IO, sysfs and dm-multipath in the VM rig.
+#![cfg(unix)]
+
 mod common;
 
 #[allow(dead_code, missing_docs)]

@@ -3,6 +3,9 @@
 //!
 //! Run with `make test-vm` (all) or `make test-vm TEST=failover` (one).
 
+// Linux only: SG_IO, sysfs and dm-multipath in the VM rig.
+#![cfg(unix)]
+
 mod common;
 
 use std::path::PathBuf;

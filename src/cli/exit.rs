@@ -97,3 +97,62 @@ impl From<DeviceError> for Failure {
         Failure::new(for_device(&e), e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use csi_fencer::scsi::{BasicParams, PrOut, ReservationKey};
+    use csi_fencer::transport::windows::{DiskIoctl, IoctlTransport, Win32Error};
+    use csi_fencer::transport::ScsiPath;
+    use windows_sys::Win32::Foundation as w;
+
+    /// A disk whose every IOCTL fails with one Win32 error.
+    struct Failing(u32);
+
+    impl DiskIoctl for Failing {
+        fn reserve_in(
+            &self,
+            _: &Path,
+            _: &[u8],
+            _: usize,
+            _: Duration,
+        ) -> Result<Vec<u8>, Win32Error> {
+            Err(Win32Error(self.0))
+        }
+        fn reserve_out(&self, _: &Path, _: &[u8], _: Duration) -> Result<(), Win32Error> {
+            Err(Win32Error(self.0))
+        }
+        fn query_property(&self, _: &Path, _: &[u8]) -> Result<Vec<u8>, Win32Error> {
+            Err(Win32Error(self.0))
+        }
+        fn disks(&self) -> Vec<PathBuf> {
+            Vec::new()
+        }
+    }
+
+    fn exit_for(code: u32) -> i32 {
+        let t = IoctlTransport::new(Arc::new(Failing(code)));
+        let e = ScsiPath::new(&t, r"\\.\PhysicalDrive0", Duration::from_secs(1))
+            .prout(&PrOut::Register(BasicParams {
+                sa_key: ReservationKey(1),
+                ..Default::default()
+            }))
+            .expect_err("the IOCTL fails");
+        super::for_scsi(&e)
+    }
+
+    /// Windows' answers exit with the codes of the same conditions on Linux.
+    #[test]
+    fn windows_results_exit_like_their_linux_twins() {
+        assert_eq!(exit_for(w::ERROR_BUSY), super::CONFLICT);
+        assert_eq!(exit_for(w::ERROR_INVALID_FUNCTION), super::UNSUPPORTED);
+        assert_eq!(exit_for(w::ERROR_IO_DEVICE), super::UNSUPPORTED);
+        assert_eq!(exit_for(w::ERROR_ACCESS_DENIED), super::FILE_ERROR);
+        assert_eq!(exit_for(w::ERROR_FILE_NOT_FOUND), super::FILE_ERROR);
+        assert_eq!(exit_for(w::ERROR_SEM_TIMEOUT), super::TIMEOUT);
+        assert_eq!(exit_for(w::ERROR_INVALID_PARAMETER), super::OTHER);
+    }
+}

@@ -7,15 +7,15 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, ValueEnum};
 
-use csi_fencer::device::{Resolver, Sysfs};
+use csi_fencer::device::Locate;
 use csi_fencer::fence::decide::PathRegistration;
 use csi_fencer::fence::engine::{
     Authorization, Engine, EngineConfig, FenceError, Outcome, Volume, VolumeState,
 };
 use csi_fencer::fence::policy::{AccessMode, Policy, PreemptMode};
 use csi_fencer::fence::state::{AttachmentId, StateStore};
+use csi_fencer::platform::{self, Native};
 use csi_fencer::scsi::{ReservationType, Wwid};
-use csi_fencer::transport::sgio::SgIo;
 
 use super::exit::{self, Failure};
 use super::GlobalArgs;
@@ -156,8 +156,8 @@ fn volume(
             // Only a device: its own identity names the volume, read from one
             // of its paths: never SG_IO through a dm map, which can block
             // without a timeout while the map queues I/O (I6).
-            let resolver = Resolver::new(Sysfs::default(), a.map_uuid_prefix.clone());
-            let lun = resolver.for_device(d)?;
+            let resolver = platform::locator(&a.map_uuid_prefix);
+            let lun = Locate::for_device(&resolver, d)?;
             let path = lun
                 .paths
                 .iter()
@@ -200,7 +200,7 @@ fn volume(
     })
 }
 
-fn engine(a: &FenceArgs, g: &GlobalArgs) -> Result<Engine<SgIo>, Failure> {
+fn engine(a: &FenceArgs, g: &GlobalArgs) -> Result<Engine<Native>, Failure> {
     let mut cfg = EngineConfig::new(a.node.clone(), a.cluster.tag()?);
     cfg.command_timeout = g.timeout();
     cfg.device_wait = Duration::from_secs(a.device_wait);
@@ -213,8 +213,8 @@ fn engine(a: &FenceArgs, g: &GlobalArgs) -> Result<Engine<SgIo>, Failure> {
         .collect();
     cfg.interrupt_after_register = a.test_interrupt_after_register;
     let state = StateStore::open(&a.state_dir).map_err(|e| Failure::new(STATE, e))?;
-    let resolver = Resolver::new(Sysfs::default(), a.map_uuid_prefix.clone());
-    Ok(Engine::new(cfg, SgIo, resolver, state))
+    let resolver = platform::locator(&a.map_uuid_prefix);
+    Ok(Engine::new(cfg, platform::native(), resolver, state))
 }
 
 /// Runs acquire, release or check.
@@ -223,7 +223,7 @@ pub fn run(op: Op, a: &FenceArgs, g: &GlobalArgs) -> Result<i32, Failure> {
         return Err(Failure::usage("--node must not be empty"));
     }
     let e = engine(a, g)?;
-    let vol = volume(a, &SgIo, g)?;
+    let vol = volume(a, &platform::native(), g)?;
     let mut live: BTreeSet<String> = a
         .attached_nodes
         .iter()

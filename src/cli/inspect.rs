@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::{Serialize, Serializer};
 
-use csi_fencer::device::{PathInfo, Sysfs};
+use csi_fencer::device::PathInfo;
 use csi_fencer::scsi::inquiry::StandardInquiry;
 use csi_fencer::scsi::{
     Capabilities, Designation, Designator, FullStatus, ReadKeys, ReadReservation, Wwid,
@@ -14,8 +14,9 @@ use csi_fencer::scsi::{
 use csi_fencer::transport::{ScsiError, ScsiPath, Transport};
 
 use super::exit::Failure;
-use super::target::{MapInfo, Target};
+use super::target::Target;
 use super::{render, GlobalArgs};
+use csi_fencer::device::MapNames;
 
 /// Arguments of `csi-fencer inspect`.
 #[derive(Debug, Args)]
@@ -79,7 +80,7 @@ pub struct Inspection {
     /// Kernel name.
     pub kernel_name: String,
     /// The dm map, if any.
-    pub map: Option<MapInfo>,
+    pub map: Option<MapNames>,
     /// Standard INQUIRY.
     pub inquiry: Section<StandardInquiry>,
     /// VPD 80h.
@@ -136,13 +137,8 @@ fn path_report(t: &dyn Transport, info: PathInfo, lu: Option<&Wwid>, g: &GlobalA
 }
 
 /// Collects the inspection of `device`.
-pub fn inspect(
-    t: &dyn Transport,
-    sysfs: &Sysfs,
-    device: &Path,
-    g: &GlobalArgs,
-) -> Result<Inspection, Failure> {
-    let target = Target::resolve(sysfs, device)?;
+pub fn inspect(t: &dyn Transport, device: &Path, g: &GlobalArgs) -> Result<Inspection, Failure> {
+    let target = Target::resolve(device)?;
     let mut p = ScsiPath::new(t, device, g.timeout());
     // A device that is not SCSI at all fails here with a clear error.
     let inquiry = p.inquiry().map_err(Failure::from)?;
@@ -175,7 +171,7 @@ pub fn inspect(
 
 /// Runs `csi-fencer inspect`.
 pub fn run(args: &InspectArgs, g: &GlobalArgs, t: &dyn Transport) -> Result<i32, Failure> {
-    let r = inspect(t, &Sysfs::default(), &args.device, g)?;
+    let r = inspect(t, &args.device, g)?;
     if g.json {
         let s = serde_json::to_string_pretty(&r).map_err(|e| Failure::new(99, e))?;
         println!("{s}");

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use csi_fencer::device::Sysfs;
 use csi_fencer::scsi::{
     BasicParams, Capabilities, FullStatus, MoveParams, PrOut, ReadKeys, ReadReservation,
     ReservationKey, ReservationType, Sense, TransportId,
@@ -405,7 +404,7 @@ fn run_on_path(
 
 /// Runs `csi-fencer pr`.
 pub fn run(args: &PrArgs, g: &GlobalArgs, transport: &dyn Transport) -> Result<i32, Failure> {
-    let target = Target::resolve(&Sysfs::default(), &args.device)?;
+    let target = Target::resolve(&args.device)?;
     check_action_fits(&target, args)?;
     let dests = target.destinations(args.all_paths);
     if dests.is_empty() {

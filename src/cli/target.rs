@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use csi_fencer::device::{DeviceError, PathInfo, Resolver, Sysfs};
+use csi_fencer::device::{DeviceError, MapNames, PathInfo};
+use csi_fencer::platform;
 
 /// A resolved DEVICE argument.
 #[derive(Debug, Clone, Serialize)]
@@ -14,34 +15,20 @@ pub struct Target {
     /// Kernel name (`dm-0`, `sdc`, `sg2`).
     pub kernel_name: String,
     /// The dm map, when DEVICE is a device-mapper device.
-    pub map: Option<MapInfo>,
+    pub map: Option<MapNames>,
     /// The path devices: the map's slaves, or DEVICE itself.
     pub paths: Vec<PathInfo>,
 }
 
-/// A device-mapper map.
-#[derive(Debug, Clone, Serialize)]
-pub struct MapInfo {
-    /// dm name (`/dev/mapper/<name>`).
-    pub name: Option<String>,
-    /// dm uuid (`mpath-<wwid>` for multipath-tools maps).
-    pub uuid: Option<String>,
-}
-
 impl Target {
-    /// Resolves `device` through sysfs.
-    pub fn resolve(sysfs: &Sysfs, device: &Path) -> Result<Target, DeviceError> {
-        let (_, kernel_name) = sysfs.kernel_name(device)?;
-        let lun = Resolver::new(sysfs.clone(), "mpath-").for_device(device)?;
-        let map = lun.map.as_ref().map(|dm| MapInfo {
-            name: sysfs.dm_name(dm),
-            uuid: sysfs.dm_uuid(dm),
-        });
+    /// Resolves `device` as the system shows it.
+    pub fn resolve(device: &Path) -> Result<Target, DeviceError> {
+        let d = platform::describe(device)?;
         Ok(Target {
             device: device.to_path_buf(),
-            kernel_name,
-            map,
-            paths: lun.paths,
+            kernel_name: d.kernel_name,
+            map: d.map,
+            paths: d.lun.paths,
         })
     }
 

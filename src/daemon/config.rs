@@ -99,7 +99,8 @@ pub struct Config {
     /// How often held volumes are checked.
     pub monitor_interval: Duration,
     /// The kernel log to follow for this node's own RESERVATION CONFLICTs
-    /// (see [`super::kernel_log`]); `None`: checks at the monitor interval only.
+    /// (see `platform::linux::kernel_log`); `None`: checks at the monitor
+    /// interval only.
     pub kernel_log: Option<std::path::PathBuf>,
     /// Full reconcile period.
     pub resync_interval: Duration,
@@ -201,7 +202,7 @@ impl Config {
             tag,
             map_uuid_prefix: prefix,
             multipath_config: match raw.multipath_config.as_deref() {
-                None => Some("/etc/multipath.conf".into()),
+                None => crate::platform::DEFAULT_MULTIPATH_CONFIG.map(Into::into),
                 Some("") => None,
                 Some(p) => Some(p.into()),
             },
@@ -217,7 +218,7 @@ impl Config {
                 (1, 3600),
             )?,
             kernel_log: match raw.kernel_log.as_deref() {
-                None => Some(super::kernel_log::DEFAULT_PATH.into()),
+                None => crate::platform::DEFAULT_KERNEL_LOG.map(Into::into),
                 Some("") => None,
                 Some(p) => Some(p.into()),
             },
@@ -324,7 +325,13 @@ mod tests {
         assert_eq!(c.monitor_interval, Duration::from_secs(10));
         assert_eq!(c.max_concurrent_volumes, 8);
         assert!(!c.remove_foreign_keys);
-        assert_eq!(c.kernel_log, Some("/dev/kmsg".into()));
+        // /dev/kmsg and /etc/multipath.conf on Linux, none on Windows.
+        let default = |p: Option<&str>| p.map(std::path::PathBuf::from);
+        assert_eq!(c.kernel_log, default(crate::platform::DEFAULT_KERNEL_LOG));
+        assert_eq!(
+            c.multipath_config,
+            default(crate::platform::DEFAULT_MULTIPATH_CONFIG)
+        );
     }
 
     #[test]

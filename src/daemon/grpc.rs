@@ -256,43 +256,19 @@ pub struct SocketError {
 
 /// Serves the API on a unix socket readable by root only (0600).
 pub async fn serve<F: VolumeOps>(path: &Path, api: NodeService<F>) -> Result<(), SocketError> {
-    use std::os::unix::fs::PermissionsExt;
     let err = |what: String| SocketError {
         path: path.to_path_buf(),
         what,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(format!("create directory: {e}")))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(format!("remove stale socket: {e}"))),
-    }
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| err(format!("bind: {e}")))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| err(format!("chmod 0600: {e}")))?;
+    let incoming = crate::platform::listen(path).map_err(err)?;
     tonic::transport::Server::builder()
         .add_service(FencerServer::new(api))
-        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+        .serve_with_incoming(incoming)
         .await
         .map_err(|e| err(format!("serve: {e}")))
 }
 
-/// A client connected to the daemon's socket.
-pub async fn connect(
-    path: &Path,
-) -> Result<pb::fencer_client::FencerClient<tonic::transport::Channel>, SocketError> {
-    let channel = channel(path, Duration::from_secs(10))
-        .await
-        .map_err(|e| SocketError {
-            path: e.path,
-            what: format!("{} (is `csi-fencer run --grpc-socket` running?)", e.what),
-        })?;
-    Ok(pb::fencer_client::FencerClient::new(channel))
-}
-
-/// A gRPC channel over the unix socket at `path`.
+/// A gRPC channel over the unix socket at `path` (also a CSI driver's).
 pub async fn channel(
     path: &Path,
     timeout: Duration,
@@ -308,7 +284,7 @@ pub async fn channel(
             let p = p.clone();
             async move {
                 Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
+                    crate::platform::dial(&p).await?,
                 ))
             }
         }))
@@ -317,4 +293,17 @@ pub async fn channel(
             path: path.to_path_buf(),
             what: format!("connect: {e}"),
         })
+}
+
+/// A client connected to the daemon's socket.
+pub async fn connect(
+    path: &Path,
+) -> Result<pb::fencer_client::FencerClient<tonic::transport::Channel>, SocketError> {
+    let channel = channel(path, Duration::from_secs(10))
+        .await
+        .map_err(|e| SocketError {
+            path: e.path,
+            what: format!("{} (is `csi-fencer run --grpc-socket` running?)", e.what),
+        })?;
+    Ok(pb::fencer_client::FencerClient::new(channel))
 }

@@ -329,6 +329,7 @@ mod tests {
     /// The daemon's transport (metered, hang hook, SG_IO) passes the device
     /// number on: without it the engine's I3 guards see no number at all.
     #[test]
+    #[cfg(unix)]
     fn the_daemons_transport_passes_the_device_number_on() {
         use crate::transport::{hang::Hanging, sgio::SgIo};
         let t = Metered::new(

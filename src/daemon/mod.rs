@@ -7,7 +7,6 @@ pub mod config;
 pub mod file_loop;
 pub mod grpc;
 pub mod http;
-pub mod kernel_log;
 pub mod metrics;
 pub mod notice;
 pub mod reconcile;

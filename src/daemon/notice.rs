@@ -1,4 +1,4 @@
-//! Kernel notices of a conflict (see [`super::kernel_log`]), waiting for the
+//! Kernel notices of a conflict (see `platform::linux::kernel_log`), waiting for the
 //! daemon's loop: which LUNs to check now, and since when the kernel has
 //! said so (to measure how fast the daemon learns it is fenced).
 
@@ -111,15 +111,6 @@ impl Notices {
     }
 }
 
-/// CLOCK_MONOTONIC now, the clock of the kernel log's timestamps.
-pub fn monotonic() -> Option<Duration> {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
-    Some(Duration::new(
-        u64::try_from(t.tv_sec()).ok()?,
-        u32::try_from(t.tv_nsec()).ok()?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,8 +163,8 @@ mod tests {
 
     #[test]
     fn the_monotonic_clock_reads() {
-        let a = monotonic().expect("CLOCK_MONOTONIC");
-        let b = monotonic().expect("CLOCK_MONOTONIC");
+        let a = crate::platform::monotonic().expect("CLOCK_MONOTONIC");
+        let b = crate::platform::monotonic().expect("CLOCK_MONOTONIC");
         assert!(b >= a);
     }
 }

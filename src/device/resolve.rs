@@ -2,24 +2,13 @@
 //! (`dm/uuid` = `<prefix><wwid>`) and the map's path devices, or a lone SCSI
 //! disk whose kernel-read identity matches when there is no map.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-use super::sysfs::{DeviceError, NodeKind, PathInfo, Sysfs};
+use super::sysfs::{NodeKind, Sysfs};
+use super::{DeviceError, Locate, LunDevices, NotFound, PathInfo};
+use crate::device::InitiatorPort;
 use crate::scsi::Wwid;
-
-/// Where a LUN was found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LunDevices {
-    /// The dm map's kernel name (`dm-3`), or `None` for a single-path disk.
-    pub map: Option<String>,
-    /// The node to send LU-wide commands to (the map, or the disk).
-    pub device: PathBuf,
-    /// The path devices (I_T nexuses).
-    pub paths: Vec<PathInfo>,
-}
 
 /// Finds LUNs in sysfs.
 #[derive(Debug)]
@@ -30,24 +19,6 @@ pub struct Resolver {
     /// read) before the full scan of every block device, which a daemon
     /// reconciling the same volumes would otherwise repeat each time.
     hints: std::sync::Mutex<std::collections::HashMap<String, String>>,
-}
-
-/// The LUN did not appear in time.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "no device for WWID {wwid} after {}: no dm map with uuid {uuid} and {}",
-    crate::text::duration(waited),
-    why(unmapped)
-)]
-pub struct NotFound {
-    /// The WWID looked for.
-    pub wwid: String,
-    /// The dm uuid looked for.
-    pub uuid: String,
-    /// How long it waited.
-    pub waited: Duration,
-    /// Disks with that identity that no map joins (several: not guessed from).
-    pub unmapped: Vec<String>,
 }
 
 fn why(unmapped: &[String]) -> String {
@@ -200,13 +171,34 @@ impl Resolver {
                 // is a new status to write to the API server.
                 return Err(NotFound {
                     wwid: wwid.to_string(),
-                    uuid: self.map_uuid(wwid),
                     waited: timeout,
-                    unmapped,
+                    detail: format!(
+                        "no dm map with uuid {} and {}",
+                        self.map_uuid(wwid),
+                        why(&unmapped)
+                    ),
                 });
             }
             std::thread::sleep(poll.min(timeout.saturating_sub(start.elapsed())));
         }
+    }
+}
+
+impl Locate for Resolver {
+    fn for_device(&self, node: &Path) -> Result<LunDevices, DeviceError> {
+        Resolver::for_device(self, node)
+    }
+
+    fn wait(&self, wwid: &Wwid, timeout: Duration, poll: Duration) -> Result<LunDevices, NotFound> {
+        Resolver::wait(self, wwid, timeout, poll)
+    }
+
+    fn system_wwid(&self, path: &PathInfo) -> Option<String> {
+        self.sysfs.scsi_wwid(&path.name)
+    }
+
+    fn initiator_port(&self, path: &PathInfo) -> Option<InitiatorPort> {
+        self.sysfs.initiator_port(&path.name)
     }
 }
 
@@ -215,6 +207,7 @@ mod tests {
     use super::*;
     use crate::testutil::TempDir;
     use std::fs;
+    use std::path::PathBuf;
 
     const A: &str = "naa.6001405000000001";
     const LONE: &str = "naa.6001405000000099";

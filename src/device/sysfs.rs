@@ -6,39 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::{DeviceError, InitiatorPort, PathInfo};
 use crate::scsi::transport_id::decode_hex;
 use crate::scsi::TransportId;
-
-/// Why a device could not be resolved.
-#[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
-    /// The device node does not exist.
-    #[error("{path}: no such device")]
-    NotFound {
-        /// The path given.
-        path: PathBuf,
-        /// What stat(2) said.
-        source: std::io::Error,
-    },
-    /// The path is not a block or character device.
-    #[error("{path}: not a block or character device")]
-    NotADevice {
-        /// The path given.
-        path: PathBuf,
-    },
-    /// sysfs does not know the device number.
-    #[error("{path}: device {major}:{minor} is not in sysfs under {sysfs}")]
-    NotInSysfs {
-        /// The path given.
-        path: PathBuf,
-        /// Major number.
-        major: u32,
-        /// Minor number.
-        minor: u32,
-        /// The sysfs root searched.
-        sysfs: PathBuf,
-    },
-}
 
 /// Block or character device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,19 +18,6 @@ pub enum NodeKind {
     Block,
     /// A character device (sg).
     Char,
-}
-
-/// One path device of a map, with what sysfs says about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PathInfo {
-    /// Kernel name, e.g. `sdc`.
-    pub name: String,
-    /// Device node, e.g. `/dev/sdc`.
-    pub dev: PathBuf,
-    /// SCSI address `H:C:T:L`, when the path is a SCSI device.
-    pub hctl: Option<String>,
-    /// `device/state`: running, offline, blocked, transport-offline …
-    pub state: Option<String>,
 }
 
 /// A sysfs tree, `/sys` in production, a fixture directory in tests.
@@ -241,15 +198,6 @@ impl Sysfs {
     pub fn node(&self, name: &str) -> PathBuf {
         self.dev.join(name)
     }
-}
-
-/// The initiator side of a path's I_T nexus.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InitiatorPort {
-    /// As a TransportID.
-    pub id: TransportId,
-    /// The iSCSI ISID is not in sysfs and was derived from the session number.
-    pub isid_guessed: bool,
 }
 
 /// The ISID open-iscsi's iscsid gives a software-iSCSI session, which the

@@ -21,7 +21,7 @@ use super::decide::{self, Context, Evidence, KeyClasses, Observed, OtherKey, Ref
 use super::keys::ClusterTag;
 use super::policy::{AccessMode, Policy};
 use super::state::{AttachmentId, Record, Stage, StateError, StateStore};
-use crate::device::{DeviceError, NotFound, PathInfo, Resolver};
+use crate::device::{DeviceError, Locate, NotFound, PathInfo};
 use crate::scsi::{Capabilities, ReservationKey, Wwid};
 use crate::transport::{RetryPolicy, ScsiError, ScsiPath, Transport};
 
@@ -540,7 +540,7 @@ pub struct Engine<T: Transport> {
     cfg: EngineConfig,
     key: ReservationKey,
     transport: T,
-    resolver: Resolver,
+    resolver: Box<dyn Locate>,
     state: StateStore,
     caps: Mutex<HashMap<String, LunCaps>>,
     /// Each path's identity as last proven (see [`identity`]).
@@ -558,13 +558,18 @@ const ROUNDS: u32 = 4;
 
 impl<T: Transport> Engine<T> {
     /// An engine sending through `transport`, finding LUNs with `resolver`.
-    pub fn new(cfg: EngineConfig, transport: T, resolver: Resolver, state: StateStore) -> Self {
+    pub fn new(
+        cfg: EngineConfig,
+        transport: T,
+        resolver: impl Locate + 'static,
+        state: StateStore,
+    ) -> Self {
         let key = cfg.tag.key_for(&cfg.node);
         Engine {
             cfg,
             key,
             transport,
-            resolver,
+            resolver: Box::new(resolver),
             state,
             caps: Mutex::new(HashMap::new()),
             ids: identity::Identities::default(),

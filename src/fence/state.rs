@@ -7,7 +7,7 @@
 //! state: forgetting a fence would let the fenced node register again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -281,7 +281,8 @@ impl StateStore {
             ),
             None if now.is_some() => {
                 fs::remove_file(&path).map_err(|e| io(&path, "remove", e))?;
-                self.sync_dir()
+                crate::platform::sync_dir(&self.luns)
+                    .map_err(|e| io(&self.luns, "fsync directory", e))
             }
             _ => Ok(()),
         }
@@ -330,17 +331,11 @@ impl StateStore {
             .open(&tmp)
             .map_err(|e| io(&tmp, "create temp file", e))?;
         let written = t.write_all(&body).and_then(|_| t.sync_data());
-        if let Err(e) = written.and_then(|_| fs::rename(&tmp, path)) {
+        if let Err(e) = written.and_then(|_| crate::platform::replace_file(&tmp, path)) {
             let _ = fs::remove_file(&tmp);
             return Err(io(path, "write temp file and rename", e));
         }
-        self.sync_dir()
-    }
-
-    fn sync_dir(&self) -> Result<(), StateError> {
-        File::open(&self.luns)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io(&self.luns, "fsync directory", e))
+        crate::platform::sync_dir(&self.luns).map_err(|e| io(&self.luns, "fsync directory", e))
     }
 
     /// Splits the single file of earlier builds into one file per LUN; a

@@ -17,5 +17,7 @@ pub mod source;
 pub mod store;
 pub mod volume;
 
-#[cfg(test)]
+// They start the real kube-apiserver (Linux binaries) and build nodes over
+// sysfs fixtures.
+#[cfg(all(test, unix))]
 mod tests;

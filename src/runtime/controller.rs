@@ -55,7 +55,7 @@ pub async fn run(opts: ControllerOptions) -> Result<(), ControllerError> {
     let (stop_tx, stop) = watch::channel(false);
     let controller = Controller::new(client, opts.spec, metrics);
     let running = tokio::spawn(controller.run(ready, stop));
-    super::stop_signal().await;
+    crate::platform::stop_signal().await;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     // Give the elector its moment to hand the Lease over.

@@ -17,19 +17,18 @@ use std::time::SystemTime;
 
 use crate::daemon::config::Config;
 use crate::daemon::file_loop::{self, FileSource};
-use crate::daemon::grpc::{self, NodeService, SourceView};
-use crate::daemon::kernel_log;
+use crate::daemon::grpc::{NodeService, SourceView};
 use crate::daemon::metrics::{Metered, Metrics};
 use crate::daemon::reconcile::{Op, Reconciler, VolumeOps};
-use crate::device::{Resolver, Sysfs};
+use crate::device::Locate;
 use crate::fence::engine::{Engine, EngineConfig, Volume};
 use crate::fence::policy::{AccessMode, Policy};
 use crate::fence::state::{StateError, StateStore};
 use crate::k8s::cluster::Cluster;
 use crate::k8s::daemon::{KubeSpec, StartError};
+use crate::platform;
 use crate::source::Attachments;
 use crate::transport::hang::Hanging;
-use crate::transport::sgio::SgIo;
 use crate::transport::Transport;
 
 /// Where attachments come from.
@@ -72,8 +71,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Grpc(#[from] crate::daemon::grpc::SocketError),
     /// multipathd owns registrations of these maps too (docs/design.md §7).
-    #[error("one owner of registrations: multipathd is configured to register its own keys ({}); it would re-register a fenced node's paths behind csi-fencer's back. Remove reservation_key for the maps csi-fencer fences (and do not use mpathpersist or fence_mpath on them), or set multipathConfig: \"\" to skip this check", .0.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("; "))]
-    OneOwner(Vec<crate::device::multipath::Owner>),
+    #[error("one owner of registrations: multipathd is configured to register its own keys ({}); it would re-register a fenced node's paths behind csi-fencer's back. Remove reservation_key for the maps csi-fencer fences (and do not use mpathpersist or fence_mpath on them), or set multipathConfig: \"\" to skip this check", .0.join("; "))]
+    OneOwner(Vec<String>),
     /// multipath.conf could not be read.
     #[error("multipathConfig {path}: cannot read")]
     MultipathConfig {
@@ -101,7 +100,7 @@ fn check_one_owner(c: &Config) -> Result<(), DaemonError> {
         return Ok(());
     };
     let owners =
-        crate::device::multipath::owners(path).map_err(|source| DaemonError::MultipathConfig {
+        crate::platform::multipath_owners(path).map_err(|source| DaemonError::MultipathConfig {
             path: path.clone(),
             source,
         })?;
@@ -132,7 +131,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     };
     tokio::select! {
         r = run_source(&opts, metrics, ready, world) => r?,
-        _ = stop_signal() => tracing::info!("stopping: no reservation is released on the way out"),
+        _ = platform::stop_signal() => tracing::info!("stopping: no reservation is released on the way out"),
     }
     Ok(())
 }
@@ -146,10 +145,10 @@ async fn run_source(
 ) -> Result<(), DaemonError> {
     let c = &opts.config;
     let transport = Metered::new(
-        Hanging::new(SgIo, opts.hang_devices.clone()),
+        Hanging::new(platform::native(), opts.hang_devices.clone()),
         metrics.clone(),
     );
-    let resolver = Resolver::new(Sysfs::default(), c.map_uuid_prefix.clone());
+    let resolver = platform::locator(&c.map_uuid_prefix);
     let engine = Arc::new(engine(
         &opts.node,
         c,
@@ -208,7 +207,7 @@ pub fn engine<T: Transport>(
     node: &str,
     c: &Config,
     transport: T,
-    resolver: Resolver,
+    resolver: impl Locate + 'static,
     state_dir: &Path,
     dry_run: bool,
 ) -> Result<Engine<T>, StateError> {
@@ -241,7 +240,7 @@ pub fn policy(c: &Config) -> Policy {
 }
 
 /// Checks a LUN as soon as the kernel logs a RESERVATION CONFLICT on one of
-/// its paths (see [`crate::daemon::kernel_log`]); without the log, fences are
+/// its paths (Linux: see `platform::linux::kernel_log`); without the log, fences are
 /// noticed at the monitor interval, as before.
 pub(crate) fn follow_kernel_log<F: VolumeOps + 'static>(
     c: &Config,
@@ -260,7 +259,7 @@ pub(crate) fn follow_kernel_log<F: VolumeOps + 'static>(
         );
         rec.notices().notice(lun, at);
     };
-    match kernel_log::follow(path, Sysfs::default(), on) {
+    match platform::follow_kernel_log(path, on) {
         Ok(_) => {
             tracing::info!(path = %path.display(), "following the kernel log for reservation conflicts")
         }
@@ -314,21 +313,6 @@ async fn serve_grpc<F: VolumeOps>(
         world.clone(),
         opts.config.operation_timeout,
     );
-    grpc::serve(path, api).await?;
+    crate::daemon::grpc::serve(path, api).await?;
     Ok(())
-}
-
-pub(crate) async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -224,6 +224,12 @@ impl San {
         self.lock().swallowed.contains(node)
     }
 
+    /// Notes that a reset's unit attention to `node` was consumed where its
+    /// engine cannot see it (Windows' class driver retries it away).
+    pub fn note_swallowed_reset(&self, node: &str) {
+        self.lock().swallowed.insert(node.to_string());
+    }
+
     /// Forgets [`San::swallowed_reset`] for `node` (it has held since).
     pub fn forget_swallowed(&self, node: &str) {
         self.lock().swallowed.remove(node);

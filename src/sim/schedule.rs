@@ -4,7 +4,7 @@
 //! seeded scheduler; the schedule ends with the convergence check (S5).
 
 use super::lun::Profile;
-use super::world::{Faults, OpKind, Rng, Sim};
+use super::world::{Faults, OpKind, Os, Rng, Sim};
 use crate::fence::policy::{AccessMode, PreemptMode};
 
 /// What one schedule found.
@@ -36,21 +36,29 @@ pub fn run(seed: u64) -> Report {
 
 /// Runs the schedule of `seed`; `verbose` traces the nodes' records too.
 pub fn run_traced(seed: u64, verbose: bool) -> Report {
+    run_on(Os::Linux, seed, verbose)
+}
+
+/// Runs the schedule of `seed` with nodes of `os`. Windows nodes get
+/// single-node volumes and no ALL_TG_PT: the class driver refuses the
+/// all-registrants reservation types and has no ALL_TG_PT bit.
+pub fn run_on(os: Os, seed: u64, verbose: bool) -> Report {
     let mut rng = Rng::new(seed);
     let all = profiles();
     let (name, profile) = all[rng.below(all.len())];
-    let access = if rng.percent(65) {
-        AccessMode::SingleNode
-    } else {
+    let multi = rng.percent(35) && os == Os::Linux;
+    let access = if multi {
         AccessMode::MultiNode
+    } else {
+        AccessMode::SingleNode
     };
     let n = 2 + rng.below(2);
-    let mut sim = Sim::new(rng.next_u64(), n, profile, access);
+    let mut sim = Sim::on(os, rng.next_u64(), n, profile, access);
     sim.verbose = verbose;
     if rng.percent(15) {
         sim.volume.policy.preempt = PreemptMode::Preempt;
     }
-    if rng.percent(20) {
+    if rng.percent(20) && os == Os::Linux {
         sim.volume.policy.all_tg_pt = true;
     }
     if rng.percent(65) {

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use super::lun::{Lun, Nexus, Profile};
 use super::san::{Fate, NodeTransport, Pending, San};
+use super::windows::SimMpio;
 use crate::device::{Resolver, Sysfs};
 use crate::fence::engine::{
     Authorization, Engine, EngineConfig, FenceError, Outcome, Volume, VolumeState,
@@ -36,6 +37,7 @@ use crate::fence::keys::ClusterTag;
 use crate::fence::policy::{AccessMode, Policy};
 use crate::fence::state::{AttachmentId, StateStore};
 use crate::scsi::{BasicParams, PrOut, ReservationKey, Wwid};
+use crate::transport::windows::{Disks, IoctlTransport};
 use crate::transport::RetryPolicy;
 
 /// The LUN's NAA designator.
@@ -77,6 +79,51 @@ impl Rng {
     }
 }
 
+/// Which system the nodes run: how their engines reach the LUN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Os {
+    /// SG_IO on each path device, found through sysfs and a dm map.
+    Linux,
+    /// The class driver's PR IOCTLs on one disk over MPIO ([`SimMpio`]).
+    Windows,
+}
+
+/// A node's engine, over either system's way to the LUN.
+pub enum NodeEngine {
+    /// Per-path SCSI commands.
+    Linux(Engine<NodeTransport>),
+    /// IOCTLs on the one disk.
+    Windows(Engine<IoctlTransport<SimMpio>>),
+}
+
+impl NodeEngine {
+    fn acquire(
+        &self,
+        vol: &Volume,
+        auth: &Authorization,
+        live: &BTreeSet<String>,
+    ) -> Result<Outcome, FenceError> {
+        match self {
+            NodeEngine::Linux(e) => e.acquire(vol, auth, live),
+            NodeEngine::Windows(e) => e.acquire(vol, auth, live),
+        }
+    }
+
+    fn release(&self, vol: &Volume) -> Result<Outcome, FenceError> {
+        match self {
+            NodeEngine::Linux(e) => e.release(vol),
+            NodeEngine::Windows(e) => e.release(vol),
+        }
+    }
+
+    fn check(&self, vol: &Volume, live: &BTreeSet<String>) -> Result<Outcome, FenceError> {
+        match self {
+            NodeEngine::Linux(e) => e.check(vol, live),
+            NodeEngine::Windows(e) => e.check(vol, live),
+        }
+    }
+}
+
 /// An engine operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpKind {
@@ -104,7 +151,8 @@ pub struct SimNode {
     /// Its key.
     pub key: ReservationKey,
     dir: PathBuf,
-    engine: Arc<Engine<NodeTransport>>,
+    os: Os,
+    engine: Arc<NodeEngine>,
     /// What it believes.
     pub belief: Belief,
     /// Model view: another node removed its registrations while it was
@@ -197,8 +245,13 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// `n` nodes on a LUN of `profile`, one foreign registration on it.
+    /// `n` Linux nodes on a LUN of `profile`, one foreign registration on it.
     pub fn new(seed: u64, n: usize, profile: Profile, access: AccessMode) -> Sim {
+        Sim::on(Os::Linux, seed, n, profile, access)
+    }
+
+    /// `n` nodes of `os` on a LUN of `profile`, one foreign registration on it.
+    pub fn on(os: Os, seed: u64, n: usize, profile: Profile, access: AccessMode) -> Sim {
         let lun = Lun::new(NAA.to_vec(), &[1, 2], profile);
         let san = San::new(lun);
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -214,6 +267,7 @@ impl Sim {
                     &format!("node-{}", (b'a' + i as u8) as char),
                     &san,
                     i,
+                    os,
                 )
             })
             .collect();
@@ -696,7 +750,7 @@ impl Sim {
     pub fn set_operation_deadline(&mut self, d: Duration) {
         for n in &mut self.nodes {
             n.deadline = d;
-            n.engine = Arc::new(make_engine(&n.name, &n.dir, &self.san, d));
+            n.engine = Arc::new(make_engine(&n.name, &n.dir, &self.san, d, n.os));
         }
     }
 
@@ -743,7 +797,7 @@ fn nexus_of(n: &Nexus, node: &str) -> bool {
 }
 
 impl SimNode {
-    fn new(root: &Path, name: &str, san: &Arc<San>, i: usize) -> SimNode {
+    fn new(root: &Path, name: &str, san: &Arc<San>, i: usize, os: Os) -> SimNode {
         let dir = root.join(name);
         for (k, dev) in ["sdc", "sdd"].iter().enumerate() {
             let session = k + 1;
@@ -759,7 +813,8 @@ impl SimNode {
         SimNode {
             name: name.to_string(),
             key: tag.key_for(name),
-            engine: Arc::new(make_engine(name, &dir, san, DEADLINE)),
+            engine: Arc::new(make_engine(name, &dir, san, DEADLINE, os)),
+            os,
             deadline: DEADLINE,
             dir,
             belief: Belief::default(),
@@ -809,17 +864,18 @@ impl SimNode {
             self.name,
             rec.replace('\n', " ")
         ));
-        self.engine = Arc::new(make_engine(&self.name, &self.dir, san, self.deadline));
+        self.engine = Arc::new(make_engine(
+            &self.name,
+            &self.dir,
+            san,
+            self.deadline,
+            self.os,
+        ));
     }
 }
 
 /// A node's engine, as its daemon would build it, on virtual time.
-fn make_engine(
-    name: &str,
-    dir: &Path,
-    san: &Arc<San>,
-    deadline: Duration,
-) -> Engine<NodeTransport> {
+fn make_engine(name: &str, dir: &Path, san: &Arc<San>, deadline: Duration, os: Os) -> NodeEngine {
     let tag = ClusterTag::new(TAG).expect("nonzero tag");
     let mut cfg = EngineConfig::new(name, tag);
     cfg.operation_deadline = deadline;
@@ -830,15 +886,27 @@ fn make_engine(
     };
     let store = StateStore::open(&dir.join("state")).expect("state dir in the sim's scratch dir");
     let wwid = Wwid::Naa(NAA.to_vec());
-    Engine::new(
-        cfg,
-        NodeTransport {
-            node: name.to_string(),
-            san: Arc::clone(san),
-        },
-        Resolver::new(Sysfs::new(sysfs_of(name, &wwid), "/dev"), "mpath-"),
-        store,
-    )
+    match os {
+        Os::Linux => NodeEngine::Linux(Engine::new(
+            cfg,
+            NodeTransport {
+                node: name.to_string(),
+                san: Arc::clone(san),
+            },
+            Resolver::new(Sysfs::new(sysfs_of(name, &wwid), "/dev"), "mpath-"),
+            store,
+        )),
+        Os::Windows => {
+            let paths = ["sdc", "sdd"].map(|d| Path::new("/dev").join(d)).to_vec();
+            let disk = Arc::new(SimMpio::new(name, san, paths));
+            NodeEngine::Windows(Engine::new(
+                cfg,
+                IoctlTransport::new(Arc::clone(&disk)),
+                Disks::new(disk),
+                store,
+            ))
+        }
+    }
 }
 
 /// Where the simulation keeps its files: tmpfs when there is one (the state

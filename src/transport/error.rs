@@ -136,13 +136,16 @@ pub enum ScsiError {
         /// What open(2) said.
         source: std::io::Error,
     },
-    /// The kernel refused: SG_IO of PR OUT needs CAP_SYS_RAWIO.
-    #[error("{device}: permission denied{}: run as root or grant CAP_SYS_RAWIO (PR OUT over SG_IO needs it; the DaemonSet runs privileged for this reason)", .command.as_ref().map(|c| format!(" for {c}")).unwrap_or_default())]
+    /// The system refused: SG_IO of PR OUT needs CAP_SYS_RAWIO on Linux,
+    /// an administrator's read-write handle on Windows.
+    #[error("{device}: permission denied{}: {need}", .command.as_ref().map(|c| format!(" for {c}")).unwrap_or_default())]
     PermissionDenied {
         /// The device path.
         device: PathBuf,
         /// The command, when the ioctl (not the open) was refused.
         command: Option<CommandId>,
+        /// What it takes, in words.
+        need: &'static str,
     },
     /// The device does not take SCSI commands.
     #[error("{device}: not a SCSI device: {reason}")]
@@ -192,18 +195,15 @@ pub enum ScsiError {
     },
     /// The device does not implement persistent reservations (20/00), or
     /// not this service action (24/00, e.g. READ FULL STATUS or PREEMPT AND
-    /// ABORT on targets that lack them).
-    #[error(
-        "{device}: {}: {command} was rejected with {sense}",
-        unsupported_what(sense)
-    )]
+    /// ABORT on targets that lack them); or the platform cannot carry it.
+    #[error("{device}: {}", unsupported(command, by))]
     Unsupported {
         /// The device path.
         device: PathBuf,
         /// The command.
         command: CommandId,
-        /// The sense that said so.
-        sense: Sense,
+        /// Who said so.
+        by: Refusal,
     },
     /// CHECK CONDITION with decoded sense.
     #[error("{device}: {command}: CHECK CONDITION, {sense}")]
@@ -249,12 +249,36 @@ pub enum ScsiError {
     },
 }
 
+/// The kernel's words for a refused SG_IO of PR OUT.
+pub const LINUX_PRIVILEGE: &str = "run as root or grant CAP_SYS_RAWIO (PR OUT over SG_IO needs it; the DaemonSet runs privileged for this reason)";
+
+/// Who said a command is not supported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The device, with this sense.
+    Sense(Sense),
+    /// The platform cannot carry the command to a device at all (Windows'
+    /// IOCTLs have no REPORT CAPABILITIES, for instance): why.
+    Platform(&'static str),
+    /// Windows' storage stack answered ERROR_INVALID_FUNCTION (the drivers)
+    /// or ERROR_IO_DEVICE (the device).
+    Windows(super::windows::Win32Error),
+}
+
 /// 20/00 means the whole command set is missing; 24/00 one service action.
-fn unsupported_what(sense: &Sense) -> &'static str {
-    if sense.is_invalid_opcode() {
-        "persistent reservations not supported"
-    } else {
-        "this service action is not supported by the target"
+fn unsupported(command: &CommandId, by: &Refusal) -> String {
+    match by {
+        Refusal::Sense(sense) if sense.is_invalid_opcode() => {
+            format!("persistent reservations not supported: {command} was rejected with {sense}")
+        }
+        Refusal::Sense(sense) => format!(
+            "this service action is not supported by the target: {command} was rejected with {sense}"
+        ),
+        Refusal::Platform(why) => format!("{command} cannot be sent on this platform: {why}"),
+        Refusal::Windows(e) => format!(
+            "not supported: {command} failed with {e}: {}",
+            super::windows::unsupported_words(*e)
+        ),
     }
 }
 
@@ -294,9 +318,11 @@ impl ScsiError {
     /// The decoded sense, when the device sent some.
     pub fn sense(&self) -> Option<&Sense> {
         match self {
-            ScsiError::CheckCondition { sense, .. } | ScsiError::Unsupported { sense, .. } => {
-                Some(sense)
-            }
+            ScsiError::CheckCondition { sense, .. }
+            | ScsiError::Unsupported {
+                by: Refusal::Sense(sense),
+                ..
+            } => Some(sense),
             _ => None,
         }
     }

@@ -8,12 +8,14 @@ mod error;
 pub mod hang;
 mod path;
 pub mod scripted;
+#[cfg(unix)]
 pub mod sgio;
+pub mod windows;
 
 use std::path::Path;
 use std::time::Duration;
 
-pub use error::{HostStatus, ScsiError};
+pub use error::{HostStatus, Refusal, ScsiError, LINUX_PRIVILEGE};
 pub use path::{RetryPolicy, ScsiPath};
 
 use crate::scsi::{Command, ScsiStatus};

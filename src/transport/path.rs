@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::error::{CommandId, HostStatus};
+use super::error::{CommandId, HostStatus, Refusal};
 use super::{Completion, ScsiError, Transport};
 use crate::scsi::prin::{self, Reissue};
 use crate::scsi::{
@@ -299,7 +299,7 @@ pub fn classify(
                 Err(ScsiError::Unsupported {
                     device,
                     command,
-                    sense,
+                    by: Refusal::Sense(sense),
                 })
             } else {
                 Err(ScsiError::CheckCondition {

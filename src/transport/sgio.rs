@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::libc::{c_int, c_uchar, c_uint, c_ushort, c_void};
 
-use super::error::{CommandId, HostStatus};
+use super::error::{CommandId, HostStatus, LINUX_PRIVILEGE};
 use super::{Completion, ScsiError, Transport};
 use crate::scsi::{Command, DataTransfer, ScsiStatus};
 
@@ -168,6 +168,7 @@ fn open_error(path: &Path, e: io::Error) -> ScsiError {
         Some(nix::libc::EACCES) | Some(nix::libc::EPERM) => ScsiError::PermissionDenied {
             device: path.to_path_buf(),
             command: None,
+            need: LINUX_PRIVILEGE,
         },
         _ => ScsiError::NotFound {
             device: path.to_path_buf(),
@@ -183,6 +184,7 @@ fn ioctl_error(path: &Path, cmd: &Command, errno: nix::errno::Errno) -> ScsiErro
         Errno::EPERM | Errno::EACCES => ScsiError::PermissionDenied {
             device,
             command: Some(CommandId::from(cmd)),
+            need: LINUX_PRIVILEGE,
         },
         Errno::ENOTTY | Errno::EINVAL => ScsiError::NotScsi {
             device,

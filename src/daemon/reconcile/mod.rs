@@ -558,7 +558,7 @@ impl<F: VolumeOps> Reconciler<F> {
 
     /// The time from the kernel's first conflict to this fence.
     fn measure_notice(&self, u: &Update, started: Instant) {
-        let Some(now) = crate::daemon::notice::monotonic() else {
+        let Some(now) = crate::platform::monotonic() else {
             return;
         };
         let lun = &u.status.wwid;

@@ -121,14 +121,14 @@ impl<T: Transport> Engine<T> {
         let seen = identity::Seen {
             devnum,
             hctl: info.hctl.clone(),
-            kernel_wwid: self.resolver.sysfs().scsi_wwid(&info.name),
+            kernel_wwid: self.resolver.system_wwid(info),
         };
         if let Some(proof) = self.ids.get(&info.dev, &seen) {
             return Ok(proof);
         }
         match self.path(&info.dev).device_id() {
             Ok(ds) => {
-                let initiator = self.resolver.sysfs().initiator_port(&info.name);
+                let initiator = self.resolver.initiator_port(info);
                 self.ids.put(&info.dev, seen, &ds, initiator.clone());
                 Ok((ds, initiator))
             }
