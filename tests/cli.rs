@@ -97,3 +97,88 @@ fn non_scsi_device_is_named_as_such() {
         text(&o)
     );
 }
+
+#[allow(dead_code)]
+#[path = "../src/testutil.rs"]
+mod testutil;
+
+/// A LUN this machine does not have: the fencing commands say so and exit
+/// 15, on Linux (no dm map, no disk) as on Windows (no disk of that identity).
+#[test]
+fn a_lun_that_is_not_here_is_named_with_exit_15() {
+    let dir = std::env::temp_dir().join(format!("csi-fencer-cli-check-{}", std::process::id()));
+    let state = dir.join("state");
+    let o = run(&[
+        "check",
+        "--wwid",
+        "naa.6001405000000fff",
+        "--node",
+        "node-a",
+        "--cluster-name",
+        "test",
+        "--device-wait",
+        "0",
+        "--state-dir",
+        &state.to_string_lossy(),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(o.status.code(), Some(15), "{}", text(&o));
+    assert!(
+        text(&o).contains("no device for WWID naa.6001405000000fff after 0 ms"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// `run --source file:` on any system: it reads the attachments, serves
+/// health and readiness, and counts the acquire that found no LUN.
+#[test]
+fn the_daemon_runs_from_a_file_and_counts_the_lun_it_cannot_find() {
+    let dir = std::env::temp_dir().join(format!("csi-fencer-cli-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        "clusterName: test\ndeviceWaitSeconds: 0\nresyncIntervalSeconds: 1\n",
+    )
+    .unwrap();
+    let att = dir.join("att.yaml");
+    std::fs::write(&att, "- {volume: pv-1, wwid: naa.6001405000000001, node: node-a, accessMode: ReadWriteOnce, generation: 1}\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_csi-fencer"))
+        .args(["run", "--node-name", "node-a", "--config"])
+        .arg(&config)
+        .arg("--source")
+        .arg(format!("file:{}", att.display()))
+        .args([
+            "--http-endpoint",
+            &format!("127.0.0.1:{port}"),
+            "--state-dir",
+        ])
+        .arg(dir.join("state"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start csi-fencer run");
+    let failed = "csi_fencer_operations_total{operation=\"acquire\",outcome=\"error\"}";
+    let counted = testutil::poll(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(100),
+        || {
+            testutil::http_get(port, "/readyz").is_some_and(|(c, _)| c == 200)
+                && testutil::http_get(port, "/metrics")
+                    .and_then(|(_, m)| testutil::sample(&m, failed))
+                    .is_some_and(|v| v >= 1.0)
+        },
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        counted,
+        "the daemon never became ready with a failed acquire counted"
+    );
+}

@@ -139,8 +139,8 @@ fn every_run_flag_is_documented_and_every_documented_flag_exists() {
     let code_names: BTreeSet<String> = code.keys().cloned().collect();
     let doc_names: BTreeSet<String> = documented.keys().cloned().collect();
     let mut problems = diff("flags", &doc_names, &code_names);
-    // A documented default (the first `code` span of the default cell) is
-    // the one --help shows.
+    // A documented default (the first `code` span of the default cell, or
+    // this system's) is the one --help shows.
     for (name, cell) in &documented {
         let Some(Some(want)) = code.get(name) else {
             continue;

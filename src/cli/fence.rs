@@ -132,7 +132,7 @@ pub struct FenceArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Where the fenced-state file lives.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/csi-fencer")]
+    #[arg(long, value_name = "DIR", default_value = platform::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// dm uuid prefix of multipath maps (multipath-tools: mpath-).
     #[arg(long, value_name = "PREFIX", default_value = "mpath-")]

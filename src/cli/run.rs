@@ -78,7 +78,7 @@ pub struct RunArgs {
     #[arg(long, hide = true, value_name = "DEV")]
     pub test_hang_device: Vec<PathBuf>,
     /// The engine's fenced-state directory (must survive restarts).
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/csi-fencer")]
+    #[arg(long, value_name = "DIR", default_value = csi_fencer::platform::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Decide and report, but send no PR OUT.
     #[arg(long)]

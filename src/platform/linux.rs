@@ -11,6 +11,9 @@ use crate::transport::sgio::SgIo;
 /// This system's name in messages and `--version`.
 pub const NAME: &str = "linux";
 
+/// Where the fenced-state records live.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/csi-fencer";
+
 /// The kernel log followed for this node's own RESERVATION CONFLICTs.
 pub const DEFAULT_KERNEL_LOG: Option<&str> = Some(kernel_log::DEFAULT_PATH);
 

@@ -11,6 +11,9 @@ use crate::transport::windows::{Disks, IoctlTransport, Win32};
 /// This system's name in messages and `--version`.
 pub const NAME: &str = "windows";
 
+/// Where the fenced-state records live.
+pub const DEFAULT_STATE_DIR: &str = r"C:\ProgramData\csi-fencer";
+
 /// No kernel log is followed on Windows.
 pub const DEFAULT_KERNEL_LOG: Option<&str> = None;
 
