@@ -21,6 +21,9 @@ CASES = {
     "failover": {"failover": {"enabled": True, "ignoreDrivers": ["local.csi.example.com"],
                               "dryRun": True, "tolerations": [{"operator": "Exists"}],
                               "priorityClassName": "system-cluster-critical"}},
+    "windows": {"windows": {"enabled": True, "nodeSelector": {"san": "yes"},
+                            "image": {"tag": "0.1.0-win", "digest": "sha256:" + "cd" * 32}},
+                "dryRun": True, "verbosity": 1},
     "clusterTagAndAttribute": {"config": {"clusterName": "", "clusterTag": "0x1a2b", "drivers": [
         {"name": "fc.csi.example.com", "volumeAttribute": "wwn",
          "volumeAttributeRegex": "^(?P<wwid>3[0-9a-f]{32})$", "preempt": "preempt"}]}},

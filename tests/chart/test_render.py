@@ -45,7 +45,7 @@ def test_renders_expected_kinds(case):
     kinds = [o["kind"] for o in cl.objects(rendered(case))]
     # The dashboard is a second ConfigMap; the failover controller has a
     # ServiceAccount, ClusterRole and binding of its own, and two Roles.
-    twice = {"grafanaDashboard": 1, "everything": 1, "failover": 5}
+    twice = {"grafanaDashboard": 1, "everything": 1, "failover": 5, "windows": 2}
     assert len(kinds) == len(set(kinds)) + twice.get(case, 0), kinds
     want = set(EXPECTED_KINDS.get(case, EXPECTED_KINDS["default"]))
     if case == "failover":

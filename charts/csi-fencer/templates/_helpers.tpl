@@ -288,3 +288,18 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: failover-controller
 {{- end }}
+
+{{/* The Windows node daemon's pods: a name of their own, so that no
+selector of the Linux DaemonSet or its Service picks them. */}}
+{{- define "csi-fencer.windowsSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "csi-fencer.name" . }}-windows
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "csi-fencer.windowsLabels" -}}
+helm.sh/chart: {{ include "csi-fencer.chart" . }}
+{{ include "csi-fencer.windowsSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: fencer-windows
+{{- end }}
