@@ -59,6 +59,10 @@ impl Transport for Timed {
         SgIo.device_number(path)
     }
 
+    fn replays_registrations(&self) -> bool {
+        false
+    }
+
     fn at_once<'a, R: Send + 'a>(&self, jobs: Vec<csi_fencer::transport::Job<'a, R>>) -> Vec<R> {
         if std::env::var_os("BENCH_SEQUENTIAL").is_some() {
             return jobs.into_iter().map(|j| j()).collect();

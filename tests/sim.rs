@@ -658,6 +658,60 @@ mod cases {
             clean(&sim);
         }
     }
+
+    /// Windows: node-a holds through MPIO, node-b fails over. The DSM of
+    /// node-a still keeps node-a's key.
+    fn windows_failover() -> Sim {
+        use csi_fencer::sim::world::Os;
+        let mut sim = Sim::on(Os::Windows, 7, 2, Profile::FULL, AccessMode::SingleNode);
+        sim.attach(A);
+        let done = sim.run(&[(A, OpKind::Acquire)]);
+        assert_eq!(state(&done, A), Ok(VolumeState::Held), "{}", sim.trace());
+        assert_eq!(sim.dsm_saved_key(A), Some(sim.nodes[A].key));
+        sim.detach(A);
+        sim.attach(B);
+        let done = sim.run(&[(B, OpKind::Acquire)]);
+        assert_eq!(state(&done, B), Ok(VolumeState::Held), "{}", sim.trace());
+        assert!(!sim.may_write(A), "{}", sim.trace());
+        assert_eq!(sim.dsm_saved_key(A), Some(sim.nodes[A].key));
+        sim
+    }
+
+    /// The DSM registers the key it keeps on a path that comes back; once
+    /// node-a's check has found it fenced, the DSM keeps nothing, and a
+    /// returning path registers nothing (I1).
+    #[test]
+    fn a_windows_node_that_finds_itself_fenced_makes_mpio_forget_its_key() {
+        let mut sim = windows_failover();
+        let done = sim.run(&[(A, OpKind::Check)]);
+        assert_eq!(state(&done, A), Ok(VolumeState::Fenced), "{}", sim.trace());
+        assert_eq!(sim.dsm_saved_key(A), None, "{}", sim.trace());
+        for path in 0..2 {
+            assert!(!sim.dsm_path_returns(A, path), "{}", sim.trace());
+        }
+        assert!(!sim.may_write(A), "{}", sim.trace());
+        assert_eq!(sim.registrations_of(A), 0, "{}", sim.trace());
+        clean(&sim);
+    }
+
+    /// What the forget cannot close: a path that comes back before node-a's
+    /// daemon has checked re-admits it until that check (at most the
+    /// monitor interval), which undoes it. docs/windows.md says so.
+    #[test]
+    fn a_path_back_before_the_windows_node_knows_re_admits_it_until_its_check() {
+        let mut sim = windows_failover();
+        assert!(sim.dsm_path_returns(A, 1), "{}", sim.trace());
+        assert!(
+            sim.may_write(A),
+            "the DSM's re-registration lets node-a write"
+        );
+        let done = sim.run(&[(A, OpKind::Check)]);
+        assert_eq!(state(&done, A), Ok(VolumeState::Fenced), "{}", sim.trace());
+        assert!(!sim.may_write(A), "{}", sim.trace());
+        assert_eq!(sim.registrations_of(A), 0, "{}", sim.trace());
+        assert_eq!(sim.dsm_saved_key(A), None, "{}", sim.trace());
+        assert!(!sim.dsm_path_returns(A, 0), "{}", sim.trace());
+    }
 }
 
 /// Windows nodes: the engine over the IOCTL translation and the double of

@@ -319,6 +319,10 @@ impl<T: Transport> Transport for Metered<T> {
     fn device_number(&self, path: &Path) -> Option<u64> {
         self.inner.device_number(path)
     }
+
+    fn replays_registrations(&self) -> bool {
+        self.inner.replays_registrations()
+    }
 }
 
 #[cfg(test)]

@@ -773,6 +773,11 @@ impl<T: Transport> Engine<T> {
         let after = self.observe_into(&mut run, false)?;
         self.finish(&mut run, &obs, &after);
         let gone = run.out.state == VolumeState::NotRegistered;
+        if gone {
+            // An unregister that met RESERVATION CONFLICT (a reset took the
+            // key first) left the key with whatever replays it.
+            self.forget_replayed_key(&mut run, &after)?;
+        }
         if gone && rec.is_some_and(|r| r.stage != Stage::Fenced) {
             self.state.set(&vol.wwid.to_string(), None)?;
         } else if !gone {
@@ -799,6 +804,7 @@ impl<T: Transport> Engine<T> {
             Evidence::None => {}
         }
         if obs.ours_count == 0 {
+            self.forget_replayed_key(&mut run, &obs)?;
             return Ok(run.out);
         }
         if decide::second_writer(&obs, self.key) {
@@ -851,6 +857,10 @@ impl<T: Transport> Engine<T> {
             // key is not known without READ FULL STATUS, so the acquire that
             // follows starts from none.
             self.roll_back(run, obs)?;
+        } else {
+            // The reset took the key; what replays it must not put it back
+            // after a detach. The acquire that follows registers it anew.
+            self.forget_replayed_key(run, obs)?;
         }
         run.out.state = VolumeState::Lost;
         Ok(run.out.clone())
@@ -1199,6 +1209,8 @@ impl<T: Transport> Engine<T> {
         self.record_fenced(run.vol, &auth.attachment, obs, doubt::guessed(run))?;
         if obs.ours_count > 0 {
             self.roll_back(run, obs)?;
+        } else {
+            self.forget_replayed_key(run, obs)?;
         }
         Ok(run.out.clone().refused(fenced(auth)))
     }
@@ -1214,9 +1226,34 @@ impl<T: Transport> Engine<T> {
         }
         if obs.ours_count > 0 {
             self.roll_back(run, obs)?;
+        } else {
+            self.forget_replayed_key(run, obs)?;
         }
         run.out.state = VolumeState::Fenced;
         Ok(run.out.clone())
+    }
+
+    /// Makes what registers our key again by itself forget it (Windows'
+    /// MPIO DSM: see [`Transport::replays_registrations`]) whenever an
+    /// operation finds none of our key on the LUN and does not register it
+    /// (fenced, lost to a reset, released, not registered): an unregister
+    /// (REGISTER AND IGNORE EXISTING KEY, key 0), which changes nothing on
+    /// the LUN, where our key is gone already, and clears the key the DSM
+    /// would register on a path that comes back. Sent every time, so that
+    /// one that failed is sent again.
+    fn forget_replayed_key(&self, run: &mut Run<'_>, obs: &Observed) -> Result<(), FenceError> {
+        if self.cfg.dry_run || !self.transport.replays_registrations() {
+            return Ok(());
+        }
+        for (path, _) in &obs.paths {
+            let forget = Step::Unregister {
+                path: path.clone(),
+                all_tg_pt: false,
+                ignore_existing: true,
+            };
+            self.send_releasing(run, &forget)?;
+        }
+        Ok(())
     }
 
     fn record_fenced(

@@ -531,6 +531,10 @@ impl Transport for NodeTransport {
         self.san.devnum(&self.node, path)
     }
 
+    fn replays_registrations(&self) -> bool {
+        false
+    }
+
     /// Each job on a thread of its own, counted by the scheduler like an
     /// actor: the scheduler picks only once every one of them is blocked on
     /// a command or finished, and the actor that waits for them counts

@@ -200,6 +200,44 @@ impl SimMpio {
     pub fn saved_key(&self) -> Option<[u8; 8]> {
         self.saved.lock().ok().and_then(|s| *s)
     }
+
+    /// A path of this disk comes back (a link, a session): the DSM registers
+    /// the key it keeps on it with REGISTER AND IGNORE EXISTING KEY, at once
+    /// and outside any operation of the daemon. True if it registered.
+    pub fn path_returns(&self, path: usize) -> bool {
+        let Some(key) = self.saved_key() else {
+            return false;
+        };
+        let mut list = [0u8; contract::PARAMETER_LIST_LEN];
+        list[8..16].copy_from_slice(&key);
+        let cmd = pr_out_command(&PrOutRequest {
+            action: PrOutAction::RegisterAndIgnoreExistingKey,
+            rtype: 0,
+            scope: 0,
+            list,
+        });
+        let Some(nexus) = self.san.nexuses_of(&self.node).into_iter().nth(path) else {
+            return false;
+        };
+        // The class driver retries the unit attentions it meets first.
+        let mut done = self.san.with_lun(|l| l.execute(&nexus, &cmd));
+        for _ in 0..CLASS_RETRIES {
+            match Sense::parse(&done.sense) {
+                Ok(s) if done.status == ScsiStatus::CheckCondition && s.is_unit_attention() => {
+                    if s.asc == 0x29 {
+                        self.san.note_swallowed_reset(&self.node);
+                    }
+                    done = self.san.with_lun(|l| l.execute(&nexus, &cmd));
+                }
+                _ => break,
+            }
+        }
+        self.san.note(format!(
+            "{} MPIO: path {path} back, the DSM registers its saved key again -> {:?}",
+            self.node, done.status
+        ));
+        done.status == ScsiStatus::Good
+    }
 }
 
 impl DiskIoctl for SimMpio {

@@ -151,7 +151,9 @@ pub struct SimNode {
     /// Its key.
     pub key: ReservationKey,
     dir: PathBuf,
-    os: Os,
+    /// A Windows node's disk: the DSM lives in the kernel and outlives
+    /// daemon restarts.
+    mpio: Option<Arc<SimMpio>>,
     engine: Arc<NodeEngine>,
     /// What it believes.
     pub belief: Belief,
@@ -159,6 +161,9 @@ pub struct SimNode {
     /// attached (or believed it held) under this attachment.
     pub fenced_under: Option<AttachmentId>,
     in_flight: bool,
+    /// Its last operation ended saying it holds nothing (Fenced or
+    /// NotRegistered), and none has started since.
+    settled_without_key: bool,
     /// Its engine's operation deadline.
     deadline: Duration,
     /// Crashed, its restart check not run yet.
@@ -188,6 +193,10 @@ pub struct Faults {
     pub reset: u32,
     /// Virtual time jumps past every deadline and authorization.
     pub stall: u32,
+    /// A path of a Windows node comes back and its MPIO DSM registers the
+    /// key it keeps, on a node whose daemon has settled on holding nothing
+    /// (its last operation said Fenced or NotRegistered).
+    pub path_back: u32,
 }
 
 impl Faults {
@@ -200,6 +209,7 @@ impl Faults {
         crash: 2,
         reset: 1,
         stall: 1,
+        path_back: 10,
     };
 }
 
@@ -424,11 +434,28 @@ impl Sim {
             let pick = self.rng.below(8);
             self.san.land_one_late(pick);
         }
+        // Drawn only with Windows nodes: Linux schedules keep their seeds.
+        let windows = self.nodes.iter().any(|n| n.mpio.is_some());
+        if windows && f.path_back > 0 && self.rng.percent(f.path_back) {
+            let i = self.rng.below(self.nodes.len());
+            let path = self.rng.below(2);
+            let n = &self.nodes[i];
+            if n.settled_without_key && !n.in_flight && !n.down {
+                let name = n.name.clone();
+                let entitled = self.live.contains_key(&name) && n.fenced_under.is_none();
+                if self.dsm_path_returns(i, path) && !entitled {
+                    self.violation(format!(
+                        "W1: {name}'s MPIO registered its key again on a returning path after {name} settled holding nothing, detached or fenced"
+                    ));
+                }
+            }
+        }
     }
 
     fn spawn(&mut self, i: usize, kind: OpKind) {
         let node = &mut self.nodes[i];
         node.in_flight = true;
+        node.settled_without_key = false;
         let engine = Arc::clone(&node.engine);
         let vol = self.volume.clone();
         let live: BTreeSet<String> = self.live.keys().cloned().collect();
@@ -516,6 +543,8 @@ impl Sim {
             };
             // It knows, and its next operation (soon) finishes the job.
             n.cleanup = o.leftover;
+            n.settled_without_key =
+                !o.leftover && matches!(o.state, VolumeState::Fenced | VolumeState::NotRegistered);
             match (f.kind, o.state) {
                 (OpKind::Acquire, VolumeState::Held) => {
                     n.belief = Belief {
@@ -750,7 +779,7 @@ impl Sim {
     pub fn set_operation_deadline(&mut self, d: Duration) {
         for n in &mut self.nodes {
             n.deadline = d;
-            n.engine = Arc::new(make_engine(&n.name, &n.dir, &self.san, d, n.os));
+            n.engine = Arc::new(make_engine(&n.name, &n.dir, &self.san, d, n.mpio.clone()));
         }
     }
 
@@ -763,6 +792,22 @@ impl Sim {
     pub fn registrations_of(&self, i: usize) -> usize {
         let name = initiator(&self.nodes[i].name);
         self.san.with_lun(|l| l.keys_of(&name).len())
+    }
+
+    /// The key Windows node `i`'s MPIO DSM keeps (and would register on a
+    /// path that comes back); `None` for a Linux node.
+    pub fn dsm_saved_key(&self, i: usize) -> Option<ReservationKey> {
+        let k = self.nodes[i].mpio.as_ref()?.saved_key()?;
+        Some(ReservationKey(u64::from_be_bytes(k)))
+    }
+
+    /// A path of Windows node `i` comes back and its DSM registers the key
+    /// it keeps, between commands. True if it registered.
+    pub fn dsm_path_returns(&mut self, i: usize, path: usize) -> bool {
+        self.nodes[i]
+            .mpio
+            .as_ref()
+            .is_some_and(|m| m.path_returns(path))
     }
 
     /// May node `i` write through any of its paths now?
@@ -809,17 +854,22 @@ impl SimNode {
             let devnum = ((i as u64) << 16) | (k as u64 + 1);
             san.add_path(name, &Path::new("/dev").join(dev), nexus, devnum);
         }
+        let mpio = (os == Os::Windows).then(|| {
+            let paths = ["sdc", "sdd"].map(|d| Path::new("/dev").join(d)).to_vec();
+            Arc::new(SimMpio::new(name, san, paths))
+        });
         let tag = ClusterTag::new(TAG).expect("nonzero tag");
         SimNode {
             name: name.to_string(),
             key: tag.key_for(name),
-            engine: Arc::new(make_engine(name, &dir, san, DEADLINE, os)),
-            os,
+            engine: Arc::new(make_engine(name, &dir, san, DEADLINE, mpio.clone())),
+            mpio,
             deadline: DEADLINE,
             dir,
             belief: Belief::default(),
             fenced_under: None,
             in_flight: false,
+            settled_without_key: false,
             down: false,
             cleanup: false,
             excused_under: None,
@@ -869,13 +919,19 @@ impl SimNode {
             &self.dir,
             san,
             self.deadline,
-            self.os,
+            self.mpio.clone(),
         ));
     }
 }
 
 /// A node's engine, as its daemon would build it, on virtual time.
-fn make_engine(name: &str, dir: &Path, san: &Arc<San>, deadline: Duration, os: Os) -> NodeEngine {
+fn make_engine(
+    name: &str,
+    dir: &Path,
+    san: &Arc<San>,
+    deadline: Duration,
+    mpio: Option<Arc<SimMpio>>,
+) -> NodeEngine {
     let tag = ClusterTag::new(TAG).expect("nonzero tag");
     let mut cfg = EngineConfig::new(name, tag);
     cfg.operation_deadline = deadline;
@@ -886,8 +942,8 @@ fn make_engine(name: &str, dir: &Path, san: &Arc<San>, deadline: Duration, os: O
     };
     let store = StateStore::open(&dir.join("state")).expect("state dir in the sim's scratch dir");
     let wwid = Wwid::Naa(NAA.to_vec());
-    match os {
-        Os::Linux => NodeEngine::Linux(Engine::new(
+    match mpio {
+        None => NodeEngine::Linux(Engine::new(
             cfg,
             NodeTransport {
                 node: name.to_string(),
@@ -896,16 +952,12 @@ fn make_engine(name: &str, dir: &Path, san: &Arc<San>, deadline: Duration, os: O
             Resolver::new(Sysfs::new(sysfs_of(name, &wwid), "/dev"), "mpath-"),
             store,
         )),
-        Os::Windows => {
-            let paths = ["sdc", "sdd"].map(|d| Path::new("/dev").join(d)).to_vec();
-            let disk = Arc::new(SimMpio::new(name, san, paths));
-            NodeEngine::Windows(Engine::new(
-                cfg,
-                IoctlTransport::new(Arc::clone(&disk)),
-                Disks::new(disk),
-                store,
-            ))
-        }
+        Some(disk) => NodeEngine::Windows(Engine::new(
+            cfg,
+            IoctlTransport::new(Arc::clone(&disk)),
+            Disks::new(disk),
+            store,
+        )),
     }
 }
 

@@ -91,6 +91,14 @@ pub trait Transport: Send + Sync {
     /// both guards off.
     fn device_number(&self, path: &Path) -> Option<u64>;
 
+    /// True when something below this transport keeps the key and
+    /// registers it again by itself: Windows' MPIO DSM registers the key it
+    /// last saw on every path that appears. A node that learns it is fenced
+    /// must then make it forget (an unregister, which changes nothing on a
+    /// LUN where the key is already gone), or a path that comes back would
+    /// re-admit it (I1). No default, like [`Transport::device_number`].
+    fn replays_registrations(&self) -> bool;
+
     /// Runs `jobs` (each sending commands through this transport) at once and
     /// returns their results in order: commands to independent paths need
     /// not wait for each other. The default runs each but the first on a thread of its own;
@@ -136,6 +144,10 @@ impl<T: Transport + ?Sized> Transport for &T {
     fn device_number(&self, path: &Path) -> Option<u64> {
         (**self).device_number(path)
     }
+
+    fn replays_registrations(&self) -> bool {
+        (**self).replays_registrations()
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
@@ -150,5 +162,9 @@ impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
 
     fn device_number(&self, path: &Path) -> Option<u64> {
         (**self).device_number(path)
+    }
+
+    fn replays_registrations(&self) -> bool {
+        (**self).replays_registrations()
     }
 }

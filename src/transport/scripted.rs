@@ -70,4 +70,8 @@ impl Transport for Scripted {
     fn device_number(&self, _path: &Path) -> Option<u64> {
         None
     }
+
+    fn replays_registrations(&self) -> bool {
+        false
+    }
 }

@@ -145,6 +145,10 @@ impl Transport for SgIo {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(path).ok().map(|m| m.rdev())
     }
+
+    fn replays_registrations(&self) -> bool {
+        false
+    }
 }
 
 fn open_path(path: &Path) -> Result<std::fs::File, ScsiError> {

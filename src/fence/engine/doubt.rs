@@ -19,7 +19,7 @@ use super::{Engine, FenceError, Run};
 use crate::fence::decide::{self, Evidence, Observed, Signs};
 use crate::fence::state::{Record, Stage};
 use crate::scsi::{BasicParams, PrOut};
-use crate::transport::{ScsiError, Transport};
+use crate::transport::{Refusal, ScsiError, Transport};
 
 /// What the paths said when asked for their pending unit attentions.
 enum Testimony {
@@ -29,15 +29,24 @@ enum Testimony {
     Preempted,
     /// Every path answered and none had anything left to tell.
     Silent,
+    /// The platform keeps unit attentions from us (Windows' class driver
+    /// consumes and retries them) and cannot send TEST UNIT READY: silence
+    /// is all there will ever be.
+    Hidden,
     /// Nothing decisive, and a path did not answer.
     Unreachable(String),
 }
 
 const SILENT_NOTE: &str = "this node's registrations are gone and no path could tell a target reset from a preemption (the unit attention that would have went with a lost answer): taken as a fence, the safe side";
 
+const HIDDEN_NOTE: &str = "this node's registrations are gone and no path could tell a target reset from a preemption: this platform's storage driver consumes the unit attentions that would say which (Windows' class driver); taken as a fence, the safe side";
+
 /// This operation's fence was taken on silence (see [`Record::guessed`]).
 pub(super) fn guessed(run: &Run<'_>) -> bool {
-    run.out.notes.iter().any(|n| n == SILENT_NOTE)
+    run.out
+        .notes
+        .iter()
+        .any(|n| n == SILENT_NOTE || n == HIDDEN_NOTE)
 }
 
 impl<T: Transport> Engine<T> {
@@ -217,6 +226,10 @@ impl<T: Transport> Engine<T> {
                 }
                 Ok(Evidence::Preempted)
             }
+            Testimony::Hidden => {
+                run.out.notes.push(HIDDEN_NOTE.into());
+                Ok(Evidence::Preempted)
+            }
             Testimony::Unreachable(why) => Err(FenceError::Undecided {
                 volume: run.vol.name.clone(),
                 why,
@@ -226,7 +239,7 @@ impl<T: Transport> Engine<T> {
 
     fn testimony(&self, run: &Run<'_>) -> Testimony {
         let wwid = run.vol.wwid.to_string();
-        let (mut signs, mut unreachable) = (Signs::default(), None);
+        let (mut signs, mut unreachable, mut hidden) = (Signs::default(), None, false);
         // A path left out of this operation (its INQUIRY failed) may hold
         // its own 29/xx: silence from the others proves nothing then.
         if let Some(r) = run.loc.reports.iter().find(|r| !r.usable && !r.wrong_lun) {
@@ -245,8 +258,13 @@ impl<T: Transport> Engine<T> {
                 .on_lost_answer(&lost);
             let r = p.test_unit_ready();
             run.att.answered(&u.dev, &r);
-            if let Err(e) = r {
-                unreachable = Some(e.to_string());
+            match r {
+                Err(ScsiError::Unsupported {
+                    by: Refusal::Platform(_),
+                    ..
+                }) => hidden = true,
+                Err(e) => unreachable = Some(e.to_string()),
+                Ok(()) => {}
             }
             let s = Signs::from_unit_attentions(p.unit_attentions());
             signs.reset |= s.reset;
@@ -261,6 +279,7 @@ impl<T: Transport> Engine<T> {
                 _,
             ) => Testimony::Preempted,
             (_, Some(why)) => Testimony::Unreachable(why),
+            (_, None) if hidden => Testimony::Hidden,
             (_, None) => Testimony::Silent,
         }
     }

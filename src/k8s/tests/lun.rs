@@ -151,6 +151,10 @@ impl Transport for SimLun {
     fn device_number(&self, _path: &Path) -> Option<u64> {
         None
     }
+
+    fn replays_registrations(&self) -> bool {
+        false
+    }
 }
 
 /// Another node's two paths to the LUN, for a daemon of its own.
@@ -168,5 +172,9 @@ impl Transport for Paths {
 
     fn device_number(&self, _path: &Path) -> Option<u64> {
         None
+    }
+
+    fn replays_registrations(&self) -> bool {
+        false
     }
 }

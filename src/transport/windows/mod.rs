@@ -182,6 +182,12 @@ impl<I: DiskIoctl> Transport for IoctlTransport<I> {
             .ok()
             .map(|d| digest(&d))
     }
+
+    /// MPIO's DSM keeps the key it registered and registers it on every
+    /// path that appears.
+    fn replays_registrations(&self) -> bool {
+        true
+    }
 }
 
 /// What a Win32 error from a PR IOCTL means, in the words the Linux backend
