@@ -11,7 +11,7 @@ use csi_fencer::scsi::inquiry::StandardInquiry;
 use csi_fencer::scsi::{
     Capabilities, Designation, Designator, FullStatus, ReadKeys, ReadReservation, Wwid,
 };
-use csi_fencer::transport::{ScsiError, ScsiPath, Transport};
+use csi_fencer::transport::{Refusal, ScsiError, ScsiPath, Transport};
 
 use super::exit::Failure;
 use super::target::Target;
@@ -140,8 +140,19 @@ fn path_report(t: &dyn Transport, info: PathInfo, lu: Option<&Wwid>, g: &GlobalA
 pub fn inspect(t: &dyn Transport, device: &Path, g: &GlobalArgs) -> Result<Inspection, Failure> {
     let target = Target::resolve(device)?;
     let mut p = ScsiPath::new(t, device, g.timeout());
-    // A device that is not SCSI at all fails here with a clear error.
-    let inquiry = p.inquiry().map_err(Failure::from)?;
+    // A device that is not SCSI at all fails here with a clear error. A
+    // platform that cannot carry standard INQUIRY (Windows' IOCTLs) goes on:
+    // the identity and the PR state still come through.
+    let inquiry = match p.inquiry() {
+        Err(
+            e @ ScsiError::Unsupported {
+                by: Refusal::Platform(_),
+                ..
+            },
+        ) => Err(e),
+        Err(e) => return Err(e.into()),
+        Ok(i) => Ok(i),
+    };
     let designators = p.device_id();
     let wwid = designators
         .as_ref()
@@ -157,7 +168,7 @@ pub fn inspect(t: &dyn Transport, device: &Path, g: &GlobalArgs) -> Result<Inspe
         device: device.to_path_buf(),
         kernel_name: target.kernel_name,
         map: target.map,
-        inquiry: Section(Ok(inquiry)),
+        inquiry: inquiry.into(),
         serial: p.serial().into(),
         designators: designators.into(),
         wwid,
