@@ -26,9 +26,7 @@ use std::time::Duration;
 use windows_sys::Win32::Foundation as w;
 
 use super::san::{NodeTransport, San};
-use crate::scsi::{
-    inquiry, prin, Cdb, Command, DataTransfer, PrOutAction, ScsiStatus, Sense, SenseKey,
-};
+use crate::scsi::{inquiry, prin, prout, Command, PrOutAction, ScsiStatus, Sense, SenseKey};
 use crate::transport::windows::contract::{self, Malformed, PrOutRequest};
 use crate::transport::windows::{DiskIoctl, Win32Error};
 use crate::transport::{HostStatus, ScsiError, Transport};
@@ -63,32 +61,25 @@ fn malformed(m: Malformed) -> Win32Error {
     })
 }
 
-fn pr_out_command(r: &PrOutRequest) -> Command {
-    Command {
-        name: match r.action {
-            PrOutAction::Register => "PERSISTENT RESERVE OUT / REGISTER",
-            PrOutAction::Reserve => "PERSISTENT RESERVE OUT / RESERVE",
-            PrOutAction::Release => "PERSISTENT RESERVE OUT / RELEASE",
-            PrOutAction::Clear => "PERSISTENT RESERVE OUT / CLEAR",
-            PrOutAction::Preempt => "PERSISTENT RESERVE OUT / PREEMPT",
-            PrOutAction::PreemptAndAbort => "PERSISTENT RESERVE OUT / PREEMPT AND ABORT",
-            _ => "PERSISTENT RESERVE OUT / REGISTER AND IGNORE EXISTING KEY",
-        },
-        // The class driver's CDB: parameter list length 24.
-        cdb: Cdb::new(&[
-            0x5f,
-            r.action as u8,
-            (r.scope << 4) | r.rtype,
-            0,
-            0,
-            0,
-            0,
-            0,
-            contract::PARAMETER_LIST_LEN as u8,
-            0,
-        ]),
-        data: DataTransfer::ToDevice(r.list.to_vec()),
-    }
+/// The CDB the class driver builds (parameter list length 24), read back
+/// through the codec into the command the LUN executes.
+fn pr_out_command(r: &PrOutRequest) -> Result<Command, Win32Error> {
+    let len = contract::PARAMETER_LIST_LEN as u8;
+    let cdb = [
+        0x5f,
+        r.action as u8,
+        (r.scope << 4) | r.rtype,
+        0,
+        0,
+        0,
+        0,
+        0,
+        len,
+        0,
+    ];
+    prout::parse(&cdb, &r.list)
+        .map(|p| p.command())
+        .map_err(|_| Win32Error(w::ERROR_INVALID_PARAMETER))
 }
 
 impl SimMpio {
@@ -210,12 +201,14 @@ impl SimMpio {
         };
         let mut list = [0u8; contract::PARAMETER_LIST_LEN];
         list[8..16].copy_from_slice(&key);
-        let cmd = pr_out_command(&PrOutRequest {
+        let Ok(cmd) = pr_out_command(&PrOutRequest {
             action: PrOutAction::RegisterAndIgnoreExistingKey,
             rtype: 0,
             scope: 0,
             list,
-        });
+        }) else {
+            return false;
+        };
         let Some(nexus) = self.san.nexuses_of(&self.node).into_iter().nth(path) else {
             return false;
         };
@@ -258,7 +251,7 @@ impl DiskIoctl for SimMpio {
     fn reserve_out(&self, disk: &Path, input: &[u8], _timeout: Duration) -> Result<(), Win32Error> {
         self.check_disk(disk)?;
         let r = contract::decode_pr_out(input).map_err(malformed)?;
-        let cmd = pr_out_command(&r);
+        let cmd = pr_out_command(&r)?;
         match r.action {
             PrOutAction::Register | PrOutAction::RegisterAndIgnoreExistingKey => {
                 let mut sa = [0u8; 8];

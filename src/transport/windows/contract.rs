@@ -140,20 +140,9 @@ fn pr_out(cdb: &[u8], data: &[u8]) -> Result<Request, NotExpressible> {
     if cdb.len() < 10 {
         return Err(NotExpressible("a PERSISTENT RESERVE OUT CDB is 10 bytes"));
     }
-    let action = match cdb[1] & 0x1f {
-        0 => PrOutAction::Register,
-        1 => PrOutAction::Reserve,
-        2 => PrOutAction::Release,
-        3 => PrOutAction::Clear,
-        4 => PrOutAction::Preempt,
-        5 => PrOutAction::PreemptAndAbort,
-        6 => PrOutAction::RegisterAndIgnoreExistingKey,
-        _ => {
-            return Err(NotExpressible(
-                "IOCTL_STORAGE_PERSISTENT_RESERVE_OUT has no REGISTER AND MOVE or REPLACE LOST RESERVATION",
-            ))
-        }
-    };
+    let action = carried_pr_out(cdb[1]).ok_or(NotExpressible(
+        "IOCTL_STORAGE_PERSISTENT_RESERVE_OUT has no REGISTER AND MOVE or REPLACE LOST RESERVATION",
+    ))?;
     let list: [u8; PARAMETER_LIST_LEN] = data.try_into().map_err(|_| {
         NotExpressible("PRO_PARAMETER_LIST is the 24-byte basic parameter list (no TransportIDs)")
     })?;
@@ -174,6 +163,17 @@ fn pr_out(cdb: &[u8], data: &[u8]) -> Result<Request, NotExpressible> {
         scope,
         list,
     }))
+}
+
+/// The PR OUT service action in the low five bits of `byte`, if the IOCTL
+/// takes it (codes 0 to 6: not REGISTER AND MOVE, not REPLACE LOST
+/// RESERVATION).
+fn carried_pr_out(byte: u8) -> Option<PrOutAction> {
+    let code = byte & 0x1f;
+    PrOutAction::ALL
+        .into_iter()
+        .find(|a| *a as u8 == code)
+        .filter(|a| (*a as u8) <= PrOutAction::RegisterAndIgnoreExistingKey as u8)
 }
 
 /// The service actions whose type and scope the class driver checks.
@@ -259,16 +259,7 @@ pub fn decode_pr_in(b: &[u8], out_len: usize) -> Result<PrInRequest, Malformed> 
 /// Decodes a PR OUT input buffer, checking it as the class driver does.
 pub fn decode_pr_out(b: &[u8]) -> Result<PrOutRequest, Malformed> {
     let size = check_header(b)?;
-    let action = match b[8] & 0x1f {
-        0 => PrOutAction::Register,
-        1 => PrOutAction::Reserve,
-        2 => PrOutAction::Release,
-        3 => PrOutAction::Clear,
-        4 => PrOutAction::Preempt,
-        5 => PrOutAction::PreemptAndAbort,
-        6 => PrOutAction::RegisterAndIgnoreExistingKey,
-        _ => return Err(Malformed::Parameter),
-    };
+    let action = carried_pr_out(b[8]).ok_or(Malformed::Parameter)?;
     let (rtype, scope) = (b[9] & 0x0f, b[9] >> 4);
     if typed(action) && !type_and_scope_taken(rtype, scope) {
         return Err(Malformed::Parameter);
