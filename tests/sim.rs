@@ -694,6 +694,31 @@ mod cases {
         clean(&sim);
     }
 
+    /// Windows cannot fence a multi-node volume (no all-registrants types,
+    /// and MPIO's replayed registrations would hide a fence from the count):
+    /// the acquire is refused before any command.
+    #[test]
+    fn a_windows_node_refuses_a_multi_node_volume_and_sends_nothing() {
+        use csi_fencer::sim::world::Os;
+        let mut sim = Sim::on(Os::Windows, 7, 2, Profile::FULL, AccessMode::MultiNode);
+        sim.attach(A);
+        let from = sim.san.log_len();
+        let done = sim.run(&[(A, OpKind::Acquire)]);
+        let e = state(&done, A).unwrap_err();
+        assert!(
+            e.contains("a multi-node volume cannot be fenced from this node")
+                && e.contains("nothing was sent"),
+            "{e}"
+        );
+        assert_eq!(
+            sent_since(&sim, from),
+            Vec::<String>::new(),
+            "{}",
+            sim.trace()
+        );
+        assert_eq!(sim.registrations_of(A), 0);
+    }
+
     /// What the forget cannot close: a path that comes back before node-a's
     /// daemon has checked re-admits it until that check (at most the
     /// monitor interval), which undoes it. docs/windows.md says so.

@@ -265,7 +265,7 @@ fn fence_failure(e: FenceError) -> Failure {
         FenceError::Unstable { .. }
         | FenceError::NotConverged { .. }
         | FenceError::Undecided { .. } => UNSTABLE,
-        FenceError::Unsupported { .. } => exit::UNSUPPORTED,
+        FenceError::Unsupported { .. } | FenceError::Platform { .. } => exit::UNSUPPORTED,
         FenceError::Stopped { .. } => exit::TIMEOUT,
     };
     Failure::new(code, e)

@@ -286,6 +286,16 @@ pub enum FenceError {
         /// What to change.
         why: String,
     },
+    /// What this node's platform cannot fence safely; nothing was sent.
+    #[error("volume {volume}: {what} cannot be fenced from this node: {why}; nothing was sent")]
+    Platform {
+        /// The volume.
+        volume: String,
+        /// What, e.g. "a multi-node volume".
+        what: &'static str,
+        /// Why, and what to do instead.
+        why: &'static str,
+    },
     /// The operation ran out of time or authority before its next
     /// access-granting command; nothing more was sent (I1).
     #[error("volume {volume}: stopped before {next}: {why}; nothing more was sent{}", rollback_note(*.rolled_back))]
@@ -362,7 +372,7 @@ impl FenceError {
             FenceError::NoPathRegistered { .. } => "no_path_registered",
             FenceError::Interrupted => "interrupted",
             FenceError::Step { source, .. } => source.kind(),
-            FenceError::Unsupported { .. } => "unsupported",
+            FenceError::Unsupported { .. } | FenceError::Platform { .. } => "unsupported",
             FenceError::Stopped { .. } => "deadline",
             FenceError::NotConverged { .. } => "not_converged",
             FenceError::Undecided { .. } => "undecided",
@@ -632,6 +642,13 @@ impl<T: Transport> Engine<T> {
         auth: &Authorization,
         live: &BTreeSet<String>,
     ) -> Result<Outcome, FenceError> {
+        if vol.access == AccessMode::MultiNode && self.transport.replays_registrations() {
+            return Err(FenceError::Platform {
+                volume: vol.name.clone(),
+                what: "a multi-node volume",
+                why: "the Windows class driver refuses the all-registrants reservation types, and MPIO registers this node's key again by itself on a returning path, which a count of registrations cannot tell from a fence undone; use the volume from Linux nodes, or single-node access",
+            });
+        }
         let mut run = self.start(vol, Some(auth))?;
         if let Some(r) = self.unfresh_authorization(auth) {
             return Ok(run.out.refused(r));
@@ -900,9 +917,7 @@ impl<T: Transport> Engine<T> {
                 // unknown one may have carried the key already.
                 Ok(()) => landed += u32::from(unregistered.contains(path)),
                 // A lost answer may have landed: asked below.
-                Err(Send::Path(crate::transport::ScsiError::Timeout { .. }))
-                    if unregistered.contains(path) =>
-                {
+                Err(Send::Path(e)) if unregistered.contains(path) && self.may_have_landed(&e) => {
                     unanswered.push((path.clone(), *all_tg_pt))
                 }
                 // Not delivered at all: the record must not name it.
@@ -1251,7 +1266,12 @@ impl<T: Transport> Engine<T> {
                 all_tg_pt: false,
                 ignore_existing: true,
             };
+            let sent = run.out.steps.len();
             self.send_releasing(run, &forget)?;
+            if run.out.steps.len() == sent {
+                // Not sent, or failed: the reconciler comes back soon.
+                run.out.leftover = true;
+            }
         }
         Ok(())
     }

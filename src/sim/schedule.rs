@@ -46,11 +46,12 @@ pub fn run_on(os: Os, seed: u64, verbose: bool) -> Report {
     let mut rng = Rng::new(seed);
     let all = profiles();
     let (name, profile) = all[rng.below(all.len())];
-    let multi = rng.percent(35) && os == Os::Linux;
-    let access = if multi {
-        AccessMode::MultiNode
-    } else {
+    // The same draw as before Windows nodes existed: Linux seeds replay.
+    let single = rng.percent(65);
+    let access = if single || os == Os::Windows {
         AccessMode::SingleNode
+    } else {
+        AccessMode::MultiNode
     };
     let n = 2 + rng.below(2);
     let mut sim = Sim::on(os, rng.next_u64(), n, profile, access);

@@ -46,7 +46,7 @@ impl<T: Transport> Engine<T> {
                         registered.push((*path).clone());
                     }
                     Err(e) => {
-                        if matches!(e, ScsiError::Timeout { .. }) {
+                        if self.may_have_landed(&e) {
                             // It may still have landed: roll it back like one that did.
                             run.touched.push((*path).clone());
                         }
@@ -155,6 +155,21 @@ impl<T: Transport> Engine<T> {
             });
         }
         Err(FenceError::Scsi(e))
+    }
+
+    /// Whether a REGISTER that failed with `e` may still have registered:
+    /// one whose answer was lost; on a transport that fans a REGISTER out
+    /// to several paths itself (MPIO), any failure after it was sent, since
+    /// some paths may have taken it.
+    pub(super) fn may_have_landed(&self, e: &ScsiError) -> bool {
+        match e {
+            ScsiError::Timeout { .. } => true,
+            ScsiError::Unsupported {
+                by: crate::transport::Refusal::Platform(_),
+                ..
+            } => false,
+            _ => self.transport.replays_registrations(),
+        }
     }
 
     /// Sends a PR OUT that grants or takes access (REGISTER, RESERVE,

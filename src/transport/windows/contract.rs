@@ -340,6 +340,21 @@ pub fn vpd83_from_device_id(b: &[u8]) -> Result<Vec<u8>, BadDescriptor> {
     Ok(page)
 }
 
+/// The designation descriptors of a VPD 83h page that name the logical
+/// unit (association 0), concatenated; malformed tails are left out.
+pub fn logical_unit_designators(page: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = page.get(4..).unwrap_or_default();
+    while rest.len() >= 4 {
+        let end = (4 + usize::from(rest[3])).min(rest.len());
+        if (rest[1] >> 4) & 0x03 == 0 {
+            out.extend_from_slice(&rest[..end]);
+        }
+        rest = &rest[end..];
+    }
+    out
+}
+
 /// The `STORAGE_DEVICE_ID_DESCRIPTOR` the port driver builds from a VPD
 /// 83h page (for the double; identifiers 4-byte aligned).
 pub fn device_id_from_vpd83(page: &[u8]) -> Vec<u8> {

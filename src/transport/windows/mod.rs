@@ -172,15 +172,19 @@ impl<I: DiskIoctl> Transport for IoctlTransport<I> {
         }
     }
 
-    /// A digest of the identity Windows holds for the disk behind the name
-    /// (its `STORAGE_DEVICE_ID_DESCRIPTOR`, no SCSI command): Windows has no
-    /// device number that changes when a name comes to stand for another
-    /// disk, and this does.
+    /// A digest of the logical unit's identity as Windows holds it for the
+    /// disk behind the name (the designators of its
+    /// `STORAGE_DEVICE_ID_DESCRIPTOR` that name the LU, no SCSI command):
+    /// Windows has no device number that changes when a name comes to
+    /// stand for another disk, and this does. Port designators are left
+    /// out: MPIO may answer from whichever path it uses now.
     fn device_number(&self, path: &Path) -> Option<u64> {
-        self.io
+        let d = self
+            .io
             .query_property(path, &contract::device_id_query())
-            .ok()
-            .map(|d| digest(&d))
+            .ok()?;
+        let page = contract::vpd83_from_device_id(&d).ok()?;
+        Some(digest(&contract::logical_unit_designators(&page)))
     }
 
     /// MPIO's DSM keeps the key it registered and registers it on every

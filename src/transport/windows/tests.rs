@@ -203,6 +203,22 @@ fn commands_reach_the_disk_as_ioctls_and_what_cannot_is_unsupported() {
 }
 
 #[test]
+fn the_device_number_ignores_which_port_windows_read_the_identity_through() {
+    // The same LU (NAA ...51) read through relative target port 1, then 2.
+    let through = |port: u8| {
+        let mut p = page(0x51);
+        p[3] += 8;
+        p.extend([0x61, 0x94, 0x00, 0x04, 0, 0, 0, port]);
+        let mut s = Script::default();
+        s.disks.insert(PathBuf::from(DISK0), p);
+        IoctlTransport::new(Arc::new(s))
+    };
+    let d = Path::new(DISK0);
+    assert!(through(1).device_number(d).is_some());
+    assert_eq!(through(1).device_number(d), through(2).device_number(d));
+}
+
+#[test]
 fn the_device_number_changes_with_the_disk_behind_the_name() {
     let a = IoctlTransport::new(Arc::new(Script::with_disks(&[("PhysicalDrive0", 0x51)])));
     let b = IoctlTransport::new(Arc::new(Script::with_disks(&[("PhysicalDrive0", 0x52)])));

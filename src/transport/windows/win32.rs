@@ -76,8 +76,11 @@ fn open(disk: &Path, access: u32) -> Result<Handle, Win32Error> {
     Ok(Handle(h))
 }
 
-/// One IOCTL, waited for at most `timeout`; cancelled (and its buffers
-/// released only after the cancel completed) when it takes longer.
+/// One IOCTL, waited for at most `timeout`, then cancelled. The buffers
+/// and the OVERLAPPED are released only once the driver has given the
+/// request back, whatever the wait said: a PR IOCTL the driver does not let
+/// go of early holds this thread until the disk's own timeout (the daemon's
+/// per-operation timeout bounds the operation regardless).
 fn control(
     h: &Handle,
     code: u32,
@@ -87,6 +90,7 @@ fn control(
 ) -> Result<usize, Win32Error> {
     // SAFETY: an all-zero OVERLAPPED is its documented initial state.
     let mut ov: OVERLAPPED = unsafe { std::mem::zeroed() };
+    let ov_ptr: *mut OVERLAPPED = &mut ov;
     let mut n: u32 = 0;
     let len = |b: usize| u32::try_from(b).map_err(|_| Win32Error(87));
     let (in_len, out_len) = (len(input.len())?, len(out.len())?);
@@ -101,7 +105,7 @@ fn control(
             out.as_mut_ptr().cast(),
             out_len,
             &mut n,
-            &mut ov,
+            ov_ptr,
         )
     };
     if ok != 0 {
@@ -111,20 +115,33 @@ fn control(
     if e.0 != ERROR_IO_PENDING {
         return Err(e);
     }
-    let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX - 1);
-    // SAFETY: `ov` belongs to the pending request on `h`.
-    if unsafe { GetOverlappedResultEx(h.0, &ov, &mut n, ms, 0) } != 0 {
+    // At least 1 ms: 0 would poll, and a pending request is not an answer.
+    let ms = u32::try_from(timeout.as_millis())
+        .unwrap_or(u32::MAX - 1)
+        .max(1);
+    // SAFETY: `ov_ptr` points at the OVERLAPPED of the request pending on `h`.
+    if unsafe { GetOverlappedResultEx(h.0, ov_ptr, &mut n, ms, 0) } != 0 {
+        return Ok(n as usize);
+    }
+    let waited = last_error();
+    // Whatever the wait said, the request may still be pending: cancel it
+    // (harmless once it has completed) and wait until the driver gives it
+    // back, so that nothing writes into `ov` or `out` after they are gone.
+    // SAFETY: as above; the last call blocks until the request is done.
+    let done = unsafe {
+        CancelIoEx(h.0, ov_ptr);
+        GetOverlappedResult(h.0, ov_ptr, &mut n, 1)
+    };
+    if done != 0 {
+        // It completed after all, between the wait and the cancel.
         return Ok(n as usize);
     }
     let e = last_error();
-    if e.0 == WAIT_TIMEOUT {
-        // SAFETY: as above; the second call waits for the cancelled request.
-        unsafe {
-            CancelIoEx(h.0, &ov);
-            GetOverlappedResult(h.0, &ov, &mut n, 1);
-        }
+    if waited.0 == WAIT_TIMEOUT {
+        Err(waited)
+    } else {
+        Err(e)
     }
-    Err(e)
 }
 
 impl DiskIoctl for Win32 {
