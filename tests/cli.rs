@@ -40,15 +40,21 @@ fn pr_and_inspect_help_teach_with_examples() {
 #[test]
 fn key_follows_the_design_scheme() {
     let o = run(&["key", "--node", "node-a", "--cluster-tag", "0x1a2b"]);
-    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     // tag 1a2b ‖ first 48 bits of sha256("node-a") = 66570ff05a20
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).trim(),
-        "0x1a2b66570ff05a20"
+        "0x1a2b66570ff05a20",
+        "{}",
+        text(&o)
     );
     let o = run(&["key", "--node", "node-a", "--cluster-tag", "0"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("cluster tag 0 is not allowed"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("cluster tag 0 is not allowed"),
+        "{}",
+        text(&o)
+    );
     let o = run(&["key", "--node", "node-a"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 }
