@@ -1,7 +1,8 @@
 //! Kubernetes watch-cache benchmark (`make bench-kube`); prints figures,
 //! asserts nothing about speed.
 //!
-//! A mock API server (in this process) serves a paginated LIST of 100 000
+//! The tests' mock API server (`src/k8s/tests/mock.rs`, in this process,
+//! over loopback HTTP) serves a paginated LIST of 100 000
 //! VolumeAttachments on 200 nodes (realistic names, managedFields, ~1.3 KB of
 //! JSON each), then a watch stream. The real daemon (`CSI_FENCER_BIN`, default
 //! `target/release/csi-fencer`) runs as a child process on `node-bench`, a
@@ -23,8 +24,11 @@
 //! `KUBE_API_QPS` / `KUBE_API_BURST` (passed to the daemon when set; its
 //! defaults, 5 and 10, pace the LIST's pages as client-go would).
 
+#[allow(dead_code, missing_docs)]
+#[path = "../src/k8s/tests/mock.rs"]
+mod mock;
+
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -33,12 +37,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
-use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
+use mock::{Change, MockApi, Seen};
 use sha2::{Digest, Sha256};
 
 const DRIVER: &str = "block.csi.example.com";
@@ -48,10 +47,6 @@ const NODE: &str = "node-bench";
 const RV_BASE: u64 = 48_213_000;
 /// Creation times are spread over the year before this (2025-01-01T00:00:00Z).
 const EPOCH: u64 = 1_735_689_600;
-/// A real API server sends a bookmark about once a minute.
-const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
-/// Largest chunk written to a watch stream at once.
-const CHUNK: usize = 256 * 1024;
 const MIB: f64 = 1024.0 * 1024.0;
 const INIT_DONE: &str = "csi_fencer_kube_watch_events_total{type=\"init-done\"}";
 
@@ -243,7 +238,7 @@ impl Cluster {
     }
 
     /// The next `n` watch events: 60% MODIFIED, 20% ADDED, 20% DELETED.
-    fn events(&mut self, n: usize) -> Vec<Event> {
+    fn events(&mut self, n: usize) -> Vec<Change> {
         (0..n)
             .map(|_| {
                 self.rv += 1;
@@ -259,484 +254,69 @@ impl Cluster {
                     if flip {
                         va.attached = !va.attached;
                     }
-                    Event::new("MODIFIED", va, None)
+                    change("MODIFIED", va, None)
                 } else if roll < 8 || self.live.is_empty() {
                     let va = Va::new(&mut self.rng, self.nodes, self.clock, self.rv);
-                    let e = Event::new("ADDED", &va, None);
+                    let e = change("ADDED", &va, None);
                     self.live.push(va);
                     e
                 } else {
                     let i = self.rng.below(self.live.len());
                     let mut va = self.live.swap_remove(i);
                     va.rv = self.rv;
-                    Event::new("DELETED", &va, Some(self.clock))
+                    change("DELETED", &va, Some(self.clock))
                 }
             })
             .collect()
     }
 }
 
-/// One watch event, serialized.
-struct Event {
-    rv: u64,
-    name: String,
-    /// The list item after it (None: deleted).
-    item: Option<Bytes>,
-    line: Bytes,
+/// A watch event, serialized ahead of the measurement in the API server's
+/// key order.
+fn change(kind: &str, va: &Va, deleted_at: Option<u64>) -> Change {
+    let item = deleted_at.is_none().then(|| va.json(false, None));
+    Change::serialized(kind, &va.json(true, deleted_at), item)
 }
 
-impl Event {
-    fn new(kind: &str, va: &Va, deleted_at: Option<u64>) -> Event {
-        let line = format!(
-            "{{\"type\":\"{kind}\",\"object\":{}}}\n",
-            va.json(true, deleted_at)
-        );
-        Event {
-            rv: va.rv,
-            name: va.name.clone(),
-            item: deleted_at
-                .is_none()
-                .then(|| Bytes::from(va.json(false, None))),
-            line: Bytes::from(line),
-        }
-    }
-}
-
-// ---------------------------------------------------------------- mock API server
-
-/// base64 RawURLEncoding (what the API server uses for continue tokens).
-fn b64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = c
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=c.len() {
-            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-fn unb64(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let mut out = Vec::new();
-    for c in s.trim_end_matches('=').as_bytes().chunks(4) {
-        let mut n = 0u32;
-        for (i, b) in c.iter().enumerate() {
-            n |= val(*b)? << (18 - 6 * i);
-        }
-        for i in 0..c.len().saturating_sub(1) {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    Some(out)
-}
-
-fn query(uri: &Uri) -> BTreeMap<String, String> {
-    let dec = |s: &str| {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < b.len() => {
-                    match u8::from_str_radix(s.get(i + 1..i + 3).unwrap_or("zz"), 16) {
-                        Ok(v) => {
-                            out.push(v);
-                            i += 2;
-                        }
-                        Err(_) => out.push(b'%'),
-                    }
-                }
-                c => out.push(c),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
-    uri.query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (dec(k), dec(v))
-        })
-        .collect()
-}
-
-/// What the mock API server serves, and counts.
-#[derive(Default)]
-struct Served {
-    list_pages: u64,
-    list_bytes: u64,
-    list_items: u64,
-    first_list: Option<Instant>,
-    last_list: Option<Instant>,
-    watches: Vec<String>,
-    node_lists: Vec<String>,
-    unexpected: Vec<String>,
-    watch_bytes: u64,
-}
-
-/// A LIST snapshot's items, sorted by name.
-type Snapshot = Arc<Vec<(String, Bytes)>>;
-
-struct Server {
-    /// name → list item, the current state.
-    current: Mutex<BTreeMap<String, Bytes>>,
-    /// The last LIST snapshot: its resourceVersion and items by name.
-    snapshot: Mutex<Option<(u64, Snapshot)>>,
-    /// Every watch event since the round's LIST resourceVersion.
-    log: Mutex<Vec<(u64, Bytes)>>,
-    latest: tokio::sync::watch::Sender<u64>,
-    nodes: Bytes,
-    served: Mutex<Served>,
-}
+// ---------------------------------------------------------------- the mock API server
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn status(code: u16, reason: &str, message: &str) -> Response {
-    let body = serde_json::json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code,
-    });
-    json_response(
-        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        Body::from(body.to_string()),
-    )
-}
-
-fn json_response(code: StatusCode, body: Body) -> Response {
-    let mut r = Response::new(body);
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-impl Server {
-    fn new(c: &Cluster) -> Arc<Server> {
-        let current = c
-            .live
-            .iter()
-            .map(|va| (va.name.clone(), Bytes::from(va.json(false, None))))
-            .collect();
-        let mut rng = Rng(7);
-        let items: Vec<String> = (0..c.nodes)
-            .map(node_name)
-            .chain([NODE.to_string()])
-            .map(|n| {
-                serde_json::json!({
-                    "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                    "metadata": {
-                        "name": n, "uid": rng.uuid(),
-                        "resourceVersion": (RV_BASE - 1000 + rng.below(999) as u64).to_string(),
-                        "creationTimestamp": rfc3339(EPOCH - 400 * 86_400),
-                        "labels": {"beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
-                                   "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": n,
-                                   "kubernetes.io/os": "linux"},
-                        "annotations": {"node.alpha.kubernetes.io/ttl": "0",
-                                        "volumes.kubernetes.io/controller-managed-attach-detach": "true"},
-                    }
-                })
-                .to_string()
+/// The tests' mock API server holding the cluster, served on loopback.
+fn serve(rt: &tokio::runtime::Runtime, c: &Cluster) -> Result<(MockApi, SocketAddr), String> {
+    let api = MockApi::new(&[]);
+    let mut rng = Rng(7);
+    let nodes = (0..c.nodes)
+        .map(node_name)
+        .chain([NODE.to_string()])
+        .map(|n| {
+            serde_json::json!({
+                "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                "metadata": {
+                    "name": n, "uid": rng.uuid(),
+                    "resourceVersion": (RV_BASE - 1000 + rng.below(999) as u64).to_string(),
+                    "creationTimestamp": rfc3339(EPOCH - 400 * 86_400),
+                    "labels": {"beta.kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
+                               "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": n,
+                               "kubernetes.io/os": "linux"},
+                    "annotations": {"node.alpha.kubernetes.io/ttl": "0",
+                                    "volumes.kubernetes.io/controller-managed-attach-detach": "true"},
+                }
             })
-            .collect();
-        let nodes = format!(
-            r#"{{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1","metadata":{{"resourceVersion":"{}"}},"items":[{}]}}"#,
-            c.rv,
-            items.join(",")
-        );
-        Arc::new(Server {
-            current: Mutex::new(current),
-            snapshot: Mutex::new(None),
-            log: Mutex::new(Vec::new()),
-            latest: tokio::sync::watch::Sender::new(c.rv),
-            nodes: Bytes::from(nodes),
-            served: Mutex::new(Served::default()),
         })
-    }
-
-    /// Appends events to the log and wakes the watchers.
-    fn push(&self, events: &[Event]) {
-        let Some(last) = events.last() else { return };
-        {
-            let mut cur = lock(&self.current);
-            for e in events {
-                match &e.item {
-                    Some(b) => cur.insert(e.name.clone(), b.clone()),
-                    None => cur.remove(&e.name),
-                };
-            }
-        }
-        lock(&self.log).extend(events.iter().map(|e| (e.rv, e.line.clone())));
-        self.latest.send_replace(last.rv);
-    }
-
-    fn list(&self, q: &BTreeMap<String, String>) -> Response {
-        let limit: usize = q
-            .get("limit")
-            .and_then(|l| l.parse().ok())
-            .filter(|l| *l > 0)
-            .unwrap_or(usize::MAX);
-        let (rv, items, start) = match q.get("continue").filter(|c| !c.is_empty()) {
-            Some(token) => {
-                let parsed = unb64(token)
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                    .and_then(|v| Some((v["rv"].as_u64()?, v["start"].as_str()?.to_string())));
-                let Some((rv, start)) = parsed else {
-                    return status(400, "BadRequest", "continue key is not valid");
-                };
-                let snap = lock(&self.snapshot).clone();
-                match snap {
-                    Some((srv, items)) if srv == rv => {
-                        let start = start.trim_end_matches('\0');
-                        let i = items.partition_point(|(n, _)| n.as_str() < start);
-                        (rv, items, i)
-                    }
-                    _ => {
-                        return status(
-                            410,
-                            "Expired",
-                            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
-                        )
-                    }
-                }
-            }
-            None => {
-                let rv = *self.latest.borrow();
-                let items: Snapshot = Arc::new(
-                    lock(&self.current)
-                        .iter()
-                        .map(|(n, b)| (n.clone(), b.clone()))
-                        .collect(),
-                );
-                *lock(&self.snapshot) = Some((rv, Arc::clone(&items)));
-                (rv, items, 0)
-            }
-        };
-        let end = start.saturating_add(limit).min(items.len());
-        let page = &items[start..end];
-        let mut meta = format!(r#"{{"resourceVersion":"{rv}""#);
-        if end < items.len() {
-            let token = format!(
-                r#"{{"v":"meta.k8s.io/v1","rv":{rv},"start":"{}\u0000"}}"#,
-                items[end].0
-            );
-            let _ = write!(
-                meta,
-                r#","continue":"{}","remainingItemCount":{}"#,
-                b64(token.as_bytes()),
-                items.len() - end
-            );
-        }
-        meta.push('}');
-        let mut body =
-            Vec::with_capacity(page.iter().map(|(_, b)| b.len() + 1).sum::<usize>() + 256);
-        body.extend_from_slice(
-            format!(
-                r#"{{"kind":"VolumeAttachmentList","apiVersion":"storage.k8s.io/v1","metadata":{meta},"items":["#
-            )
-            .as_bytes(),
-        );
-        for (i, (_, b)) in page.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(b);
-        }
-        body.extend_from_slice(b"]}");
-        {
-            let mut s = lock(&self.served);
-            let now = Instant::now();
-            s.first_list.get_or_insert(now);
-            s.last_list = Some(now);
-            s.list_pages += 1;
-            s.list_items += page.len() as u64;
-            s.list_bytes += body.len() as u64;
-        }
-        json_response(StatusCode::OK, Body::from(body))
-    }
-
-    /// The events after `since`, at most about [`CHUNK`] bytes of them.
-    fn events_after(&self, since: &mut u64) -> Option<Bytes> {
-        let log = lock(&self.log);
-        let i = log.partition_point(|(rv, _)| *rv <= *since);
-        if i == log.len() {
-            return None;
-        }
-        let mut out = Vec::with_capacity(CHUNK + 2048);
-        for (rv, line) in &log[i..] {
-            out.extend_from_slice(line);
-            *since = *rv;
-            if out.len() >= CHUNK {
-                break;
-            }
-        }
-        Some(Bytes::from(out))
-    }
-
-    fn watch(self: Arc<Self>, q: &BTreeMap<String, String>) -> Response {
-        let since = q
-            .get("resourceVersion")
-            .and_then(|r| r.parse::<u64>().ok())
-            .filter(|r| *r != 0)
-            .unwrap_or_else(|| *self.latest.borrow());
-        let timeout = q
-            .get("timeoutSeconds")
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(1800);
-        let bookmarks = q.get("allowWatchBookmarks").map(String::as_str) == Some("true");
-        let oldest = self.snapshot_rv();
-        if oldest.is_some_and(|o| since < o) {
-            return status(
-                410,
-                "Expired",
-                &format!(
-                    "too old resource version: {since} ({})",
-                    oldest.unwrap_or(0)
-                ),
-            );
-        }
-        struct W {
-            srv: Arc<Server>,
-            since: u64,
-            rx: tokio::sync::watch::Receiver<u64>,
-            deadline: tokio::time::Instant,
-            bookmark: Option<tokio::time::Instant>,
-        }
-        let now = tokio::time::Instant::now();
-        let st = W {
-            rx: self.latest.subscribe(),
-            srv: self,
-            since,
-            deadline: now + Duration::from_secs(timeout),
-            bookmark: bookmarks.then(|| now + BOOKMARK_EVERY),
-        };
-        let stream = futures_util::stream::unfold(st, |mut st| async move {
-            loop {
-                st.rx.mark_unchanged();
-                if let Some(chunk) = st.srv.events_after(&mut st.since) {
-                    lock(&st.srv.served).watch_bytes += chunk.len() as u64;
-                    return Some((Ok::<_, Infallible>(chunk), st));
-                }
-                let now = tokio::time::Instant::now();
-                if now >= st.deadline {
-                    return None;
-                }
-                if let Some(b) = st.bookmark.filter(|b| now >= *b) {
-                    st.bookmark = Some(b + BOOKMARK_EVERY);
-                    let line = format!(
-                        "{{\"type\":\"BOOKMARK\",\"object\":{{\"kind\":\"VolumeAttachment\",\"apiVersion\":\"storage.k8s.io/v1\",\"metadata\":{{\"resourceVersion\":\"{}\",\"creationTimestamp\":null}}}}}}\n",
-                        st.since
-                    );
-                    return Some((Ok(Bytes::from(line)), st));
-                }
-                let wake = st.bookmark.map_or(st.deadline, |b| b.min(st.deadline));
-                tokio::select! {
-                    r = st.rx.changed() => if r.is_err() { return None },
-                    _ = tokio::time::sleep_until(wake) => {}
-                }
-            }
-        });
-        json_response(StatusCode::OK, Body::from_stream(stream))
-    }
-
-    /// Ends the watch with 410 Gone, as the API server does when the
-    /// resourceVersion left its watch cache.
-    fn expire(&self) {
-        let rv = *self.latest.borrow() + 1;
-        let line = format!(
-            "{{\"type\":\"ERROR\",\"object\":{{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{{}},\"status\":\"Failure\",\"message\":\"too old resource version: {} ({rv})\",\"reason\":\"Expired\",\"code\":410}}}}\n",
-            rv - 1
-        );
-        lock(&self.log).push((rv, Bytes::from(line)));
-        self.latest.send_replace(rv);
-    }
-
-    fn snapshot_rv(&self) -> Option<u64> {
-        lock(&self.snapshot).as_ref().map(|(rv, _)| *rv)
-    }
-}
-
-async fn volumeattachments(State(srv): State<Arc<Server>>, uri: Uri) -> Response {
-    let q = query(&uri);
-    if q.get("watch").map(String::as_str) == Some("true") {
-        lock(&srv.served)
-            .watches
-            .push(uri.query().unwrap_or("").to_string());
-        srv.watch(&q)
-    } else {
-        srv.list(&q)
-    }
-}
-
-async fn nodes(State(srv): State<Arc<Server>>, uri: Uri, headers: HeaderMap) -> Response {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .unwrap_or("");
-    lock(&srv.served)
-        .node_lists
-        .push(format!("{} (Accept: {accept})", uri));
-    if !accept.contains("as=PartialObjectMetadataList") {
-        return status(
-            406,
-            "NotAcceptable",
-            "the bench serves Nodes as metadata only",
-        );
-    }
-    json_response(StatusCode::OK, Body::from(srv.nodes.clone()))
-}
-
-async fn other(State(srv): State<Arc<Server>>, method: Method, uri: Uri) -> Response {
-    lock(&srv.served).unexpected.push(format!("{method} {uri}"));
-    status(
-        404,
-        "NotFound",
-        "the bench's mock API server does not serve this",
-    )
-}
-
-fn serve(rt: &tokio::runtime::Runtime, srv: Arc<Server>) -> Result<SocketAddr, String> {
-    let app = Router::new()
-        .route(
-            "/apis/storage.k8s.io/v1/volumeattachments",
-            get(volumeattachments),
-        )
-        .route("/api/v1/nodes", get(nodes))
-        .fallback(other)
-        .with_state(srv);
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .map_err(|e| format!("mock API server: bind: {e}"))?;
-    let addr = listener
-        .local_addr()
+        .collect();
+    api.set_nodes(nodes);
+    let items = c
+        .live
+        .iter()
+        .map(|va| (va.name.clone(), va.json(false, None)));
+    api.load_serialized(c.rv, items);
+    let addr = rt
+        .block_on(api.serve())
         .map_err(|e| format!("mock API server: {e}"))?;
-    rt.spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            eprintln!("kube_bench: mock API server stopped: {e}");
-        }
-    });
-    Ok(addr)
+    Ok((api, addr))
 }
 
 // ---------------------------------------------------------------- the daemon
@@ -970,8 +550,7 @@ struct Setup {
 fn round(rt: &tokio::runtime::Runtime, s: &Setup, n: usize) -> Result<Round, String> {
     let mut r = Round::default();
     let mut cluster = Cluster::generate(s.objects, s.nodes);
-    let srv = Server::new(&cluster);
-    let api = serve(rt, Arc::clone(&srv))?;
+    let (mock, api) = serve(rt, &cluster)?;
     let dir = std::env::temp_dir().join(format!("kube-bench-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -986,18 +565,9 @@ fn round(rt: &tokio::runtime::Runtime, s: &Setup, n: usize) -> Result<Round, Str
     let t_loaded = Instant::now();
     let cpu_list = d.cpu(s.tck)?;
     let (rss_list, hwm_list) = d.mem()?;
-    let served = {
-        let sv = lock(&srv.served);
-        (
-            sv.first_list,
-            sv.list_pages,
-            sv.list_bytes,
-            sv.list_items,
-            sv.last_list,
-        )
-    };
+    let served = mock.traffic();
     let first = served
-        .0
+        .first_list
         .ok_or("the daemon never listed VolumeAttachments")?;
     r.put(
         "list: wall s (spawn -> cached)",
@@ -1009,14 +579,14 @@ fn round(rt: &tokio::runtime::Runtime, s: &Setup, n: usize) -> Result<Round, Str
     );
     r.put(
         "list: wall s (1st -> last page served)",
-        served.4.map_or(0.0, |l| (l - first).as_secs_f64()),
+        served.last_list.map_or(0.0, |l| (l - first).as_secs_f64()),
     );
     r.put("list: daemon CPU s", cpu_list);
     r.put("list: VmRSS MiB", rss_list / MIB);
     r.put("list: VmHWM MiB", hwm_list / MIB);
-    r.put("list: pages", served.1 as f64);
-    r.put("list: JSON MiB served", served.2 as f64 / MIB);
-    r.put("list: items served", served.3 as f64);
+    r.put("list: pages", served.list_pages as f64);
+    r.put("list: JSON MiB served", served.list_bytes as f64 / MIB);
+    r.put("list: items served", served.list_items as f64);
     r.notes
         .push(format!("{polls} /metrics polls during the LIST"));
 
@@ -1031,13 +601,13 @@ fn round(rt: &tokio::runtime::Runtime, s: &Setup, n: usize) -> Result<Round, Str
 
     // Phase 2: the burst.
     let burst = cluster.events(s.events);
-    let bytes: usize = burst.iter().map(|e| e.line.len()).sum();
+    let bytes: usize = burst.iter().map(Change::line_len).sum();
     r.put(
         "burst: event JSON bytes avg",
         bytes as f64 / burst.len() as f64,
     );
     let (cpu_a, t_a) = (d.cpu(s.tck)?, Instant::now());
-    srv.push(&burst);
+    mock.commit(&burst);
     let target = base + s.events as f64;
     let (_, polls) = d.until(
         "burst of watch events",
@@ -1068,7 +638,7 @@ fn round(rt: &tokio::runtime::Runtime, s: &Setup, n: usize) -> Result<Round, Str
     while sent < paced.len() {
         let due = ((t_a.elapsed().as_secs_f64() * s.rate) as usize + 1).min(paced.len());
         if due > sent {
-            srv.push(&paced[sent..due]);
+            mock.commit(&paced[sent..due]);
             sent = due;
         }
         let next = Duration::from_secs_f64(sent as f64 / s.rate);
@@ -1109,7 +679,7 @@ fn round(rt: &tokio::runtime::Runtime, s: &Setup, n: usize) -> Result<Round, Str
         let (m, _) = d.until("before relist", s.timeout, Duration::ZERO, |_| true)?;
         let done = m.get(INIT_DONE).copied().unwrap_or(0.0) + 1.0;
         let (cpu_a, t_a) = (d.cpu(s.tck)?, Instant::now());
-        srv.expire();
+        mock.expire_watches();
         d.until(
             "relist after 410 Gone",
             s.timeout,
@@ -1126,11 +696,20 @@ fn round(rt: &tokio::runtime::Runtime, s: &Setup, n: usize) -> Result<Round, Str
 
     // What else the daemon did.
     {
-        let sv = lock(&srv.served);
-        r.put("watch requests", sv.watches.len() as f64);
+        let sv = mock.traffic();
+        let seen = mock.seen();
+        let asked = |what: &dyn Fn(&Seen) -> bool| -> Vec<String> {
+            seen.iter()
+                .filter(|s| what(s))
+                .map(|s| format!("{}?{} (Accept: {})", s.path, s.query, s.accept))
+                .collect()
+        };
+        let watches = asked(&|s| s.query.contains("watch=true"));
+        r.put("watch requests", watches.len() as f64);
         r.put("watch MiB served", sv.watch_bytes as f64 / MIB);
-        r.notes.push(format!("watch requests: {:?}", sv.watches));
-        r.notes.push(format!("node lists: {:?}", sv.node_lists));
+        r.notes.push(format!("watch requests: {watches:?}"));
+        let nodes = asked(&|s| s.path == "/api/v1/nodes");
+        r.notes.push(format!("node lists: {nodes:?}"));
         if !sv.unexpected.is_empty() {
             r.notes
                 .push(format!("unexpected requests: {:?}", sv.unexpected));

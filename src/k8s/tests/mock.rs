@@ -1,19 +1,40 @@
-//! A mock API server in the kube-rs tower-test style: an in-process tower
-//! service the real kube client talks to, answering with the API server's
-//! JSON shapes and status codes (Status objects, paginated lists, watch
-//! streams with bookmarks, ERROR 410 Expired), recording every request so
-//! tests can assert on verbs, bodies and field managers.
+//! The one mock API server, used by the tests and the benchmarks. It
+//! answers with the API server's JSON shapes and status codes: Status
+//! objects, LISTs paginated from a consistent snapshot (a continue token of
+//! a compacted snapshot gets 410 Expired), watch streams from any
+//! resourceVersion still in history (ERROR 410 Expired for an older one),
+//! bookmarks, list items without kind and apiVersion as built-in lists carry
+//! them, Nodes only as metadata. It records every request so tests can
+//! assert on verbs, bodies and field managers, and counts what it served so
+//! benchmarks can report it.
+//!
+//! Reached two ways: in-process as a tower service under the real kube
+//! client (the kube-rs tower-test style, [`MockApi::client`]), or over
+//! loopback HTTP for a daemon process ([`MockApi::serve`],
+//! `examples/kube_bench.rs`). VolumeAttachments are kept serialized, so a
+//! LIST of 100 000 of them costs a copy, not a serialization.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use serde_json::{json, Value};
-use tokio::sync::broadcast;
+
+const VA_API_VERSION: &str = "storage.k8s.io/v1";
+const VA_KIND: &str = "VolumeAttachment";
+/// The API server sends a bookmark about once a minute.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
+/// Largest piece written to a watch stream at once.
+const CHUNK: usize = 256 * 1024;
+/// LIST snapshots kept for continue tokens (the real server keeps them
+/// until compaction, about five minutes).
+const SNAPSHOTS: usize = 8;
 
 /// One request as received.
 #[derive(Debug, Clone)]
@@ -26,51 +47,198 @@ pub struct Seen {
     pub query: String,
     /// Content-Type.
     pub content_type: String,
+    /// Accept.
+    pub accept: String,
     /// Body as JSON (Null when empty or not JSON).
     pub body: Value,
 }
 
+/// What the mock has served, for benchmarks.
+#[derive(Debug, Clone, Default)]
+#[allow(dead_code)]
+pub struct Traffic {
+    /// VolumeAttachment LIST pages.
+    pub list_pages: u64,
+    /// Items in them.
+    pub list_items: u64,
+    /// Their bytes of JSON.
+    pub list_bytes: u64,
+    /// When the first and the last page were served.
+    pub first_list: Option<Instant>,
+    pub last_list: Option<Instant>,
+    /// Bytes written to watch streams.
+    pub watch_bytes: u64,
+    /// Requests the mock does not serve (answered 404 or 405).
+    pub unexpected: Vec<String>,
+}
+
+/// A VolumeAttachment watch event, serialized ahead of time so a benchmark
+/// can deliver thousands of them without serializing while it measures.
+pub struct Change {
+    rv: u64,
+    name: String,
+    line: Bytes,
+    /// The list item after it (None: deleted).
+    item: Option<Bytes>,
+}
+
+impl Change {
+    /// `kind` (ADDED, MODIFIED, DELETED) of `obj`, which carries its
+    /// resourceVersion.
+    pub fn new(kind: &str, obj: &Value) -> Change {
+        let mut typed = obj.clone();
+        typed["kind"] = json!(VA_KIND);
+        typed["apiVersion"] = json!(VA_API_VERSION);
+        let meta = &obj["metadata"];
+        Change {
+            rv: meta["resourceVersion"]
+                .as_str()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or_else(|| panic!("a Change needs a numeric resourceVersion: {meta}")),
+            name: meta["name"].as_str().unwrap_or("").to_string(),
+            line: event_line(kind, &typed),
+            item: (kind != "DELETED").then(|| list_item(obj)),
+        }
+    }
+
+    /// An event the caller serialized itself: `typed` is the object as an
+    /// event carries it (with kind and apiVersion), `item` as a list item
+    /// (None: deleted). Keeps the caller's key order, which `serde_json`
+    /// would sort: the benchmark sends what the API server writes.
+    #[allow(dead_code)]
+    pub fn serialized(kind: &str, typed: &str, item: Option<String>) -> Change {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Meta {
+            name: String,
+            resource_version: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Head {
+            metadata: Meta,
+        }
+        let head: Head = serde_json::from_str(typed).unwrap_or_else(|e| {
+            panic!("not a VolumeAttachment with a name and resourceVersion: {e}")
+        });
+        Change {
+            rv: head.metadata.resource_version.parse().unwrap_or_else(|e| {
+                panic!("resourceVersion {:?}: {e}", head.metadata.resource_version)
+            }),
+            name: head.metadata.name,
+            line: event_line(kind, typed),
+            item: item.map(Bytes::from),
+        }
+    }
+
+    /// Bytes of its watch event line.
+    #[allow(dead_code)]
+    pub fn line_len(&self) -> usize {
+        self.line.len()
+    }
+}
+
+/// A LIST snapshot's items by name.
+type Snapshot = Arc<Vec<(String, Bytes)>>;
+
 #[derive(Default)]
 struct Db {
     rv: u64,
-    vas: BTreeMap<String, Value>,
-    /// (resourceVersion, type, object) of every change, for watches.
-    log: Vec<(u64, String, Value)>,
-    /// Watches asking for a resourceVersion at or below this get 410 Expired.
+    /// name → list item (no kind, no apiVersion).
+    vas: BTreeMap<String, Bytes>,
+    /// (resourceVersion, event line) of every change, for watches.
+    log: Vec<(u64, Bytes)>,
+    /// Watches and continue tokens from before this get 410 Expired.
     compacted: u64,
+    /// The resourceVersions of ERROR lines: a watch ends after one.
+    expiries: BTreeSet<u64>,
+    snapshots: BTreeMap<u64, Snapshot>,
     pvs: BTreeMap<String, Value>,
     scs: BTreeMap<String, Value>,
-    nodes: Vec<String>,
+    nodes: Vec<Value>,
     vres: BTreeMap<String, Value>,
     seen: Vec<Seen>,
+    traffic: Traffic,
     forbidden: BTreeSet<(String, String)>,
     down: bool,
     hidden: BTreeSet<String>,
     foreign_get: BTreeMap<String, String>,
 }
 
+impl Db {
+    fn apply(&mut self, c: &Change) {
+        assert!(
+            c.rv > self.rv,
+            "change of {} at resourceVersion {} is not after {}",
+            c.name,
+            c.rv,
+            self.rv
+        );
+        self.rv = c.rv;
+        match &c.item {
+            Some(item) => self.vas.insert(c.name.clone(), item.clone()),
+            None => self.vas.remove(&c.name),
+        };
+        self.log.push((c.rv, c.line.clone()));
+    }
+}
+
 /// The mock; clones share state.
 #[derive(Clone)]
 pub struct MockApi {
     db: Arc<Mutex<Db>>,
-    changes: broadcast::Sender<(u64, String, Value)>,
+    /// The newest resourceVersion in the log; wakes the watches.
+    latest: tokio::sync::watch::Sender<u64>,
+}
+
+fn json_response(code: StatusCode, body: impl Into<Body>) -> Response<Body> {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn status(code: u16, reason: &str, message: String) -> Response<Body> {
-    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code});
-    let mut r = Response::new(Body::from(body.to_string()));
-    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    r
+    json_response(
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        status_object(code, reason, &message).to_string(),
+    )
+}
+
+fn status_object(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code})
 }
 
 fn ok(v: Value) -> Response<Body> {
-    let mut r = Response::new(Body::from(v.to_string()));
-    r.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    r
+    json_response(StatusCode::OK, v.to_string())
+}
+
+/// A watch event as the API server writes it: "type" before "object", which
+/// lets a client decode the object in one pass (serde_json would sort the
+/// keys, and "object" first makes the client buffer it).
+fn event_line(kind: &str, obj: impl std::fmt::Display) -> Bytes {
+    Bytes::from(format!("{{\"type\":{},\"object\":{obj}}}\n", json!(kind)))
+}
+
+/// `obj` as a built-in list carries it: without kind and apiVersion.
+fn list_item(obj: &Value) -> Bytes {
+    let mut o = obj.clone();
+    if let Some(m) = o.as_object_mut() {
+        m.remove("kind");
+        m.remove("apiVersion");
+    }
+    Bytes::from(o.to_string())
+}
+
+/// A stored list item as the object a GET or an event shows.
+fn typed(item: &Bytes) -> Value {
+    let mut v: Value = serde_json::from_slice(item).unwrap_or(Value::Null);
+    v["kind"] = json!(VA_KIND);
+    v["apiVersion"] = json!(VA_API_VERSION);
+    v
 }
 
 fn query_param<'a>(q: &'a str, k: &str) -> Option<&'a str> {
@@ -78,7 +246,22 @@ fn query_param<'a>(q: &'a str, k: &str) -> Option<&'a str> {
         .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
 }
 
-/// A realistic VolumeAttachment, with managedFields.
+/// A continue token: opaque to clients, as the real server's.
+fn continue_token(rv: u64, start: &str) -> String {
+    let hex: String = start.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{rv}.{hex}")
+}
+
+fn parse_continue(token: &str) -> Option<(u64, String)> {
+    let (rv, hex) = token.split_once('.')?;
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some((rv.parse().ok()?, String::from_utf8(bytes).ok()?))
+}
+
+/// A VolumeAttachment of block.csi.example.com.
 pub fn va(name: &str, uid: &str, node: &str, pv: &str, attached: bool) -> Value {
     json!({
         "apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
@@ -113,15 +296,20 @@ pub fn pv_of(name: &str, modes: &[&str], handle: &str) -> Value {
     })
 }
 
+/// A Node as a metadata-only list carries it.
+pub fn node_metadata(name: &str) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"name": name, "uid": format!("uid-{name}"), "resourceVersion": "5"}})
+}
+
 impl MockApi {
     /// An API server with these nodes and nothing else.
     pub fn new(nodes: &[&str]) -> Self {
-        let db = Db {
+        let mut db = Db {
             rv: 100,
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            nodes: nodes.iter().map(|n| node_metadata(n)).collect(),
             ..Default::default()
         };
-        let mut db = db;
         db.scs.insert(
             "san-block".into(),
             json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
@@ -129,101 +317,76 @@ impl MockApi {
             "parameters": {"pool": "gold"}}),
         );
         MockApi {
+            latest: tokio::sync::watch::Sender::new(db.rv),
             db: Arc::new(Mutex::new(db)),
-            changes: broadcast::channel(1024).0,
         }
     }
 
-    /// A kube client talking to this mock in-process.
-    pub fn client(&self) -> kube::Client {
-        self.client_cut_by(Arc::new(AtomicBool::new(false)))
+    fn db(&self) -> MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A client whose node is cut off from the API server while `cut` is set
-    /// (a network partition of one node; the others still reach it).
-    pub fn client_cut_by(&self, cut: Arc<AtomicBool>) -> kube::Client {
-        let me = self.clone();
-        let svc = tower::service_fn(move |req: Request<kube::client::Body>| {
-            let me = me.clone();
-            let cut = cut.load(Ordering::Relaxed);
-            async move {
-                if cut {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no route to host",
-                    ));
-                }
-                me.handle(req).await
-            }
-        });
-        kube::Client::new(svc, "default")
-    }
-
-    /// The mock as a tower service, for a client with layers of its own
-    /// (`examples/acquire_bench.rs` puts the daemon's rate limit in front).
+    /// The Nodes a metadata LIST shows (PartialObjectMetadata items).
     #[allow(dead_code)]
-    pub fn service(
-        &self,
-    ) -> tower::util::BoxCloneService<Request<kube::client::Body>, Response<Body>, std::io::Error>
-    {
-        let me = self.clone();
-        tower::util::BoxCloneService::new(tower::service_fn(
-            move |req: Request<kube::client::Body>| {
-                let me = me.clone();
-                async move { me.handle(req).await }
-            },
-        ))
+    pub fn set_nodes(&self, items: Vec<Value>) {
+        self.db().nodes = items;
     }
 
-    /// A client whose requests hang while `cut` is set, as across a network
-    /// partition (no answer at all, until the caller's timeout); counts the
-    /// requests sent meanwhile in `hung`.
-    pub fn client_hung_by(
-        &self,
-        cut: Arc<AtomicBool>,
-        hung: Arc<std::sync::atomic::AtomicUsize>,
-    ) -> kube::Client {
-        let me = self.clone();
-        let svc = tower::service_fn(move |req: Request<kube::client::Body>| {
-            let me = me.clone();
-            let cut = cut.load(Ordering::Relaxed);
-            let hung = Arc::clone(&hung);
-            async move {
-                if cut {
-                    hung.fetch_add(1, Ordering::Relaxed);
-                    std::future::pending::<()>().await;
-                }
-                me.handle(req).await
-            }
-        });
-        kube::Client::new(svc, "default")
-    }
-
-    fn change(&self, kind: &str, obj: Value) {
-        let mut db = self.db.lock().unwrap();
-        db.rv += 1;
-        let rv = db.rv;
-        let mut obj = obj;
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-        if kind == "DELETED" {
-            db.vas.remove(&name);
-        } else {
-            db.vas.insert(name, obj.clone());
+    /// VolumeAttachments that exist from the start, at `rv`: no watch event.
+    #[allow(dead_code)]
+    pub fn load_vas(&self, rv: u64, objs: impl IntoIterator<Item = Value>) {
+        let mut db = self.db();
+        for o in objs {
+            let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
+            db.vas.insert(name, list_item(&o));
         }
-        db.log.push((rv, kind.to_string(), obj.clone()));
-        let _ = self.changes.send((rv, kind.to_string(), obj));
+        db.rv = db.rv.max(rv);
+        self.latest.send_replace(db.rv);
+    }
+
+    /// As [`MockApi::load_vas`], with list items the caller serialized
+    /// (its key order kept), by name.
+    #[allow(dead_code)]
+    pub fn load_serialized(&self, rv: u64, items: impl IntoIterator<Item = (String, String)>) {
+        let mut db = self.db();
+        db.vas
+            .extend(items.into_iter().map(|(n, i)| (n, Bytes::from(i))));
+        db.rv = db.rv.max(rv);
+        self.latest.send_replace(db.rv);
+    }
+
+    /// The newest resourceVersion.
+    #[allow(dead_code)]
+    pub fn resource_version(&self) -> u64 {
+        self.db().rv
+    }
+
+    /// Applies changes prepared ahead (resourceVersions above the current
+    /// one, in order) and wakes the watches once.
+    #[allow(dead_code)]
+    pub fn commit(&self, changes: &[Change]) {
+        let Some(last) = changes.last() else { return };
+        let mut db = self.db();
+        for c in changes {
+            db.apply(c);
+        }
+        drop(db);
+        self.latest.send_replace(last.rv);
+    }
+
+    fn change(&self, kind: &str, mut obj: Value) {
+        let mut db = self.db();
+        obj["metadata"]["resourceVersion"] = json!((db.rv + 1).to_string());
+        let c = Change::new(kind, &obj);
+        db.apply(&c);
+        drop(db);
+        self.latest.send_replace(c.rv);
     }
 
     /// Creates or updates a VolumeAttachment (a watch event follows).
     pub fn put_va(&self, obj: Value) {
-        let kind = if self
-            .db
-            .lock()
-            .unwrap()
-            .vas
-            .contains_key(obj["metadata"]["name"].as_str().unwrap_or(""))
-        {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("");
+        let kind = if self.db().vas.contains_key(name) {
             "MODIFIED"
         } else {
             "ADDED"
@@ -233,82 +396,104 @@ impl MockApi {
 
     /// Creates a VolumeAttachment that watches have not delivered yet: a
     /// fresh LIST or GET shows it, a watch cache does not.
-    pub fn put_va_unwatched(&self, obj: Value) {
-        let mut db = self.db.lock().unwrap();
+    pub fn put_va_unwatched(&self, mut obj: Value) {
+        let mut db = self.db();
         db.rv += 1;
-        let mut obj = obj;
         obj["metadata"]["resourceVersion"] = json!(db.rv.to_string());
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-        db.vas.insert(name, obj);
+        db.vas.insert(name, list_item(&obj));
     }
 
     /// Deletes a VolumeAttachment (a watch event follows).
     pub fn delete_va(&self, name: &str) {
-        let obj = self.db.lock().unwrap().vas.get(name).cloned();
-        if let Some(o) = obj {
-            self.change("DELETED", o);
+        let item = self.db().vas.get(name).cloned();
+        if let Some(item) = item {
+            self.change("DELETED", typed(&item));
         }
     }
 
-    /// Deletes a VolumeAttachment while the watch history is compacted: no
-    /// event is delivered, and watches from before it get 410 Expired.
-    pub fn delete_va_unseen_and_expire_watches(&self) -> Vec<String> {
-        let mut db = self.db.lock().unwrap();
-        let names: Vec<String> = db.vas.keys().cloned().collect();
-        db.vas.clear();
+    /// Ends every watch with ERROR 410 Expired, as the API server does when
+    /// a resourceVersion left its history; watches and continue tokens from
+    /// before now get 410 too.
+    pub fn expire_watches(&self) {
+        let mut db = self.db();
         db.rv += 1;
-        db.compacted = db.rv;
-        let _ = self.changes.send((0, "EXPIRE".into(), Value::Null));
+        let rv = db.rv;
+        let st = status_object(
+            410,
+            "Expired",
+            &format!("too old resource version: {} ({rv})", rv - 1),
+        );
+        db.log.push((rv, event_line("ERROR", &st)));
+        db.compacted = rv;
+        db.expiries.insert(rv);
+        db.snapshots.clear();
+        drop(db);
+        self.latest.send_replace(rv);
+    }
+
+    /// Deletes every VolumeAttachment while the watch history is compacted:
+    /// no event is delivered, and watches end with 410 Expired.
+    pub fn delete_va_unseen_and_expire_watches(&self) -> Vec<String> {
+        let names = {
+            let mut db = self.db();
+            let names = db.vas.keys().cloned().collect();
+            db.vas.clear();
+            names
+        };
+        self.expire_watches();
         names
     }
 
     /// Adds a PV.
     pub fn put_pv(&self, obj: Value) {
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-        self.db.lock().unwrap().pvs.insert(name, obj);
+        self.db().pvs.insert(name, obj);
     }
 
     /// Every request so far.
     pub fn seen(&self) -> Vec<Seen> {
-        self.db.lock().unwrap().seen.clone()
+        self.db().seen.clone()
+    }
+
+    /// What was served so far.
+    #[allow(dead_code)]
+    pub fn traffic(&self) -> Traffic {
+        self.db().traffic.clone()
     }
 
     /// How many requests so far satisfy `f`.
     pub fn count(&self, f: impl Fn(&Seen) -> bool) -> usize {
-        self.db.lock().unwrap().seen.iter().filter(|s| f(s)).count()
+        self.db().seen.iter().filter(|s| f(s)).count()
     }
 
     /// The last request whose path ends with `suffix`.
     pub fn last(&self, suffix: &str) -> Option<Seen> {
-        self.seen().into_iter().rfind(|s| s.path.ends_with(suffix))
+        self.db()
+            .seen
+            .iter()
+            .rfind(|s| s.path.ends_with(suffix))
+            .cloned()
     }
 
     /// RBAC: `verb` on `resource` is refused with 403.
     pub fn forbid(&self, verb: &str, resource: &str) {
-        self.db
-            .lock()
-            .unwrap()
-            .forbidden
-            .insert((verb.into(), resource.into()));
+        self.db().forbidden.insert((verb.into(), resource.into()));
     }
 
     /// Every request fails at the connection level while `down`.
     pub fn set_down(&self, down: bool) {
-        self.db.lock().unwrap().down = down;
+        self.db().down = down;
     }
 
     /// A GET of this VolumeAttachment answers 404 (the watch still shows it).
     pub fn hide_on_get(&self, name: &str) {
-        self.db.lock().unwrap().hidden.insert(name.into());
+        self.db().hidden.insert(name.into());
     }
 
     /// A GET of this VolumeAttachment shows it on another node.
     pub fn get_shows_node(&self, name: &str, node: &str) {
-        self.db
-            .lock()
-            .unwrap()
-            .foreign_get
-            .insert(name.into(), node.into());
+        self.db().foreign_get.insert(name.into(), node.into());
     }
 
     /// The Events created so far (bodies).
@@ -319,278 +504,7 @@ impl MockApi {
             .map(|s| s.body)
             .collect()
     }
-
-    async fn handle(
-        &self,
-        req: Request<kube::client::Body>,
-    ) -> Result<Response<Body>, std::io::Error> {
-        use http_body_util::BodyExt;
-        let (parts, body) = req.into_parts();
-        let bytes: Bytes = body
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        let seen = Seen {
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or("").to_string(),
-            content_type: parts
-                .headers
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string(),
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        };
-        {
-            let mut db = self.db.lock().unwrap();
-            if db.down {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionRefused,
-                    "connection refused",
-                ));
-            }
-            db.seen.push(seen.clone());
-        }
-        Ok(self.route(&seen))
-    }
-
-    fn route(&self, s: &Seen) -> Response<Body> {
-        let Some((group, resource, verb)) =
-            csi_fencer::k8s::api::classify(&s.method, &s.path, &s.query)
-        else {
-            return status(
-                404,
-                "NotFound",
-                format!(
-                    "the server could not find the requested resource ({})",
-                    s.path
-                ),
-            );
-        };
-        let name = s.path.rsplit('/').next().unwrap_or("").to_string();
-        if self
-            .db
-            .lock()
-            .unwrap()
-            .forbidden
-            .contains(&(verb.clone(), resource.clone()))
-        {
-            let g = if group.is_empty() {
-                String::new()
-            } else {
-                format!(".{group}")
-            };
-            return status(403, "Forbidden", format!(
-                "{resource}{g} is forbidden: User \"system:serviceaccount:kube-system:csi-fencer\" cannot {verb} resource \"{resource}\" in API group \"{group}\" at the cluster scope"));
-        }
-        match (verb.as_str(), resource.as_str()) {
-            ("list", "nodes") => self.list_nodes(),
-            ("list", "volumeattachments") => self.list_vas(&s.query),
-            ("watch", "volumeattachments") => self.watch_vas(&s.query),
-            ("get", "volumeattachments") => self.get_va(&name),
-            ("get", "persistentvolumes") => self.get_from(|db| &db.pvs, &name, "persistentvolumes"),
-            ("get", "storageclasses") => {
-                self.get_from(|db| &db.scs, &name, "storageclasses.storage.k8s.io")
-            }
-            ("get", "volumereservations") => {
-                self.get_from(|db| &db.vres, &name, "volumereservations.csi-fencer.io")
-            }
-            ("patch", "volumereservations") | ("patch", "volumereservations/status") => {
-                self.apply(s, &resource)
-            }
-            ("create", "events") | ("patch", "events") => {
-                let mut r = ok(s.body.clone());
-                if verb == "create" {
-                    *r.status_mut() = StatusCode::CREATED;
-                }
-                r
-            }
-            _ => status(
-                405,
-                "MethodNotAllowed",
-                format!("{verb} {resource} is not supported by the mock"),
-            ),
-        }
-    }
-
-    fn list_nodes(&self) -> Response<Body> {
-        let db = self.db.lock().unwrap();
-        let items: Vec<Value> = db
-            .nodes
-            .iter()
-            .map(|n| {
-                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-            "metadata": {"name": n, "uid": format!("uid-{n}"), "resourceVersion": "5"}})
-            })
-            .collect();
-        ok(
-            json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
-            "metadata": {"resourceVersion": db.rv.to_string()}, "items": items}),
-        )
-    }
-
-    fn list_vas(&self, q: &str) -> Response<Body> {
-        let db = self.db.lock().unwrap();
-        let limit: usize = query_param(q, "limit")
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(usize::MAX);
-        let start: usize = query_param(q, "continue")
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let all: Vec<&Value> = db.vas.values().collect();
-        let page: Vec<Value> = all
-            .iter()
-            .skip(start)
-            .take(limit)
-            .map(|v| (*v).clone())
-            .collect();
-        let next = start + page.len();
-        let mut meta = json!({"resourceVersion": db.rv.to_string()});
-        if next < all.len() {
-            meta["continue"] = json!(next.to_string());
-        }
-        ok(
-            json!({"kind": "VolumeAttachmentList", "apiVersion": "storage.k8s.io/v1", "metadata": meta, "items": page}),
-        )
-    }
-
-    fn get_va(&self, name: &str) -> Response<Body> {
-        let db = self.db.lock().unwrap();
-        let not_found = || {
-            status(
-                404,
-                "NotFound",
-                format!("volumeattachments.storage.k8s.io \"{name}\" not found"),
-            )
-        };
-        if db.hidden.contains(name) {
-            return not_found();
-        }
-        match db.vas.get(name) {
-            Some(v) => {
-                let mut v = v.clone();
-                if let Some(n) = db.foreign_get.get(name) {
-                    v["spec"]["nodeName"] = json!(n);
-                }
-                ok(v)
-            }
-            None => not_found(),
-        }
-    }
-
-    fn get_from(
-        &self,
-        table: impl Fn(&Db) -> &BTreeMap<String, Value>,
-        name: &str,
-        what: &str,
-    ) -> Response<Body> {
-        let db = self.db.lock().unwrap();
-        match table(&db).get(name) {
-            Some(v) => ok(v.clone()),
-            None => status(404, "NotFound", format!("{what} \"{name}\" not found")),
-        }
-    }
-
-    fn apply(&self, s: &Seen, resource: &str) -> Response<Body> {
-        let name = s
-            .path
-            .trim_end_matches("/status")
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        if s.content_type != "application/apply-patch+yaml"
-            || query_param(&s.query, "fieldManager").is_none()
-        {
-            return status(
-                415,
-                "UnsupportedMediaType",
-                "server-side apply needs application/apply-patch+yaml and a fieldManager".into(),
-            );
-        }
-        let mut db = self.db.lock().unwrap();
-        if resource.ends_with("/status") && !db.vres.contains_key(&name) {
-            return status(
-                404,
-                "NotFound",
-                format!("volumereservations.csi-fencer.io \"{name}\" not found"),
-            );
-        }
-        let creates = !db.vres.contains_key(&name);
-        if creates
-            && db
-                .forbidden
-                .contains(&("create".into(), resource.to_string()))
-        {
-            // As the real server: an apply that makes the object is a create.
-            return status(403, "Forbidden", format!(
-                "volumereservations.csi-fencer.io \"{name}\" is forbidden: User \"system:serviceaccount:kube-system:csi-fencer\" cannot create resource \"volumereservations\" in API group \"csi-fencer.io\" at the cluster scope"));
-        }
-        let obj = db.vres.entry(name).or_insert_with(|| s.body.clone());
-        if let Some(st) = s.body.get("status") {
-            obj["status"] = st.clone();
-        }
-        ok(obj.clone())
-    }
-
-    fn watch_vas(&self, q: &str) -> Response<Body> {
-        let from: u64 = query_param(q, "resourceVersion")
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(0);
-        let bookmarks = query_param(q, "allowWatchBookmarks") == Some("true");
-        let (backlog, rv, expired) = {
-            let db = self.db.lock().unwrap();
-            let b: Vec<(u64, String, Value)> =
-                db.log.iter().filter(|e| e.0 > from).cloned().collect();
-            (b, db.rv, from < db.compacted)
-        };
-        let line = |t: &str, o: &Value| {
-            Ok::<_, Infallible>(Bytes::from(format!(
-                "{}\n",
-                json!({"type": t, "object": o})
-            )))
-        };
-        if expired {
-            let st = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": format!("too old resource version: {from} ({rv})"), "reason": "Expired", "code": 410});
-            return ok_stream(futures_util::stream::iter(vec![line("ERROR", &st)]));
-        }
-        let mut first: Vec<Result<Bytes, Infallible>> =
-            backlog.iter().map(|(_, t, o)| line(t, o)).collect();
-        if bookmarks {
-            first.push(line("BOOKMARK", &json!({"kind": "VolumeAttachment", "apiVersion": "storage.k8s.io/v1", "metadata": {"resourceVersion": rv.to_string()}})));
-        }
-        let rx = self.changes.subscribe();
-        let live = futures_util::stream::unfold(rx, move |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok((_, t, _)) if t == "EXPIRE" => return None,
-                    Ok((r, t, o)) if r > rv => {
-                        return Some((
-                            Ok(Bytes::from(format!(
-                                "{}\n",
-                                json!({"type": t, "object": o})
-                            ))),
-                            rx,
-                        ))
-                    }
-                    Ok(_) => continue,
-                    Err(_) => return None,
-                }
-            }
-        });
-        use futures_util::StreamExt;
-        ok_stream(futures_util::stream::iter(first).chain(live))
-    }
 }
 
-fn ok_stream(
-    s: impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
-) -> Response<Body> {
-    let mut r = Response::new(Body::from_stream(s));
-    r.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    r
-}
+#[path = "mock_answer.rs"]
+mod answer;

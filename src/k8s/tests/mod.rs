@@ -11,7 +11,7 @@
 //! while a list already shows the object, answer a fresh GET with another
 //! node's object, expire a watch (410) with a delete lost in the gap, and
 //! cut one node off (a partition, with requests that hang) while the others
-//! still reach it.
+//! still reach it. The same mock serves `make bench-kube`'s daemon.
 
 mod doubles;
 mod failover;
