@@ -311,7 +311,7 @@ pub enum FenceError {
     },
     /// The LUN kept changing under the operation (another node acquiring or
     /// releasing at the same moment) for every round allowed.
-    #[error("volume {volume}: the reservation kept changing for {rounds} rounds ({last}); this node's registrations were taken back, the next attempt starts afresh")]
+    #[error("volume {volume}: the reservation kept changing for {rounds} rounds ({last}){}; the next attempt starts afresh", rollback_note(*.rolled_back))]
     NotConverged {
         /// The volume.
         volume: String,
@@ -319,6 +319,9 @@ pub enum FenceError {
         rounds: u32,
         /// The last thing that got in the way.
         last: String,
+        /// Whether this node's registrations were taken back (not when it
+        /// holds the reservation: its attachment still stands).
+        rolled_back: bool,
     },
     /// This node's registrations are fewer than it left them, a lost answer
     /// may have taken the unit attention that would tell a target reset from
@@ -751,11 +754,14 @@ impl<T: Transport> Engine<T> {
         if decide::plan_acquire(&obs, ctx).is_ok_and(|s| s.is_empty()) {
             return self.settle(run, &obs, auth);
         }
-        self.roll_back(run, &obs)?;
+        // A holder keeps its reservation: the attachment still names it, and
+        // giving it up would stop the writes of a pod that may run here.
+        let rolled_back = self.roll_back_unless_holding(run, &obs)?;
         Err(FenceError::NotConverged {
             volume: vol.name.clone(),
             rounds: ROUNDS,
             last,
+            rolled_back,
         })
     }
 

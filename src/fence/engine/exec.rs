@@ -425,7 +425,7 @@ impl<T: Transport> Engine<T> {
 
     /// Rolls back unless this node held the reservation before the
     /// operation began (then its registrations are its own to keep).
-    fn roll_back_unless_holding(
+    pub(super) fn roll_back_unless_holding(
         &self,
         run: &mut Run<'_>,
         obs: &Observed,
