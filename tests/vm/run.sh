@@ -23,6 +23,8 @@
 #   RIG_APPEND        extra kernel command line arguments
 #   RIG_EXTRA_LUNS    0..128 extra 1 MiB LUNs (4..) with a map per node, for bulk benchmarks (default 0)
 #   RIG_QUIET=1       do not echo the guest console (it is still in target/rig/out/console.log)
+#   RIG_ACCEL         tcg (default: software emulation, runs anywhere) or kvm (a host with
+#                     working KVM; guest system calls run at hardware speed, for benchmarks)
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -31,6 +33,7 @@ RIG_TIMEOUT=${RIG_TIMEOUT:-1200}
 RIG_TEST_TIMEOUT=${RIG_TEST_TIMEOUT:-300}
 RIG_MEM=${RIG_MEM:-2048}
 RIG_EXTRA_LUNS=${RIG_EXTRA_LUNS:-0}
+RIG_ACCEL=${RIG_ACCEL:-tcg}
 PROJECT_DIR=$(cd "${RIG_PROJECT_DIR:-$RIG_REPO}" && pwd)
 INITRD=$RIG_WORK/initrd.img
 
@@ -55,6 +58,11 @@ parse_args() {
     [[ $RIG_EXTRA_LUNS =~ ^[0-9]{1,3}$ ]] && [ $((10#$RIG_EXTRA_LUNS)) -le 128 ] ||
         rig_die "RIG_EXTRA_LUNS='$RIG_EXTRA_LUNS' must be a number from 0 to 128"
     RIG_EXTRA_LUNS=$((10#$RIG_EXTRA_LUNS))
+    case $RIG_ACCEL in
+        tcg) ACCEL_ARGS=(-accel tcg,thread=multi -cpu max) ;;
+        kvm) ACCEL_ARGS=(-accel kvm -cpu host) ;;
+        *) rig_die "RIG_ACCEL='$RIG_ACCEL' must be tcg or kvm" ;;
+    esac
     MODE=$1
     case $MODE in
         test)
@@ -190,9 +198,9 @@ boot_guest() {
     # fd 3: where the guest console is echoed (reopening /dev/stdout would rewind a log file).
     if [ "${RIG_QUIET:-0}" = 1 ]; then exec 3> /dev/null; else exec 3>&1; fi
     rm -f "$RIG_OUT/qemu.pid"
-    rig_log "booting: qemu-system-x86_64 (TCG, 2 vCPUs, ${RIG_MEM} MiB), timeout ${RIG_TIMEOUT}s"
+    rig_log "booting: qemu-system-x86_64 (${RIG_ACCEL^^}, 2 vCPUs, ${RIG_MEM} MiB), timeout ${RIG_TIMEOUT}s"
     set +e
-    timeout -k 10 "$RIG_TIMEOUT" qemu-system-x86_64 -M pc -accel tcg,thread=multi -cpu max -smp 2 \
+    timeout -k 10 "$RIG_TIMEOUT" qemu-system-x86_64 -M pc "${ACCEL_ARGS[@]}" -smp 2 \
         -m "$RIG_MEM" -nographic -no-reboot -nic none -pidfile "$RIG_OUT/qemu.pid" \
         -kernel "$RIG_KDIR/boot/vmlinuz-$RIG_KV" -initrd "$INITRD" \
         ${KUBE_ARGS[@]+"${KUBE_ARGS[@]}"} -append "$(kernel_cmdline)" < /dev/null 2> "$RIG_OUT/qemu.stderr" |
