@@ -22,7 +22,8 @@ podman() { command podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
 
 ensure_tools() {
     local missing=()
-    command -v podman >/dev/null || missing+=(podman)
+    # type -P: the podman function above would satisfy `command -v`.
+    type -P podman >/dev/null || missing+=(podman)
     command -v runc >/dev/null || [ -x /usr/sbin/runc ] || missing+=(runc)
     command -v musl-gcc >/dev/null || missing+=(musl-tools)
     command -v readelf >/dev/null && command -v strip >/dev/null || missing+=(binutils)
